@@ -1,0 +1,5 @@
+"""What `mitmdump -s proxy/addon.py` loads. Install the package first (`pip install -e .`)."""
+
+from proxy.enforcer import Enforcer
+
+addons = [Enforcer()]

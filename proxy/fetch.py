@@ -1,0 +1,139 @@
+"""Fetching policy documents with RFC 9309's failure semantics.
+
+Every answer becomes a `Fetched` with an outcome, never an exception:
+
+| answer                               | outcome       | RFC 9309   |
+| 2xx                                  | ok            | §2.3.1.1   |
+| 3xx                                  | followed (≤5) | §2.3.1.2   |
+| 4xx except 429                       | unavailable   | §2.3.1.3   |
+| 429, 5xx, timeout, connection error  | unreachable   | §2.3.1.4   |
+| more than 5 redirects                | unreachable   | §2.3.1.2 *  |
+
+* The RFC allows reading a redirect loop as "unavailable" (allow all); we read
+  it as unreachable, which protects the rights holder (signals.md §13.2).
+429 is grouped with server errors as Google does (signals.md §2.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import re
+import ssl
+from dataclasses import dataclass
+
+import certifi
+import httpx
+
+from proxy import __version__
+from proxy.evidence import Document
+
+MAX_REDIRECTS = 5  # RFC 9309 §2.3.1.2: follow at least five
+# RFC 9309 §2.4: do not use a cached copy for more than 24 hours.
+MAX_TTL = 24 * 3600.0
+# A "no-cache" robots.txt must not make us refetch it for every request.
+MIN_TTL = 60.0
+_MAX_AGE = re.compile(r"(?:^|[,\s])(?:s-maxage|max-age)\s*=\s*\"?(\d+)", re.IGNORECASE)
+_NO_CACHE = re.compile(r"(?:^|[,\s])(?:no-store|no-cache)(?:$|[,\s])", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What one document fetch produced."""
+
+    outcome: str  # "ok" | "unavailable" | "unreachable"
+    document: Document
+    body: bytes | None  # ok only; at most max_bytes
+    ttl: float  # seconds this answer may be cached (before clamping by the caller)
+
+
+def utc_now() -> str:
+    """Current UTC time, RFC 3339 with milliseconds."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def ttl_from_cache_control(value: str | None) -> float:
+    """Freshness from Cache-Control, clamped to [MIN_TTL, MAX_TTL] (RFC 9309 §2.4)."""
+    if not value:
+        return MAX_TTL
+    if _NO_CACHE.search(value):
+        return MIN_TTL
+    m = _MAX_AGE.search(value)
+    if m is None:
+        return MAX_TTL
+    return min(max(float(m.group(1)), MIN_TTL), MAX_TTL)
+
+
+def make_client(
+    *,
+    timeout: float,
+    verify: bool = True,
+    ca_file: str | None = None,
+    ca_path: str | None = None,
+    user_agent: str | None = None,
+) -> httpx.AsyncClient:
+    """The client for policy documents: never through a proxy, TLS as mitmproxy verifies upstream."""
+    context: ssl.SSLContext | bool
+    if not verify:
+        context = False
+    elif ca_file or ca_path:
+        context = ssl.create_default_context(cafile=ca_file or None, capath=ca_path or None)
+    else:
+        context = ssl.create_default_context(cafile=certifi.where())
+    return httpx.AsyncClient(
+        # Our own fetches must never loop back through the proxy via HTTP(S)_PROXY.
+        trust_env=False,
+        verify=context,
+        follow_redirects=True,
+        max_redirects=MAX_REDIRECTS,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)),
+        headers={"User-Agent": user_agent or f"optout-proxy/{__version__}"},
+    )
+
+
+async def fetch_document(
+    client: httpx.AsyncClient, url: str, *, max_bytes: int, total_timeout: float
+) -> Fetched:
+    """GET `url`, reading at most max_bytes + 1 of the body, within total_timeout seconds."""
+    fetched_at = utc_now()
+    try:
+        async with asyncio.timeout(total_timeout):
+            async with client.stream("GET", url) as response:
+                status = response.status_code
+                final = str(response.url) if str(response.url) != url else None
+                if 200 <= status < 300:
+                    chunks: list[bytes] = []
+                    size = 0
+                    # Decoded bytes are counted, so a gzip bomb stops at the cap.
+                    async for chunk in response.aiter_bytes():
+                        chunks.append(chunk)
+                        size += len(chunk)
+                        if size > max_bytes:
+                            break
+                    body = b"".join(chunks)
+                    truncated = len(body) > max_bytes
+                    body = body[:max_bytes]
+                    doc = Document(
+                        url, status, hashlib.sha256(body).hexdigest(), fetched_at, final,
+                        truncated=truncated,
+                    )
+                    ttl = ttl_from_cache_control(response.headers.get("cache-control"))
+                    return Fetched("ok", doc, body, ttl)
+                if 400 <= status < 500 and status != 429:
+                    doc = Document(url, status, None, fetched_at, final)
+                    ttl = ttl_from_cache_control(response.headers.get("cache-control"))
+                    return Fetched("unavailable", doc, None, ttl)
+                reason = f"HTTP {status}"
+                return Fetched("unreachable", Document(url, status, None, fetched_at, final, reason), None, 0.0)
+    except TimeoutError:
+        error = f"no complete answer within {total_timeout:g} s"
+    except httpx.TooManyRedirects:
+        error = f"more than {MAX_REDIRECTS} redirects"
+    except httpx.TimeoutException as e:
+        error = f"timed out ({type(e).__name__})"
+    except httpx.HTTPError as e:
+        error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    except (ssl.SSLError, OSError) as e:
+        error = f"{type(e).__name__}: {e}"
+    return Fetched("unreachable", Document(url, None, None, fetched_at, None, error[:300]), None, 0.0)

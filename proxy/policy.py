@@ -1,0 +1,202 @@
+"""Policy files: `policies/*.yaml` -> `Policy`, or a `PolicyError` naming path:line.
+
+The keys are a contract (issue #2); a policy is only ever replaced whole, so a
+broken file never leaves the proxy half-configured. Example:
+
+    agent: ExampleBot
+    honor_agents: [GPTBot, CCBot, Google-Extended, ClaudeBot, anthropic-ai]
+    mode: enforce                # enforce | monitor
+    on_unreachable: block        # block (RFC 9309 §2.3.1.4) | allow
+    on_robots_forbidden: allow   # robots.txt 401/403: allow (RFC 9309 §2.3.1.3) | block
+    registries: [registry.yaml]  # relative to this file
+    signals: {robots-txt: enforce, registry: enforce}
+    audit: {path: ../audit/decisions.jsonl, log_allowed: true}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from proxy.errors import PolicyError, Problem
+from proxy.registry import Registry, read_entries
+from proxy.yamldoc import Reader
+
+MODES = ("enforce", "monitor")
+SIGNAL_MODES = ("enforce", "monitor", "off")
+# Signal names a policy may set; later signal modules add theirs here.
+SIGNALS = ("robots-txt", "registry")
+POLICY_KEYS = (
+    "agent",
+    "honor_agents",
+    "mode",
+    "on_unreachable",
+    "on_robots_forbidden",
+    "registries",
+    "signals",
+    "audit",
+)
+AUDIT_KEYS = ("path", "log_allowed")
+# RFC 9309 §2.2.1: a product token is letters, "-" and "_"; our own must be,
+# so that every parser reads it the same way (signals.md §2.5).
+_OWN_TOKEN = re.compile(r"[A-Za-z_-]+")
+# Other operators' tokens in the wild carry digits and dots (AI2Bot, bigsur.ai).
+_OTHER_TOKEN = re.compile(r"[A-Za-z0-9_.-]+")
+
+DEFAULT_HONOR_AGENTS = ("GPTBot", "CCBot", "Google-Extended", "ClaudeBot", "anthropic-ai")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    path: Path  # absolute
+    log_allowed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A validated policy and its registries; `digest` identifies it in every audit record."""
+
+    path: Path
+    agent: str
+    honor_agents: tuple[str, ...]
+    mode: str
+    on_unreachable: str
+    on_robots_forbidden: str
+    registries: tuple[Path, ...]
+    registry: Registry
+    signals: Mapping[str, str]
+    audit: AuditSettings
+    digest: str  # SHA-256 over the policy file's bytes and each registry's bytes
+
+    def signal_mode(self, signal: str) -> str:
+        """enforce | monitor | off for `signal` (unlisted signals are enforced)."""
+        return self.signals.get(signal, "enforce")
+
+
+def _read_text(path: Path) -> tuple[bytes | None, Problem | None]:
+    try:
+        return path.read_bytes(), None
+    except FileNotFoundError:
+        return None, Problem(path, None, "file not found")
+    except OSError as e:
+        return None, Problem(path, None, f"cannot read: {e.strerror or e}")
+
+
+def _decode(path: Path, data: bytes, reader: Reader) -> str | None:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        reader.problems.append(Problem(path, line, "not valid UTF-8"))
+        return None
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate a policy file and its registries.
+
+    Raises PolicyError listing every problem (path:line) found in any of them.
+    """
+    path = Path(path)
+    data, problem = _read_text(path)
+    if problem is not None or data is None:
+        raise PolicyError([problem or Problem(path, None, "cannot read")])
+    reader = Reader(path)
+    text = _decode(path, data, reader)
+    root = reader.compose(text) if text is not None else None
+    if root is None:
+        if not reader.problems:
+            reader.problem(None, "the policy file is empty")
+        raise PolicyError(reader.problems)
+    fields = reader.mapping(root, "the policy", allowed=POLICY_KEYS, required=("agent",)) or {}
+
+    agent = ""
+    if "agent" in fields:
+        agent = reader.string(fields["agent"], "agent") or ""
+        if agent and not _OWN_TOKEN.fullmatch(agent):
+            reader.problem(
+                fields["agent"],
+                f"agent '{agent}' must be a robots.txt product token: letters, '-' and '_' only "
+                "(RFC 9309 §2.2.1)",
+            )
+
+    honor: list[str] = []
+    if "honor_agents" in fields:
+        for token, node in reader.strings(fields["honor_agents"], "honor_agents") or []:
+            if not _OTHER_TOKEN.fullmatch(token):
+                reader.problem(node, f"honor_agents: '{token}' is not a product token (no spaces or '/')")
+            elif token.lower() not in {h.lower() for h in honor}:
+                honor.append(token)
+    else:
+        honor = list(DEFAULT_HONOR_AGENTS)
+
+    def choice(key: str, choices: tuple[str, ...], default: str) -> str:
+        if key not in fields:
+            return default
+        return reader.choice(fields[key], key, choices) or default
+
+    mode = choice("mode", MODES, "enforce")
+    on_unreachable = choice("on_unreachable", ("block", "allow"), "block")
+    on_forbidden = choice("on_robots_forbidden", ("allow", "block"), "allow")
+
+    signals: dict[str, str] = {}
+    if "signals" in fields:
+        sig = reader.mapping(fields["signals"], "signals", allowed=SIGNALS) or {}
+        for name, node in sig.items():
+            value = reader.choice(node, f"signals.{name}", SIGNAL_MODES)
+            if value is not None:
+                signals[name] = value
+
+    audit_path = path.parent / "../audit/decisions.jsonl"
+    log_allowed = True
+    if "audit" in fields:
+        audit = reader.mapping(fields["audit"], "audit", allowed=AUDIT_KEYS) or {}
+        if "path" in audit:
+            p = reader.string(audit["path"], "audit.path")
+            if p is not None:
+                audit_path = path.parent / p
+        if "log_allowed" in audit:
+            b = reader.boolean(audit["log_allowed"], "audit.log_allowed")
+            if b is not None:
+                log_allowed = b
+
+    digest = hashlib.sha256(data)
+    registry_paths: list[Path] = []
+    entries = []
+    registry_problems: list[Problem] = []
+    if "registries" in fields:
+        for rel, node in reader.strings(fields["registries"], "registries") or []:
+            reg_path = (path.parent / rel).resolve()
+            registry_paths.append(reg_path)
+            reg_data, reg_problem = _read_text(reg_path)
+            if reg_problem is not None or reg_data is None:
+                reader.problem(node, f"registry file '{rel}' not found ({reg_path})")
+                continue
+            digest.update(b"\0" + reg_data)
+            reg_reader = Reader(reg_path)
+            reg_text = _decode(reg_path, reg_data, reg_reader)
+            reg_root = reg_reader.compose(reg_text) if reg_text is not None else None
+            if reg_root is not None:
+                entries.extend(read_entries(reg_reader, reg_root))
+            elif not reg_reader.problems:
+                reg_reader.problem(None, "the registry file is empty")
+            registry_problems.extend(reg_reader.problems)
+    if reader.problems or registry_problems:
+        raise PolicyError(reader.problems + registry_problems)
+    return Policy(
+        path=path.resolve(),
+        agent=agent,
+        honor_agents=tuple(honor),
+        mode=mode,
+        on_unreachable=on_unreachable,
+        on_robots_forbidden=on_forbidden,
+        registries=tuple(registry_paths),
+        registry=Registry(entries),
+        signals=MappingProxyType(signals),
+        audit=AuditSettings(audit_path.resolve(), log_allowed),
+        digest=digest.hexdigest(),
+    )
+

@@ -1,0 +1,307 @@
+"""robots.txt: Allow/Disallow rules per RFC 9309, read for our agent and `honor_agents`.
+
+Implements RFC 9309 §2.1–2.5 (see shared/reference/signals.md §2). Grouping and
+user-agent matching are ours, because Protego 0.7 gets them wrong in ways that
+under-block (peers.md §1b); Protego's path normalisation and pattern matcher do
+the matching of a path against each rule.
+
+Deliberate choices, each marked where it is made:
+
+* The body is cut at 500 KiB before parsing (§2.5), the cut line dropped; a
+  line is cut at 16,664 characters (Google's guard). A BOM is stripped.
+* Only Allow/Disallow close a run of User-agent lines (§2.2.1); Crawl-delay,
+  Sitemap and unknown lines never split a group.
+* A group's product token is its User-agent value up to the first whitespace,
+  `/` or `*`, compared case-insensitively and for equality: `FooBot/1.0` names
+  `FooBot`; `Foo` does not name `FooBot`.
+* Our own agent uses its groups if any group names it, else the `*` groups
+  (merged either way, §2.2.1). An `honor_agents` token binds us only through
+  groups that name it: the `*` group is already ours.
+* Longest match wins; Allow wins a tie (§2.2.2). Google's `index.html` rule is
+  not applied: the RFC does not have it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from protego._urlpattern import _URLPattern
+from protego._utils import _hexescape, _quote_path, _quote_pattern
+
+from proxy.evidence import Document, Finding, Says
+
+NAME = "robots-txt"
+PATH = "/robots.txt"
+
+# RFC 9309 §2.5: the parsing limit MUST be at least 500 KiB.
+MAX_BYTES = 500 * 1024
+# Google caps a line at 8 x 2083 octets; anything longer is a DoS, not a rule.
+MAX_LINE = 16_664
+
+# Google and Protego accept these spellings of the core keys (signals.md §2.4);
+# accepting them can only add rules, never remove one.
+_KEY_ALIASES = {
+    "user-agent": "user-agent",
+    "useragent": "user-agent",
+    "user agent": "user-agent",
+    "allow": "allow",
+    "disallow": "disallow",
+    "dissallow": "disallow",
+    "dissalow": "disallow",
+    "disalow": "disallow",
+    "diasllow": "disallow",
+    "disallaw": "disallow",
+    "sitemap": "sitemap",
+    "site-map": "sitemap",
+}
+_RULE_KEYS = frozenset({"allow", "disallow"})
+_FILE_WIDE_KEYS = frozenset({"sitemap", "host"})
+_LINE_SPLIT = re.compile(r"\r\n|\r|\n")
+_TOKEN_END = re.compile(r"[\s/*]")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One Allow or Disallow line."""
+
+    allow: bool
+    pattern: str  # the value as written (comment removed, whitespace trimmed)
+    line: int  # 1-based
+
+    def __str__(self) -> str:
+        return f"{'Allow' if self.allow else 'Disallow'}: {self.pattern}"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A line that is not a rule: Crawl-delay, Content-Signal, unknown keys."""
+
+    key: str  # lower-case
+    value: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A run of User-agent lines and the records that follow it."""
+
+    agents: tuple[str, ...]  # product tokens, lower-case; "*" for the wildcard
+    line: int  # line of the first User-agent
+    rules: tuple[Rule, ...]
+    records: tuple[Record, ...]
+
+
+class RuleMatcher:
+    """Longest-match evaluation of a merged rule list, returning the deciding rule."""
+
+    __slots__ = ("_entries", "_plain_prefixes", "_special")
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        entries: list[tuple[_URLPattern, Rule]] = []
+        for rule in rules:
+            for pattern in _patterns_of(rule.pattern):
+                entries.append((pattern, rule))
+        # RFC 9309 §2.2.2: the most specific (longest) match wins; on a tie
+        # the Allow wins, so sort Allow first among equals.
+        entries.sort(key=lambda e: (e[0].priority, e[1].allow), reverse=True)
+        self._entries = tuple(entries)
+        # Protego's trick: a plain pattern can only match as a prefix, so one
+        # startswith over all of them rules them out together.
+        self._plain_prefixes = tuple(
+            p._pattern for p, _ in entries if not (p._contains_asterisk or p._contains_dollar)
+        )
+        self._special = tuple(
+            e for e in entries if e[0]._contains_asterisk or e[0]._contains_dollar
+        )
+
+    def match(self, path: str) -> Rule | None:
+        """Return the deciding rule for `path` (path plus ?query), or None if none matches."""
+        quoted = _quote_path(path)
+        entries = self._entries if quoted.startswith(self._plain_prefixes) else self._special
+        for pattern, rule in entries:
+            if pattern.match(quoted):
+                return rule
+        return None
+
+
+def _patterns_of(value: str) -> list[_URLPattern]:
+    """The URL patterns a rule value stands for (none for an empty or dead value)."""
+    if not value:
+        return []  # RFC 9309 §2.2.2: an empty Disallow matches nothing
+    if not value.startswith(("/", "*")):
+        # signals.md §2.6: a pattern that starts with neither can never match.
+        return []
+    values = [value]
+    if "$" in value:
+        # A "$" not at the end is a literal; the URL side encodes a literal "$"
+        # as %24 (signals.md §2.6 step 4), so also match the literal reading.
+        values.append(value.replace("$", _hexescape("$")))
+    out = []
+    for v in values:
+        quoted = _quote_pattern(v)
+        if quoted:
+            out.append(_URLPattern(quoted))
+    return out
+
+
+def product_token(value: str) -> str:
+    """The product token a User-agent value names, lower-case ("*" for the wildcard)."""
+    v = value.strip()
+    if v.startswith("*"):
+        return "*"
+    return _TOKEN_END.split(v, maxsplit=1)[0].lower()
+
+
+@dataclass(slots=True)
+class RobotsTxt:
+    """A parsed robots.txt: its groups and file-wide records."""
+
+    groups: tuple[Group, ...]
+    records: tuple[Record, ...]  # file-wide: Sitemap, Host, and lines before any group
+    skipped: int  # lines that could not be read as `key: value`
+    _matchers: dict[tuple[str, bool], RuleMatcher | None] = field(default_factory=dict, repr=False)
+
+    def groups_for(self, token: str, *, star_fallback: bool) -> tuple[Group, ...]:
+        """The groups that apply to `token`: those naming it, else (if asked) the `*` groups."""
+        t = token.lower()
+        named = tuple(g for g in self.groups if t in g.agents)
+        if named or not star_fallback:
+            return named
+        return tuple(g for g in self.groups if "*" in g.agents)
+
+    def matcher_for(self, token: str, *, star_fallback: bool) -> RuleMatcher | None:
+        """The merged rules for `token`, or None when no group applies to it (cached)."""
+        key = (token.lower(), star_fallback)
+        if key not in self._matchers:
+            groups = self.groups_for(token, star_fallback=star_fallback)
+            self._matchers[key] = (
+                RuleMatcher(r for g in groups for r in g.rules) if groups else None
+            )
+        return self._matchers[key]
+
+
+def decode(body: bytes) -> tuple[str, bool]:
+    """Cut `body` at MAX_BYTES (dropping a cut line) and decode it; returns (text, truncated)."""
+    truncated = len(body) > MAX_BYTES
+    if truncated:
+        body = body[:MAX_BYTES]
+        # signals.md §2.3: drop the line cut by the limit.
+        last_nl = max(body.rfind(b"\n"), body.rfind(b"\r"))
+        body = body[: last_nl + 1] if last_nl >= 0 else b""
+    # utf-8-sig strips a BOM, which would otherwise hide the first group
+    # (peers.md §1b); undecodable bytes become U+FFFD rather than an error.
+    return body.decode("utf-8-sig", errors="replace"), truncated
+
+
+def _split_line(line: str) -> tuple[str, str] | None:
+    """`key: value` (typo-tolerant), or None for a line that is neither."""
+    key, sep, value = line.partition(":")
+    if not sep:
+        # Google's leniency: "Disallow /x" with exactly two tokens.
+        parts = line.split()
+        if len(parts) != 2:
+            return None
+        key, value = parts
+    key = " ".join(key.split()).lower()
+    return _KEY_ALIASES.get(key, key), value.strip()
+
+
+def parse(body: bytes | str) -> RobotsTxt:
+    """Parse a robots.txt body; never raises on content (hostile input yields fewer rules)."""
+    text = decode(body)[0] if isinstance(body, bytes) else body.removeprefix("\ufeff")
+    groups: list[Group] = []
+    file_records: list[Record] = []
+    skipped = 0
+    agents: list[str] = []
+    rules: list[Rule] = []
+    records: list[Record] = []
+    group_line = 0
+    seen_rule = False
+
+    def close() -> None:
+        if agents:
+            groups.append(Group(tuple(agents), group_line, tuple(rules), tuple(records)))
+
+    for number, raw in enumerate(_LINE_SPLIT.split(text), start=1):
+        line = raw[:MAX_LINE].split("#", 1)[0].strip()
+        if not line:
+            continue  # RFC 9309 §2.2.1: blank lines and comments do not end a group
+        kv = _split_line(line)
+        if kv is None:
+            skipped += 1
+            continue
+        key, value = kv
+        if key == "user-agent":
+            if seen_rule:  # a User-agent after a rule starts a new group
+                close()
+                agents, rules, records, seen_rule = [], [], [], False
+            token = product_token(value)
+            if not token:
+                skipped += 1
+                continue
+            if not agents:
+                group_line = number
+            agents.append(token)
+        elif key in _FILE_WIDE_KEYS:
+            file_records.append(Record(key, value, number))
+        elif key in _RULE_KEYS:
+            if not agents:
+                continue  # RFC 9309 §2.2.2: rules before the first group are ignored
+            rules.append(Rule(key == "allow", value, number))
+            seen_rule = True
+        elif agents:
+            # RFC 9309 §2.2.4: other records never interfere with grouping.
+            records.append(Record(key, value, number))
+        else:
+            file_records.append(Record(key, value, number))
+    close()
+    return RobotsTxt(tuple(groups), tuple(file_records), skipped)
+
+
+def findings_for(
+    path: str,
+    robots: RobotsTxt,
+    agent: str,
+    honor_agents: Iterable[str],
+    document: Document | None,
+) -> list[Finding]:
+    """Findings for `path` (path plus ?query): one for our agent, one per honored token that disallows.
+
+    Our agent's finding is always there, so the audit record names the
+    robots.txt that was in force even when it allowed the request.
+    """
+    if path == PATH or path.startswith(PATH + "?"):
+        # RFC 9309 §2.3: /robots.txt itself is implicitly allowed.
+        return [Finding(NAME, Says.ALLOW, "/robots.txt is always allowed", document, agent=agent)]
+    findings: list[Finding] = []
+    matcher = robots.matcher_for(agent, star_fallback=True)
+    rule = matcher.match(path) if matcher is not None else None
+    if rule is None:
+        groups = "no group applies" if matcher is None else "no rule matches"
+        findings.append(Finding(NAME, Says.ALLOW, groups, document, agent=agent))
+    else:
+        named = robots.groups_for(agent, star_fallback=False)
+        findings.append(
+            Finding(
+                NAME,
+                Says.ALLOW if rule.allow else Says.DISALLOW,
+                str(rule),
+                document,
+                line=rule.line,
+                agent=agent if named else "*",
+            )
+        )
+    seen = {agent.lower()}
+    for token in honor_agents:
+        if token.lower() in seen:
+            continue
+        seen.add(token.lower())
+        m = robots.matcher_for(token, star_fallback=False)
+        r = m.match(path) if m is not None else None
+        if r is not None and not r.allow:
+            findings.append(
+                Finding(NAME, Says.DISALLOW, str(r), document, line=r.line, agent=token)
+            )
+    return findings

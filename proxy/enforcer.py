@@ -38,6 +38,7 @@ REASON_HEADER = "X-Optout-Reason"
 ID_HEADER = "X-Optout-Id"
 BLOCK_STATUS = 451  # RFC 7725: Unavailable For Legal Reasons
 AUDIT_DOWN_STATUS = 503
+_REASONS = {BLOCK_STATUS: "Unavailable For Legal Reasons", AUDIT_DOWN_STATUS: "Service Unavailable"}
 _CLIENT_OPTIONS = frozenset(
     {
         "optout_fetch_timeout",
@@ -57,6 +58,17 @@ def _host_of(host_header: str | None) -> str | None:
         return host_header
 
 
+def make_block(status: int, body: str, reason_code: str, record_id: str) -> http.Response:
+    """A response the proxy answers itself, naming why and which audit record says so."""
+    response = http.Response.make(
+        status,
+        body,
+        {"Content-Type": "text/plain; charset=utf-8", REASON_HEADER: reason_code, ID_HEADER: record_id},
+    )
+    response.reason = _REASONS.get(status, "")
+    return response
+
+
 def block_body(decision: Decision, record_id: str) -> str:
     """The short text a blocked crawler gets: signal, deciding rule or entry, document."""
     lines = [
@@ -66,10 +78,12 @@ def block_body(decision: Decision, record_id: str) -> str:
     ]
     f = decision.deciding
     if f is not None:
-        rule = f"{f.detail} (line {f.line})" if f.line is not None else f.detail
+        rule = f"{f.detail} (line {f.line})" if f.line is not None and f.entry is None else f.detail
         lines.append(f"rule: {rule}")
         if f.document is not None:
             lines.append(f"document: {f.document.url}")
+        if f.entry is not None:
+            lines.append(f"entry: {f.entry['file']}:{f.entry['line']}")
     lines.append(f"record: {record_id}")
     return "\n".join(lines) + "\n"
 
@@ -232,14 +246,8 @@ class Enforcer:
             if not self._write(record, flow, record_id):
                 return
         if decision.blocks:
-            flow.response = http.Response.make(
-                BLOCK_STATUS,
-                block_body(decision, record_id),
-                {
-                    "Content-Type": "text/plain; charset=utf-8",
-                    REASON_HEADER: decision.signal or "blocked",
-                    ID_HEADER: record_id,
-                },
+            flow.response = make_block(
+                BLOCK_STATUS, block_body(decision, record_id), decision.signal or "blocked", record_id
             )
 
     def _write(self, record: dict[str, Any], flow: http.HTTPFlow, record_id: str) -> bool:
@@ -251,12 +259,12 @@ class Enforcer:
             return True
         except AuditError as e:
             logger.error("optout: %s; answering %d", e, AUDIT_DOWN_STATUS)
-            flow.response = http.Response.make(
+            flow.response = make_block(
                 AUDIT_DOWN_STATUS,
                 f"{AUDIT_DOWN_STATUS}: optout-proxy cannot write its audit log, so it forwards "
                 f"nothing.\nrecord: {record_id}\n",
-                {"Content-Type": "text/plain; charset=utf-8", REASON_HEADER: "audit-unavailable",
-                 ID_HEADER: record_id},
+                "audit-unavailable",
+                record_id,
             )
             return False
 
@@ -284,11 +292,8 @@ class Enforcer:
                       "signal": "internal-error", "enforced": True, "status": BLOCK_STATUS}
         if not self._write(record, flow, record_id):
             return
-        flow.response = http.Response.make(
-            BLOCK_STATUS,
-            block_body(decision, record_id),
-            {"Content-Type": "text/plain; charset=utf-8", REASON_HEADER: "internal-error",
-             ID_HEADER: record_id},
+        flow.response = make_block(
+            BLOCK_STATUS, block_body(decision, record_id), "internal-error", record_id
         )
 
     def _close_later(self, client: httpx.AsyncClient) -> None:

@@ -185,7 +185,8 @@ def load_policy(path: Path) -> Policy:
                 reg_reader.problem(None, "the registry file is empty")
             registry_problems.extend(reg_reader.problems)
     if reader.problems or registry_problems:
-        raise PolicyError(reader.problems + registry_problems)
+        by_line = sorted(reader.problems, key=lambda p: p.line or 0)
+        raise PolicyError(by_line + sorted(registry_problems, key=lambda p: (str(p.path), p.line or 0)))
     return Policy(
         path=path.resolve(),
         agent=agent,

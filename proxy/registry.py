@@ -110,7 +110,7 @@ class Registry:
                     Finding(
                         NAME,
                         Says.DISALLOW,
-                        f"{entry.holder}: {scope} ({entry.file}:{entry.line})",
+                        f"{entry.holder}: {scope}",
                         entry=entry.to_json(),
                         line=entry.line,
                     )

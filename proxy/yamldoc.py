@@ -146,6 +146,9 @@ class Reader:
     def choice(self, node: Node, what: str, choices: Iterable[str]) -> str | None:
         """A string that must be one of `choices`."""
         options = list(choices)
+        if isinstance(node, ScalarNode) and node.tag != _STR and str(node.value) in options:
+            # YAML 1.1 reads a bare `off` as false; the user meant the word.
+            return str(node.value)
         value = self.string(node, what)
         if value is None:
             return None

@@ -1,0 +1,5 @@
+"""`python -m proxy` is the `optout-proxy` command."""
+
+from proxy.cli import entrypoint
+
+entrypoint()

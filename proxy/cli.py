@@ -1,0 +1,250 @@
+"""The `optout-proxy` command: run the proxy, explain a decision, validate a policy.
+
+    optout-proxy run [--policy PATH] [--listen-host H] [--listen-port P]
+                     [--mode enforce|monitor] [--audit PATH] [--set OPTION=VALUE ...]
+    optout-proxy check URL [--agent TOKEN] [--policy PATH] [--json]
+    optout-proxy policy validate [PATH]
+
+Results go to stdout; progress and diagnostics to stderr. Exit codes are
+`ExitStatus`. This module parses and prints; the work is done elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import enum
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from proxy import __version__
+from proxy.assess import assess
+from proxy.audit import new_id, record_for
+from proxy.documents import OriginDocuments, load_origin
+from proxy.errors import PolicyError
+from proxy.evidence import Decision, Finding, Verdict
+from proxy.fetch import make_client, utc_now
+from proxy.origin import Origin, path_and_query
+from proxy.policy import Policy, load_policy
+
+DEFAULT_POLICY = "policies/default.yaml"
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0  # allowed (check), valid (validate), clean shutdown (run)
+    BLOCKED = 1  # check: the URL would be blocked
+    INVALID = 2  # invalid policy, bad arguments, or an error that prevented a decision
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="optout-proxy",
+        description="A crawler-policy enforcement proxy that honours AI-training opt-outs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the proxy (mitmdump with the optout addon)")
+    run.add_argument("--policy", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})")
+    run.add_argument("--listen-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    run.add_argument("--listen-port", type=int, default=8080, help="port to listen on (default 8080)")
+    run.add_argument("--mode", choices=("enforce", "monitor"), help="override the policy's mode")
+    run.add_argument("--audit", help="audit log path, overriding the policy's audit.path")
+    run.add_argument(
+        "--set", dest="options", action="append", default=[], metavar="OPTION=VALUE",
+        help="any mitmproxy or optout_* option, e.g. --set flow_detail=1 (repeatable)",
+    )
+
+    check = sub.add_parser("check", help="explain what the proxy would decide for a URL")
+    check.add_argument("url", help="absolute http(s) URL")
+    check.add_argument("--agent", help="product token to evaluate as (default: the policy's agent)")
+    check.add_argument("--policy", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})")
+    check.add_argument("--json", action="store_true", help="print the audit record instead of text")
+    check.add_argument("--timeout", type=float, default=5.0, help="fetch timeout in seconds (default 5)")
+    check.add_argument("--insecure", action="store_true", help="do not verify origin TLS certificates")
+    check.add_argument("--ca-file", help="trust this CA bundle for origin TLS")
+
+    policy = sub.add_parser("policy", help="work with policy files")
+    psub = policy.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
+    validate = psub.add_parser("validate", help="check a policy and its registries")
+    validate.add_argument("path", nargs="?", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})")
+    return parser
+
+
+def _print_problems(error: PolicyError, out: TextIO) -> None:
+    for problem in error.problems:
+        print(problem, file=out)
+
+
+# -- run -------------------------------------------------------------------
+
+
+def mitmdump_args(args: argparse.Namespace) -> list[str]:
+    """The mitmdump command line that `run` amounts to."""
+    addon = Path(__file__).with_name("addon.py")
+    argv = [
+        "-s", str(addon),
+        "--listen-host", args.listen_host,
+        "--listen-port", str(args.listen_port),
+        # performance.md: printing every flow costs ~18 %; --set flow_detail=1 brings it back.
+        "--set", "flow_detail=0",
+        "--set", f"optout_policy={args.policy}",
+    ]
+    if args.mode:
+        argv += ["--set", f"optout_mode={args.mode}"]
+    if args.audit:
+        argv += ["--set", f"optout_audit={args.audit}"]
+    for option in args.options:
+        argv += ["--set", option]
+    return argv
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(Path(args.policy))
+    except PolicyError as e:
+        _print_problems(e, sys.stderr)
+        return ExitStatus.INVALID
+    audit = args.audit or policy.audit.path
+    print(
+        f"optout-proxy {__version__}: policy {args.policy} (sha256 {policy.digest[:12]}), "
+        f"mode {args.mode or policy.mode}, audit log {audit}\n"
+        f"  route a crawler with: curl -x http://{args.listen_host}:{args.listen_port} URL "
+        "(HTTPS: trust ~/.mitmproxy/mitmproxy-ca-cert.pem)",
+        file=sys.stderr,
+    )
+    from mitmproxy.tools.main import mitmdump
+
+    try:
+        mitmdump(mitmdump_args(args))
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else ExitStatus.INVALID
+    except KeyboardInterrupt:
+        pass
+    return ExitStatus.OK
+
+
+# -- check -----------------------------------------------------------------
+
+
+def _finding_line(finding: Finding, deciding: bool) -> str:
+    mark = "=>" if deciding else "  "
+    parts = [f"{mark} {finding.signal:<11} {finding.says!s:<11} {finding.detail}"]
+    if finding.line is not None:
+        parts.append(f"(line {finding.line})")
+    if finding.agent:
+        parts.append(f"[group {finding.agent}]")
+    text = " ".join(parts)
+    doc = finding.document
+    if doc is not None:
+        status = doc.status if doc.status is not None else (doc.error or "no answer")
+        digest = f", sha256 {doc.sha256[:16]}" if doc.sha256 else ""
+        text += f"\n      {doc.url} ({status}{digest}, fetched {doc.fetched_at})"
+    if finding.entry is not None:
+        text += f"\n      {finding.entry['file']}:{finding.entry['line']} source {finding.entry['source']}"
+    return text
+
+
+def explain(decision: Decision, url: str) -> str:
+    """The human-readable explanation `check` prints."""
+    verdict = decision.verdict.value.upper()
+    if decision.verdict is Verdict.BLOCK and not decision.enforced:
+        verdict += " (monitor: would block, forwarded)"
+    lines = [f"{verdict}  {url}"]
+    if decision.signal:
+        lines.append(f"signal: {decision.signal}")
+    lines.append(f"reason: {decision.reason}")
+    lines.append(f"findings ({len(decision.findings)}):")
+    for finding in decision.findings:
+        lines.append(_finding_line(finding, finding is decision.deciding))
+    lines.append(f"policy sha256: {decision.policy_sha256}")
+    return "\n".join(lines)
+
+
+async def check_url(
+    url: str, policy: Policy, *, timeout: float, verify: bool = True, ca_file: str | None = None
+) -> Decision:
+    """Fetch what the proxy would fetch for `url` and decide, as the proxy would."""
+    origin = Origin.from_url(url)
+    client = make_client(
+        timeout=timeout, verify=verify, ca_file=ca_file,
+        user_agent=f"{policy.agent} (optout-proxy/{__version__})",
+    )
+    async with client:
+        async def documents(o: Origin) -> OriginDocuments:
+            docs, _ = await load_origin(
+                client, o, None, total_timeout=2 * timeout, unreachable_retry=0
+            )
+            return docs
+
+        hosts = [origin.host]
+        return await assess(policy, origin, path_and_query(url), hosts, documents)
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(Path(args.policy))
+    except PolicyError as e:
+        _print_problems(e, sys.stderr)
+        return ExitStatus.INVALID
+    if args.agent:
+        policy = dataclasses.replace(policy, agent=args.agent)
+    try:
+        Origin.from_url(args.url)
+    except ValueError as e:
+        print(f"optout-proxy check: {e}", file=sys.stderr)
+        return ExitStatus.INVALID
+    print(f"checking {args.url} as {policy.agent} ...", file=sys.stderr)
+    decision = asyncio.run(
+        check_url(args.url, policy, timeout=args.timeout, verify=not args.insecure, ca_file=args.ca_file)
+    )
+    if args.json:
+        record: dict[str, Any] = record_for(
+            decision, record_id=new_id(), ts=utc_now(), method="GET", url=args.url,
+            host=Origin.from_url(args.url).host, agent=policy.agent, phase="check",
+            status=None, policy_path=str(policy.path),
+        )
+        print(json.dumps(record, ensure_ascii=False, indent=2))
+    else:
+        print(explain(decision, args.url))
+    return ExitStatus.BLOCKED if decision.verdict is Verdict.BLOCK else ExitStatus.OK
+
+
+# -- policy validate -------------------------------------------------------
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(Path(args.path))
+    except PolicyError as e:
+        _print_problems(e, sys.stdout)
+        print(f"{args.path}: invalid ({len(e.problems)} problem(s))", file=sys.stderr)
+        return ExitStatus.INVALID
+    print(
+        f"{args.path}: valid (sha256 {policy.digest[:12]}; agent {policy.agent}; "
+        f"{len(policy.honor_agents)} honored agents; {len(policy.registry)} registry entries "
+        f"covering {policy.registry.domain_count} domains)",
+        file=sys.stderr,
+    )
+    return ExitStatus.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (sys.exit happens in entrypoint only)."""
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "check":
+        return _check(args)
+    if args.command == "policy" and args.policy_command == "validate":
+        return _validate(args)
+    raise AssertionError(f"unhandled command {args.command}")  # argparse requires one
+
+
+def entrypoint() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

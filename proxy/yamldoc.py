@@ -149,6 +149,9 @@ class Reader:
         if isinstance(node, ScalarNode) and node.tag != _STR and str(node.value) in options:
             # YAML 1.1 reads a bare `off` as false; the user meant the word.
             return str(node.value)
+        if isinstance(node, ScalarNode) and node.tag != _STR:
+            self.problem(node, f"{what} must be one of {' | '.join(options)}, not '{node.value}'")
+            return None
         value = self.string(node, what)
         if value is None:
             return None

@@ -38,6 +38,7 @@ REASON_HEADER = "X-Optout-Reason"
 ID_HEADER = "X-Optout-Id"
 BLOCK_STATUS = 451  # RFC 7725: Unavailable For Legal Reasons
 AUDIT_DOWN_STATUS = 503
+MODES_OR_POLICY = ("", "enforce", "monitor")
 _REASONS = {BLOCK_STATUS: "Unavailable For Legal Reasons", AUDIT_DOWN_STATUS: "Service Unavailable"}
 _CLIENT_OPTIONS = frozenset(
     {
@@ -110,7 +111,7 @@ class Enforcer:
             "optout_mode", str, "",
             "Override the policy's mode: 'enforce' answers blocks with 451, 'monitor' forwards "
             "everything and only logs what it would block. Empty: use the policy's mode.",
-            choices=["", "enforce", "monitor"],
+            choices=list(MODES_OR_POLICY),
         )
         loader.add_option(
             "optout_audit", str, "",
@@ -140,6 +141,10 @@ class Enforcer:
                 details = "\n".join(str(p) for p in e.problems)
                 raise exceptions.OptionsError(f"invalid policy:\n{details}") from e
             self._install(policy)
+        if "optout_mode" in updated and ctx.options.optout_mode not in MODES_OR_POLICY:
+            raise exceptions.OptionsError(
+                f"optout_mode must be enforce, monitor or empty, not '{ctx.options.optout_mode}'"
+            )
         if "optout_cache_size" in updated:
             if ctx.options.optout_cache_size < 1:
                 raise exceptions.OptionsError("optout_cache_size must be at least 1")

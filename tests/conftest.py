@@ -55,12 +55,13 @@ def make_proxy(tmp_path: Path, ca_pem: Path) -> Iterator[Callable[..., ProxyProc
     """Start mitmdump with our addon: make_proxy(policy_path, **options)."""
     procs: list[ProxyProcess] = []
 
-    def factory(policy: Path, **options: Any) -> ProxyProcess:
+    def factory(policy: Path, addon: Path | None = None, **options: Any) -> ProxyProcess:
         confdir = tmp_path / f"mitm-conf-{len(procs)}"
         confdir.mkdir()
-        audit = tmp_path / f"audit-{len(procs)}.jsonl"
+        audit = Path(options.pop("optout_audit", tmp_path / f"audit-{len(procs)}.jsonl"))
         options.setdefault("ssl_verify_upstream_trusted_ca", str(ca_pem))
-        proc = ProxyProcess(policy, confdir=confdir, audit=audit, options=options)
+        extra = {"addon": addon} if addon is not None else {}
+        proc = ProxyProcess(policy, confdir=confdir, audit=audit, options=options, **extra)
         procs.append(proc)
         return proc
 

@@ -20,13 +20,14 @@ class ProxyProcess:
     """mitmdump -s proxy/addon.py on 127.0.0.1, port chosen by the OS."""
 
     def __init__(self, policy: Path, *, confdir: Path, audit: Path | None = None,
-                 options: dict[str, Any] | None = None, timeout: float = 30.0) -> None:
+                 options: dict[str, Any] | None = None, timeout: float = 30.0,
+                 addon: Path = ADDON) -> None:
         self.policy = policy
         self.audit = audit
         self.confdir = confdir
         args = [
             sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()",
-            "-s", str(ADDON), "--listen-host", "127.0.0.1", "--listen-port", "0",
+            "-s", str(addon), "--listen-host", "127.0.0.1", "--listen-port", "0",
             "--set", f"confdir={confdir}", "--set", f"optout_policy={policy}",
             "--set", "flow_detail=0",
         ]

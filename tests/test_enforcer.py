@@ -1,0 +1,77 @@
+"""The addon inside mitmproxy's test harness: configure, reloads, hooks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons, tflow
+
+from proxy.enforcer import Enforcer
+from proxy.policy import load_policy
+from tests.policies import entry, write_policy
+
+
+def test_broken_policy_at_runtime_keeps_the_last_good(tmp_path: Path) -> None:
+    good = write_policy(tmp_path)
+    enforcer = Enforcer()
+    with taddons.context(enforcer) as tctx:
+        tctx.configure(enforcer, optout_policy=str(good))
+        assert enforcer.policy is not None
+        digest = enforcer.policy.digest
+        broken = tmp_path / "broken.yaml"
+        broken.write_text("agent: ExampleBot\nsignals:\n  - robots\nuser_agnet: x\n")
+        with pytest.raises(exceptions.OptionsError, match=r"broken\.yaml:3"):
+            tctx.configure(enforcer, optout_policy=str(broken))
+        assert enforcer.policy.digest == digest
+        assert tctx.options.optout_policy == str(good)  # mitmproxy rolled the option back
+
+
+def test_a_valid_change_replaces_the_policy_whole(tmp_path: Path) -> None:
+    first = write_policy(tmp_path / "a")
+    second = write_policy(tmp_path / "b", registry=[entry("H", "h.example")], agent="OtherBot")
+    enforcer = Enforcer()
+    with taddons.context(enforcer) as tctx:
+        tctx.configure(enforcer, optout_policy=str(first))
+        tctx.configure(enforcer, optout_policy=str(second))
+        assert enforcer.policy is not None
+        assert enforcer.policy.agent == "OtherBot"
+        assert enforcer.policy.digest == load_policy(second).digest
+
+
+async def test_registry_block_in_the_request_hook(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, registry=[entry("H", "h.example")])
+    enforcer = Enforcer()
+    with taddons.context(enforcer) as tctx:
+        tctx.configure(enforcer, optout_policy=str(policy), optout_audit=str(tmp_path / "a.jsonl"))
+        flow = tflow.tflow()
+        flow.request.host = "www.H.example"
+        flow.request.headers["Host"] = "www.h.example"
+        await enforcer.request(flow)
+        assert flow.response is not None and flow.response.status_code == 451
+        assert flow.response.headers["X-Optout-Reason"] == "registry"
+        decision = flow.metadata["optout"]
+        assert decision.signal == "registry"
+        assert (tmp_path / "a.jsonl").read_text().count("\n") == 1
+
+
+async def test_request_without_a_policy_is_not_forwarded(tmp_path: Path) -> None:
+    enforcer = Enforcer()
+    with taddons.context(enforcer):
+        flow = tflow.tflow()
+        await enforcer.request(flow)
+        # No policy and no audit log: nothing may pass, and nothing unrecorded does.
+        assert flow.response is not None and flow.response.status_code == 503
+
+
+def test_options_are_checked(tmp_path: Path) -> None:
+    enforcer = Enforcer()
+    with taddons.context(enforcer) as tctx:
+        tctx.configure(enforcer, optout_policy=str(write_policy(tmp_path)))
+        with pytest.raises(exceptions.OptionsError):
+            tctx.configure(enforcer, optout_mode="observe")
+        with pytest.raises(exceptions.OptionsError, match="optout_cache_size"):
+            tctx.configure(enforcer, optout_cache_size=0)
+        tctx.configure(enforcer, optout_cache_size=5)
+        assert enforcer.cache.max_size == 5

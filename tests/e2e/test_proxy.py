@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import threading
 from collections.abc import Callable
@@ -271,3 +272,46 @@ def test_an_exception_in_our_hook_blocks_the_request(
     rec = proxy.record(r.headers["X-Optout-Id"])
     assert (rec["decision"], rec["signal"], rec["status"]) == ("block", "internal-error", 451)
     assert proxy.wait_for_log("ZeroDivisionError")
+
+
+def test_optout_proxy_run_on_the_shipped_policy(tmp_path: Path, make_site: Callable[..., Site]) -> None:
+    """`optout-proxy run` with defaults: the README's run command, on the shipped policy."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.proxyproc import REPO
+
+    site = content_site(make_site)
+    audit = tmp_path / "audit.jsonl"
+    script = Path(sys.executable).with_name("optout-proxy")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "proxy"]
+    proc = subprocess.Popen(
+        [*cmd, "run", "--listen-port", "0", "--audit", str(audit), "--set", f"confdir={tmp_path}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            m = re.search(r"listening at .*?:(\d+)", line)
+            if m:
+                port = int(m.group(1))
+                break
+        assert port is not None, "".join(seen)
+        assert "policy policies/default.yaml" in "".join(seen)
+        with httpx.Client(proxy=f"http://127.0.0.1:{port}", trust_env=False, timeout=20) as c:
+            ghibli = c.get("http://www.ghibli.jp/works/")
+            private = c.get(site.url("/private/x"))
+            ok = c.get(site.url("/page"))
+        assert ghibli.status_code == 451 and "Studio Ghibli" in ghibli.text
+        assert private.status_code == 451
+        assert ok.status_code == 200
+        records = [json.loads(x) for x in audit.read_text().splitlines()]
+        assert [r["decision"] for r in records] == ["block", "block", "allow"]
+        assert records[0]["evidence"][0]["entry"]["holder"] == "Studio Ghibli"
+    finally:
+        proc.terminate()
+        proc.wait(10)

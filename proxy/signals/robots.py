@@ -162,6 +162,13 @@ class RobotsTxt:
     records: tuple[Record, ...]  # file-wide: Sitemap, Host, and lines before any group
     skipped: int  # lines that could not be read as `key: value`
     _matchers: dict[tuple[str, bool], RuleMatcher | None] = field(default_factory=dict, repr=False)
+    _named: frozenset[str] | None = field(default=None, repr=False)
+
+    def names(self, token: str) -> bool:
+        """True if some group names `token` (case-insensitive)."""
+        if self._named is None:
+            self._named = frozenset(a for g in self.groups for a in g.agents)
+        return token.lower() in self._named
 
     def groups_for(self, token: str, *, star_fallback: bool) -> tuple[Group, ...]:
         """The groups that apply to `token`: those naming it, else (if asked) the `*` groups."""
@@ -282,7 +289,7 @@ def findings_for(
         groups = "no group applies" if matcher is None else "no rule matches"
         findings.append(Finding(NAME, Says.ALLOW, groups, document, agent=agent))
     else:
-        named = robots.groups_for(agent, star_fallback=False)
+        named = robots.names(agent)
         findings.append(
             Finding(
                 NAME,
@@ -295,8 +302,8 @@ def findings_for(
         )
     seen = {agent.lower()}
     for token in honor_agents:
-        if token.lower() in seen:
-            continue
+        if not robots.names(token) or token.lower() in seen:
+            continue  # most files name few of the honored tokens: skip the rest cheaply
         seen.add(token.lower())
         m = robots.matcher_for(token, star_fallback=False)
         r = m.match(path) if m is not None else None

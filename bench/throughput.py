@@ -47,8 +47,12 @@ class Origin:
                 head = await reader.readuntil(b"\r\n\r\n")
                 path = head.split(b" ", 2)[1]
                 body = ROBOTS if path == b"/robots.txt" else BODY
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
-                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
@@ -72,9 +76,22 @@ class Origin:
 
 
 def start_mitmdump(confdir: Path, ca_file: Path, extra: list[str]) -> tuple[subprocess.Popen[str], int]:
-    args = [sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()",
-            "--listen-host", "127.0.0.1", "--listen-port", "0", "--set", f"confdir={confdir}",
-            "--set", "flow_detail=0", "--set", f"ssl_verify_upstream_trusted_ca={ca_file}", *extra]
+    args = [
+        sys.executable,
+        "-c",
+        "from mitmproxy.tools.main import mitmdump; mitmdump()",
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        "0",
+        "--set",
+        f"confdir={confdir}",
+        "--set",
+        "flow_detail=0",
+        "--set",
+        f"ssl_verify_upstream_trusted_ca={ca_file}",
+        *extra,
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -112,7 +129,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", default="1,8,32")
@@ -140,10 +159,16 @@ def main() -> int:
         (t / "ours").mkdir()
         bare, bare_port = start_mitmdump(t / "bare", ca_file, [])
         ours, ours_port = start_mitmdump(
-            t / "ours", ca_file, ["-s", str(REPO / "proxy" / "addon.py"), "--set", f"optout_policy={policy}"])
+            t / "ours",
+            ca_file,
+            ["-s", str(REPO / "proxy" / "addon.py"), "--set", f"optout_policy={policy}"],
+        )
         proxies = {"bare": f"http://127.0.0.1:{bare_port}", "ours": f"http://127.0.0.1:{ours_port}"}
         try:
-            print(f"{'scheme':<6} {'conc':>4} {'proxy':<5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}", file=sys.stderr)
+            print(
+                f"{'scheme':<6} {'conc':>4} {'proxy':<5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}",
+                file=sys.stderr,
+            )
             summary = []
             for scheme, origin in (("http", http_origin), ("https", https_origin)):
                 url = f"{scheme}://localhost:{origin.port}/page"
@@ -152,21 +177,27 @@ def main() -> int:
                     lats: dict[str, list[float]] = {"bare": [], "ours": []}
                     for _ in range(args.rounds):
                         for name in ("bare", "ours"):
-                            verify = ssl.create_default_context(cafile=str(t / name / "mitmproxy-ca-cert.pem"))
+                            verify = ssl.create_default_context(
+                                cafile=str(t / name / "mitmproxy-ca-cert.pem")
+                            )
                             got = asyncio.run(load(proxies[name], url, verify, conc, args.seconds))
                             rates[name].append(len(got) / args.seconds)
                             lats[name].extend(got)
                     ratios = [o / b for o, b in zip(rates["ours"], rates["bare"], strict=True)]
                     for name in ("bare", "ours"):
-                        print(f"{scheme:<6} {conc:>4} {name:<5} {statistics.median(rates[name]):>8.0f} "
-                              f"{pct(lats[name], 0.5) * 1e3:>8.2f} {pct(lats[name], 0.99) * 1e3:>8.2f}")
+                        print(
+                            f"{scheme:<6} {conc:>4} {name:<5} {statistics.median(rates[name]):>8.0f} "
+                            f"{pct(lats[name], 0.5) * 1e3:>8.2f} {pct(lats[name], 0.99) * 1e3:>8.2f}"
+                        )
                     ratio = statistics.median(ratios)
                     summary.append((scheme, conc, ratio))
-                    print(f"{scheme:<6} {conc:>4} ratio ours/bare (median of {args.rounds} paired rounds): "
-                          f"{ratio:.3f}")
+                    print(
+                        f"{scheme:<6} {conc:>4} ratio ours/bare (median of {args.rounds} paired rounds): "
+                        f"{ratio:.3f}"
+                    )
             overall = statistics.median(r for _, _, r in summary)
             print(f"overall median ratio ours/bare: {overall:.3f} (target >= 0.90)")
-            records = sum(1 for _ in open(t / "audit.jsonl"))
+            records = (t / "audit.jsonl").read_bytes().count(b"\n")
             print(f"audit records written by ours during the run: {records}")
         finally:
             for proc in (bare, ours):

@@ -8,6 +8,7 @@ documented in README.md ("Audit log"); its field names are a contract.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -104,10 +105,8 @@ class AuditLog:
 
     def _close_fd(self) -> None:
         if self._fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
             self._fd = None
 
     def close(self) -> None:

@@ -55,7 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--mode", choices=("enforce", "monitor"), help="override the policy's mode")
     run.add_argument("--audit", help="audit log path, overriding the policy's audit.path")
     run.add_argument(
-        "--set", dest="options", action="append", default=[], metavar="OPTION=VALUE",
+        "--set",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
         help="any mitmproxy or optout_* option, e.g. --set flow_detail=1 (repeatable)",
     )
 
@@ -71,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     policy = sub.add_parser("policy", help="work with policy files")
     psub = policy.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
     validate = psub.add_parser("validate", help="check a policy and its registries")
-    validate.add_argument("path", nargs="?", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})")
+    validate.add_argument(
+        "path", nargs="?", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})"
+    )
     return parser
 
 
@@ -87,12 +93,17 @@ def mitmdump_args(args: argparse.Namespace) -> list[str]:
     """The mitmdump command line that `run` amounts to."""
     addon = Path(__file__).with_name("addon.py")
     argv = [
-        "-s", str(addon),
-        "--listen-host", args.listen_host,
-        "--listen-port", str(args.listen_port),
+        "-s",
+        str(addon),
+        "--listen-host",
+        args.listen_host,
+        "--listen-port",
+        str(args.listen_port),
         # performance.md: printing every flow costs ~18 %; --set flow_detail=1 brings it back.
-        "--set", "flow_detail=0",
-        "--set", f"optout_policy={args.policy}",
+        "--set",
+        "flow_detail=0",
+        "--set",
+        f"optout_policy={args.policy}",
     ]
     if args.mode:
         argv += ["--set", f"optout_mode={args.mode}"]
@@ -171,14 +182,15 @@ async def check_url(
     """Fetch what the proxy would fetch for `url` and decide, as the proxy would."""
     origin = Origin.from_url(url)
     client = make_client(
-        timeout=timeout, verify=verify, ca_file=ca_file,
+        timeout=timeout,
+        verify=verify,
+        ca_file=ca_file,
         user_agent=f"{policy.agent} (optout-proxy/{__version__})",
     )
     async with client:
+
         async def documents(o: Origin) -> OriginDocuments:
-            docs, _ = await load_origin(
-                client, o, None, total_timeout=2 * timeout, unreachable_retry=0
-            )
+            docs, _ = await load_origin(client, o, None, total_timeout=2 * timeout, unreachable_retry=0)
             return docs
 
         hosts = [origin.host]
@@ -204,9 +216,16 @@ def _check(args: argparse.Namespace) -> int:
     )
     if args.json:
         record: dict[str, Any] = record_for(
-            decision, record_id=new_id(), ts=utc_now(), method="GET", url=args.url,
-            host=Origin.from_url(args.url).host, agent=policy.agent, phase="check",
-            status=None, policy_path=str(policy.path),
+            decision,
+            record_id=new_id(),
+            ts=utc_now(),
+            method="GET",
+            url=args.url,
+            host=Origin.from_url(args.url).host,
+            agent=policy.agent,
+            phase="check",
+            status=None,
+            policy_path=str(policy.path),
         )
         print(json.dumps(record, ensure_ascii=False, indent=2))
     else:

@@ -43,11 +43,8 @@ def _reason(finding: Finding, signal: str) -> str:
         e = finding.entry
         return f"{e['holder']} opted out in the rights-holder registry: {e['reason']}."
     if signal == "unreachable":
-        why = (doc.error if doc is not None and doc.error else "no usable answer")
-        return (
-            f"{where} is unreachable ({why}); RFC 9309 §2.3.1.4 requires assuming complete "
-            "disallow."
-        )
+        why = doc.error if doc is not None and doc.error else "no usable answer"
+        return f"{where} is unreachable ({why}); RFC 9309 §2.3.1.4 requires assuming complete disallow."
     if finding.says is Says.UNAVAILABLE and doc is not None:
         return f"{where} answered {doc.status}; the policy treats that as disallow."
     who = f"for {finding.agent}" if finding.agent else ""

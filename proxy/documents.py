@@ -76,9 +76,7 @@ async def load_origin(
         return OriginDocuments(origin, "unavailable", fetched.document, None), fetched.ttl
     # Unreachable: keep a good copy in force if we have a recent one.
     if previous is not None and previous.robots_outcome != "unreachable":
-        age = _parse_time(fetched.document.fetched_at) - _parse_time(
-            previous.robots_document.fetched_at
-        )
+        age = _parse_time(fetched.document.fetched_at) - _parse_time(previous.robots_document.fetched_at)
         if age < STALE_LIMIT:
             kept = OriginDocuments(
                 origin,

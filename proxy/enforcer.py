@@ -64,7 +64,11 @@ def make_block(status: int, body: str, reason_code: str, record_id: str) -> http
     response = http.Response.make(
         status,
         body,
-        {"Content-Type": "text/plain; charset=utf-8", REASON_HEADER: reason_code, ID_HEADER: record_id},
+        {
+            "Content-Type": "text/plain; charset=utf-8",
+            REASON_HEADER: reason_code,
+            ID_HEADER: record_id,
+        },
     )
     response.reason = _REASONS.get(status, "")
     return response
@@ -103,31 +107,43 @@ class Enforcer:
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
-            "optout_policy", str, "policies/default.yaml",
+            "optout_policy",
+            str,
+            "policies/default.yaml",
             "Policy file (YAML) that says which opt-out signals to honour; its registries "
             "and audit path are relative to it.",
         )
         loader.add_option(
-            "optout_mode", str, "",
+            "optout_mode",
+            str,
+            "",
             "Override the policy's mode: 'enforce' answers blocks with 451, 'monitor' forwards "
             "everything and only logs what it would block. Empty: use the policy's mode.",
             choices=list(MODES_OR_POLICY),
         )
         loader.add_option(
-            "optout_audit", str, "",
+            "optout_audit",
+            str,
+            "",
             "Audit log path (JSON Lines), overriding the policy's audit.path. Empty: use the policy's.",
         )
         loader.add_option(
-            "optout_fetch_timeout", int, 5,
+            "optout_fetch_timeout",
+            int,
+            5,
             "Seconds to wait for an origin's policy document before treating it as unreachable "
             "(RFC 9309 §2.3.1.4).",
         )
         loader.add_option(
-            "optout_unreachable_retry", int, 300,
+            "optout_unreachable_retry",
+            int,
+            300,
             "Seconds before an unreachable policy document is fetched again.",
         )
         loader.add_option(
-            "optout_cache_size", int, 10_000,
+            "optout_cache_size",
+            int,
+            10_000,
             "Number of origins whose policy documents are cached; the least recently used "
             "are evicted beyond it.",
         )
@@ -166,8 +182,13 @@ class Enforcer:
         logger.info(
             "optout: policy %s loaded (sha256 %s, agent %s, %d honored agents, %d registry entries, "
             "mode %s); audit log %s",
-            policy.path, policy.digest[:12], policy.agent, len(policy.honor_agents),
-            len(policy.registry), ctx.options.optout_mode or policy.mode, audit_path,
+            policy.path,
+            policy.digest[:12],
+            policy.agent,
+            len(policy.honor_agents),
+            len(policy.registry),
+            ctx.options.optout_mode or policy.mode,
+            audit_path,
         )
 
     def client(self) -> httpx.AsyncClient:
@@ -195,10 +216,13 @@ class Enforcer:
 
     async def documents(self, origin: Origin) -> OriginDocuments:
         """The origin's policy documents, from the cache or fetched once for all callers."""
+
         async def load(previous: OriginDocuments | None) -> tuple[OriginDocuments, float]:
             timeout = float(ctx.options.optout_fetch_timeout)
             docs, ttl = await load_origin(
-                self.client(), origin, previous,
+                self.client(),
+                origin,
+                previous,
                 # headers plus a slow body: never wait more than twice the timeout in all
                 total_timeout=2 * timeout,
                 unreachable_retry=float(ctx.options.optout_unreachable_retry),
@@ -206,7 +230,9 @@ class Enforcer:
             if docs.robots_outcome == "unreachable" or docs.stale_because is not None:
                 failed = docs.stale_because or docs.robots_document
                 logger.warning(
-                    "optout: %s unreachable (%s)%s", failed.url, failed.error,
+                    "optout: %s unreachable (%s)%s",
+                    failed.url,
+                    failed.error,
                     "; keeping the last good copy" if docs.stale_because else "",
                 )
             else:
@@ -234,7 +260,11 @@ class Enforcer:
         origin = Origin.of(req.scheme, req.host, req.port)
         hosts = [req.host, _host_of(req.host_header) or ""]
         decision = await assess(
-            policy, origin, req.path or "/", hosts, self.documents,
+            policy,
+            origin,
+            req.path or "/",
+            hosts,
+            self.documents,
             mode=ctx.options.optout_mode or None,
         )
         record_id = new_id()
@@ -243,16 +273,26 @@ class Enforcer:
         status = BLOCK_STATUS if decision.blocks else None
         if decision.verdict is Verdict.BLOCK or policy.audit.log_allowed:
             record = record_for(
-                decision, record_id=record_id, ts=utc_now(), method=req.method,
-                url=req.pretty_url, host=origin.host, agent=policy.agent, phase="request",
-                status=status, user_agent=req.headers.get("user-agent"),
+                decision,
+                record_id=record_id,
+                ts=utc_now(),
+                method=req.method,
+                url=req.pretty_url,
+                host=origin.host,
+                agent=policy.agent,
+                phase="request",
+                status=status,
+                user_agent=req.headers.get("user-agent"),
                 policy_path=str(policy.path),
             )
             if not self._write(record, flow, record_id):
                 return
         if decision.blocks:
             flow.response = make_block(
-                BLOCK_STATUS, block_body(decision, record_id), decision.signal or "blocked", record_id
+                BLOCK_STATUS,
+                block_body(decision, record_id),
+                decision.signal or "blocked",
+                record_id,
             )
 
     def _write(self, record: dict[str, Any], flow: http.HTTPFlow, record_id: str) -> bool:
@@ -276,30 +316,44 @@ class Enforcer:
     def _block_internal_error(self, flow: http.HTTPFlow, policy: Policy | None) -> None:
         record_id = new_id()
         decision = Decision(
-            Verdict.BLOCK, enforced=True, signal="internal-error",
+            Verdict.BLOCK,
+            enforced=True,
+            signal="internal-error",
             reason="optout-proxy failed while deciding this request; blocked rather than "
             "forwarded undecided.",
-            deciding=None, findings=(), policy_sha256=policy.digest if policy else "",
+            deciding=None,
+            findings=(),
+            policy_sha256=policy.digest if policy else "",
         )
         flow.metadata["optout"] = decision
         flow.metadata["optout_id"] = record_id
         try:
             req = flow.request
             record = record_for(
-                decision, record_id=record_id, ts=utc_now(), method=req.method,
-                url=req.pretty_url, host=req.host, agent=policy.agent if policy else "",
-                phase="request", status=BLOCK_STATUS,
+                decision,
+                record_id=record_id,
+                ts=utc_now(),
+                method=req.method,
+                url=req.pretty_url,
+                host=req.host,
+                agent=policy.agent if policy else "",
+                phase="request",
+                status=BLOCK_STATUS,
                 policy_path=str(policy.path) if policy else None,
             )
         except Exception:
             logger.exception("optout: cannot build the audit record for an internal error")
-            record = {"id": record_id, "ts": utc_now(), "decision": "block",
-                      "signal": "internal-error", "enforced": True, "status": BLOCK_STATUS}
+            record = {
+                "id": record_id,
+                "ts": utc_now(),
+                "decision": "block",
+                "signal": "internal-error",
+                "enforced": True,
+                "status": BLOCK_STATUS,
+            }
         if not self._write(record, flow, record_id):
             return
-        flow.response = make_block(
-            BLOCK_STATUS, block_body(decision, record_id), "internal-error", record_id
-        )
+        flow.response = make_block(BLOCK_STATUS, block_body(decision, record_id), "internal-error", record_id)
 
     def _close_later(self, client: httpx.AsyncClient) -> None:
         """Close a replaced client without blocking configure (which is synchronous)."""
@@ -316,4 +370,3 @@ class Enforcer:
         if record_id and flow.response is not None and ID_HEADER not in flow.response.headers:
             # Lets the crawler (and the tests) tie each response to its audit record.
             flow.response.headers[ID_HEADER] = record_id
-

@@ -115,7 +115,11 @@ async def fetch_document(
                     truncated = len(body) > max_bytes
                     body = body[:max_bytes]
                     doc = Document(
-                        url, status, hashlib.sha256(body).hexdigest(), fetched_at, final,
+                        url,
+                        status,
+                        hashlib.sha256(body).hexdigest(),
+                        fetched_at,
+                        final,
                         truncated=truncated,
                     )
                     ttl = ttl_from_cache_control(response.headers.get("cache-control"))
@@ -125,7 +129,9 @@ async def fetch_document(
                     ttl = ttl_from_cache_control(response.headers.get("cache-control"))
                     return Fetched("unavailable", doc, None, ttl)
                 reason = f"HTTP {status}"
-                return Fetched("unreachable", Document(url, status, None, fetched_at, final, reason), None, 0.0)
+                return Fetched(
+                    "unreachable", Document(url, status, None, fetched_at, final, reason), None, 0.0
+                )
     except TimeoutError:
         error = f"no complete answer within {total_timeout:g} s"
     except httpx.TooManyRedirects:

@@ -200,4 +200,3 @@ def load_policy(path: Path) -> Policy:
         audit=AuditSettings(audit_path.resolve(), log_allowed),
         digest=digest.hexdigest(),
     )
-

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -149,7 +148,9 @@ def read_entries(reader: Reader, root: Node) -> list[Entry]:
         before = len(reader.problems)
         holder = reader.string(fields["holder"], "holder") if "holder" in fields else None
         domains: list[str] = []
-        for value, node in (reader.strings(fields["domains"], "domains") or []) if "domains" in fields else []:
+        for value, node in (
+            (reader.strings(fields["domains"], "domains") or []) if "domains" in fields else []
+        ):
             d = _domain(reader, value, node)
             if d is not None:
                 domains.append(d)
@@ -168,7 +169,15 @@ def read_entries(reader: Reader, root: Node) -> list[Entry]:
         since = reader.date(fields["since"], "since") if "since" in fields else None
         if len(reader.problems) == before and holder and reason and source and since:
             entries.append(
-                Entry(holder, tuple(domains), tuple(paths), reason, source, since,
-                      str(reader.path), line_of(item))
+                Entry(
+                    holder,
+                    tuple(domains),
+                    tuple(paths),
+                    reason,
+                    source,
+                    since,
+                    str(reader.path),
+                    line_of(item),
+                )
             )
     return entries

@@ -63,14 +63,16 @@ class Reader:
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             msg = f"YAML syntax error: {e.problem or e}"
-            if e.context and e.context_mark is not None and mark is not None:
-                # PyYAML reports an unclosed bracket where it noticed, not where
-                # it opened; give both lines so the user finds it.
-                if e.context_mark.line != mark.line:
-                    msg += f" ({e.context} at line {e.context_mark.line + 1})"
-            self.problems.append(
-                Problem(self.path, mark.line + 1 if mark is not None else None, msg)
-            )
+            # PyYAML reports an unclosed bracket where it noticed, not where
+            # it opened; give both lines so the user finds it.
+            if (
+                e.context
+                and e.context_mark is not None
+                and mark is not None
+                and e.context_mark.line != mark.line
+            ):
+                msg += f" ({e.context} at line {e.context_mark.line + 1})"
+            self.problems.append(Problem(self.path, mark.line + 1 if mark is not None else None, msg))
         except yaml.YAMLError as e:
             self.problems.append(Problem(self.path, None, f"YAML error: {e}"))
         return None

@@ -8,8 +8,13 @@ from typing import Any
 import yaml
 
 
-def write_policy(directory: Path, name: str = "policy.yaml", *, registry: list[dict[str, Any]] | None = None,
-                 **overrides: Any) -> Path:
+def write_policy(
+    directory: Path,
+    name: str = "policy.yaml",
+    *,
+    registry: list[dict[str, Any]] | None = None,
+    **overrides: Any,
+) -> Path:
     """A valid policy in `directory` (with its own registry file), keys overridable."""
     directory.mkdir(parents=True, exist_ok=True)
     reg_path = directory / f"{Path(name).stem}-registry.yaml"

@@ -19,24 +19,43 @@ _LISTENING = re.compile(r"proxy listening at .*?:(\d+)")
 class ProxyProcess:
     """mitmdump -s proxy/addon.py on 127.0.0.1, port chosen by the OS."""
 
-    def __init__(self, policy: Path, *, confdir: Path, audit: Path | None = None,
-                 options: dict[str, Any] | None = None, timeout: float = 30.0,
-                 addon: Path = ADDON) -> None:
+    def __init__(
+        self,
+        policy: Path,
+        *,
+        confdir: Path,
+        audit: Path | None = None,
+        options: dict[str, Any] | None = None,
+        timeout: float = 30.0,
+        addon: Path = ADDON,
+    ) -> None:
         self.policy = policy
         self.audit = audit
         self.confdir = confdir
         args = [
-            sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()",
-            "-s", str(addon), "--listen-host", "127.0.0.1", "--listen-port", "0",
-            "--set", f"confdir={confdir}", "--set", f"optout_policy={policy}",
-            "--set", "flow_detail=0",
+            sys.executable,
+            "-c",
+            "from mitmproxy.tools.main import mitmdump; mitmdump()",
+            "-s",
+            str(addon),
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            "0",
+            "--set",
+            f"confdir={confdir}",
+            "--set",
+            f"optout_policy={policy}",
+            "--set",
+            "flow_detail=0",
         ]
         if audit is not None:
             args += ["--set", f"optout_audit={audit}"]
         for key, value in (options or {}).items():
             args += ["--set", f"{key}={value}"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, cwd=REPO)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+        )
         self.output: list[str] = []
         self._port: int | None = None
         self._ready = threading.Event()
@@ -100,9 +119,19 @@ class ProxyProcess:
 def run_mitmdump_expecting_exit(policy: Path, confdir: Path, timeout: float = 30.0) -> tuple[int, str]:
     """Start mitmdump on a policy that should make it refuse to start; returns (code, output)."""
     args = [
-        sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()",
-        "-s", str(ADDON), "--listen-host", "127.0.0.1", "--listen-port", "0",
-        "--set", f"confdir={confdir}", "--set", f"optout_policy={policy}",
+        sys.executable,
+        "-c",
+        "from mitmproxy.tools.main import mitmdump; mitmdump()",
+        "-s",
+        str(ADDON),
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        "0",
+        "--set",
+        f"confdir={confdir}",
+        "--set",
+        f"optout_policy={policy}",
     ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     return proc.returncode, proc.stdout + proc.stderr

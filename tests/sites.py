@@ -33,8 +33,13 @@ Handler = Callable[[BaseHTTPRequestHandler], None]
 class Site:
     """An origin server with routes; `url(path)` gives its absolute URLs."""
 
-    def __init__(self, routes: dict[str, Reply | Handler] | None = None, *,
-                 tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        routes: dict[str, Reply | Handler] | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.routes: dict[str, Reply | Handler] = dict(routes or {})
         self.hits: collections.Counter[str] = collections.Counter()
         self.requests: list[dict[str, Any]] = []

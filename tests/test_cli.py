@@ -38,7 +38,9 @@ def test_validate_lists_every_problem(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_check_blocked_with_deciding_line(
     make_site: Callable[..., Site], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    site = make_site({"/robots.txt": Reply(200, "User-agent: *\nAllow: /\n\nUser-agent: CCBot\nDisallow: /data\n")})
+    site = make_site(
+        {"/robots.txt": Reply(200, "User-agent: *\nAllow: /\n\nUser-agent: CCBot\nDisallow: /data\n")}
+    )
     policy = write_policy(tmp_path)
     assert main(["check", site.url("/data/1"), "--policy", str(policy)]) == ExitStatus.BLOCKED
     out = capsys.readouterr().out
@@ -54,7 +56,9 @@ def test_check_allowed_and_agent_override(
     site = make_site({"/robots.txt": Reply(200, "User-agent: OtherBot\nDisallow: /\n")})
     policy = write_policy(tmp_path)
     assert main(["check", site.url("/a"), "--policy", str(policy)]) == ExitStatus.OK
-    assert main(["check", site.url("/a"), "--policy", str(policy), "--agent", "OtherBot"]) == ExitStatus.BLOCKED
+    assert (
+        main(["check", site.url("/a"), "--policy", str(policy), "--agent", "OtherBot"]) == ExitStatus.BLOCKED
+    )
     assert "OtherBot" in capsys.readouterr().out
 
 
@@ -65,8 +69,20 @@ def test_check_json_is_an_audit_record(
     policy = write_policy(tmp_path)
     assert main(["check", site.url("/x"), "--policy", str(policy), "--json"]) == ExitStatus.BLOCKED
     record = json.loads(capsys.readouterr().out)
-    for key in ("ts", "id", "method", "url", "host", "agent", "decision", "enforced", "signal",
-                "reason", "evidence", "policy_sha256"):
+    for key in (
+        "ts",
+        "id",
+        "method",
+        "url",
+        "host",
+        "agent",
+        "decision",
+        "enforced",
+        "signal",
+        "reason",
+        "evidence",
+        "policy_sha256",
+    ):
         assert key in record
     assert (record["decision"], record["signal"]) == ("block", "robots-txt")
     ev = record["evidence"][record["deciding"]]
@@ -89,14 +105,29 @@ def test_check_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_run_builds_the_mitmdump_command_line() -> None:
     args = _parser().parse_args(
-        ["run", "--policy", "p.yaml", "--listen-port", "9000", "--mode", "monitor", "--set", "ssl_insecure=true"]
+        [
+            "run",
+            "--policy",
+            "p.yaml",
+            "--listen-port",
+            "9000",
+            "--mode",
+            "monitor",
+            "--set",
+            "ssl_insecure=true",
+        ]
     )
     argv = mitmdump_args(args)
     assert argv[argv.index("-s") + 1].endswith("proxy/addon.py")
     assert argv[argv.index("--listen-port") + 1] == "9000"
     assert argv[argv.index("--listen-host") + 1] == "127.0.0.1"
     sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
-    assert {"optout_policy=p.yaml", "optout_mode=monitor", "ssl_insecure=true", "flow_detail=0"} <= set(sets)
+    assert {
+        "optout_policy=p.yaml",
+        "optout_mode=monitor",
+        "ssl_insecure=true",
+        "flow_detail=0",
+    } <= set(sets)
 
 
 def test_run_refuses_an_invalid_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

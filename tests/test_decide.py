@@ -15,13 +15,27 @@ from tests.policies import write_policy
 DOC = Document("http://a.example/robots.txt", 200, "0" * 64, "2026-01-01T00:00:00.000Z")
 DISALLOW = Finding("robots-txt", Says.DISALLOW, "Disallow: /", DOC, line=2, agent="ExampleBot")
 ALLOW = Finding("robots-txt", Says.ALLOW, "Allow: /", DOC, line=3, agent="ExampleBot")
-REGISTRY = Finding("registry", Says.DISALLOW, "Ghibli: ghibli.jp", entry={"holder": "Ghibli", "reason": "letter"})
-UNREACHABLE = Finding("robots-txt", Says.UNREACHABLE, "HTTP 503",
-                      Document("http://a.example/robots.txt", 503, None, "2026-01-01T00:00:00Z", error="HTTP 503"))
-FORBIDDEN = Finding("robots-txt", Says.UNAVAILABLE, "HTTP 403",
-                    Document("http://a.example/robots.txt", 403, None, "2026-01-01T00:00:00Z"))
-NOT_FOUND = Finding("robots-txt", Says.UNAVAILABLE, "HTTP 404",
-                    Document("http://a.example/robots.txt", 404, None, "2026-01-01T00:00:00Z"))
+REGISTRY = Finding(
+    "registry", Says.DISALLOW, "Ghibli: ghibli.jp", entry={"holder": "Ghibli", "reason": "letter"}
+)
+UNREACHABLE = Finding(
+    "robots-txt",
+    Says.UNREACHABLE,
+    "HTTP 503",
+    Document("http://a.example/robots.txt", 503, None, "2026-01-01T00:00:00Z", error="HTTP 503"),
+)
+FORBIDDEN = Finding(
+    "robots-txt",
+    Says.UNAVAILABLE,
+    "HTTP 403",
+    Document("http://a.example/robots.txt", 403, None, "2026-01-01T00:00:00Z"),
+)
+NOT_FOUND = Finding(
+    "robots-txt",
+    Says.UNAVAILABLE,
+    "HTTP 404",
+    Document("http://a.example/robots.txt", 404, None, "2026-01-01T00:00:00Z"),
+)
 
 
 @pytest.fixture

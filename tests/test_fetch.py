@@ -18,8 +18,13 @@ from tests.sites import Reply, Site
 DISALLOW_ALL = "User-agent: *\nDisallow: /\n"
 
 
-async def documents(site: Site, previous: OriginDocuments | None = None, *, timeout: float = 1.0,
-                    ca_file: str | None = None) -> tuple[OriginDocuments, float]:
+async def documents(
+    site: Site,
+    previous: OriginDocuments | None = None,
+    *,
+    timeout: float = 1.0,
+    ca_file: str | None = None,
+) -> tuple[OriginDocuments, float]:
     origin = Origin.from_url(site.url("/"))
     async with make_client(timeout=timeout, ca_file=ca_file) as client:
         return await load_origin(client, origin, previous, total_timeout=2 * timeout, unreachable_retry=300)
@@ -45,7 +50,9 @@ def says(docs: OriginDocuments, path: str = "/page") -> Says:
         (503, "unreachable", Says.UNREACHABLE),  # S3
     ],
 )
-async def test_status_table(make_site: Callable[..., Site], status: int, outcome: str, expected: Says) -> None:
+async def test_status_table(
+    make_site: Callable[..., Site], status: int, outcome: str, expected: Says
+) -> None:
     site = make_site({"/robots.txt": Reply(status, DISALLOW_ALL)})
     docs, ttl = await documents(site)
     assert docs.robots_outcome == outcome
@@ -62,10 +69,14 @@ async def test_server_error_body_is_never_parsed(make_site: Callable[..., Site])
     assert docs.robots is None and says(docs) == Says.UNREACHABLE
 
 
-async def test_redirect_chain_applies_to_the_original_origin(make_site: Callable[..., Site]) -> None:
+async def test_redirect_chain_applies_to_the_original_origin(
+    make_site: Callable[..., Site],
+) -> None:
     # S6: a 301 chain across hosts; the file reached governs the origin we asked about.
     final = make_site({"/robots.txt": Reply(200, DISALLOW_ALL)})
-    hop = make_site({"/robots.txt": Reply(301, headers={"Location": final.url("/robots.txt", host="localhost")})})
+    hop = make_site(
+        {"/robots.txt": Reply(301, headers={"Location": final.url("/robots.txt", host="localhost")})}
+    )
     start = make_site({"/robots.txt": Reply(302, headers={"Location": hop.url("/robots.txt")})})
     docs, _ = await documents(start)
     assert docs.origin == Origin.from_url(start.url("/"))
@@ -75,7 +86,9 @@ async def test_redirect_chain_applies_to_the_original_origin(make_site: Callable
 
 async def test_five_redirects_are_followed_six_are_not(make_site: Callable[..., Site]) -> None:
     def chain(hops: int) -> Site:
-        routes: dict[str, Reply] = {f"/r{i}": Reply(301, headers={"Location": f"/r{i + 1}"}) for i in range(1, hops)}
+        routes: dict[str, Reply] = {
+            f"/r{i}": Reply(301, headers={"Location": f"/r{i + 1}"}) for i in range(1, hops)
+        }
         routes["/robots.txt"] = Reply(301, headers={"Location": "/r1"})
         routes[f"/r{hops}"] = Reply(200, DISALLOW_ALL)
         return make_site(routes)

@@ -36,14 +36,29 @@ def test_shipped_default_policy_is_valid() -> None:
     [
         ("agent: A\nuser_agnet: x\n", "2: unknown key 'user_agnet' in the policy"),
         ("agent: A\nagent: B\n", "2: duplicate key 'agent' (first at line 1)"),
-        ("agent: A\nmode: enforc\n", "2: mode must be one of enforce | monitor, not 'enforc' (did you mean 'enforce'?)"),
+        (
+            "agent: A\nmode: enforc\n",
+            "2: mode must be one of enforce | monitor, not 'enforc' (did you mean 'enforce'?)",
+        ),
         ("agent: A\non_unreachable: maybe\n", "2: on_unreachable must be one of block | allow"),
         ("agent: Example Bot\n", "1: agent 'Example Bot' must be a robots.txt product token"),
         ("agent: A\nhonor_agents: GPTBot\n", "2: honor_agents must be a list, not a string"),
-        ("agent: A\nhonor_agents: [GPTBot, 'Brightbot 1.0']\n", "2: honor_agents: 'Brightbot 1.0' is not a product token"),
-        ("agent: A\nsignals:\n  robots-txt: enforce\n  robot-txt: off\n", "4: unknown key 'robot-txt' in signals (did you mean 'robots-txt'?)"),
-        ("agent: A\nsignals: {registry: on}\n", "2: signals.registry must be one of enforce | monitor | off, not 'on'"),
-        ("agent: A\naudit: {path: x.jsonl, log_allowed: maybe}\n", "2: audit.log_allowed must be true or false, not a string"),
+        (
+            "agent: A\nhonor_agents: [GPTBot, 'Brightbot 1.0']\n",
+            "2: honor_agents: 'Brightbot 1.0' is not a product token",
+        ),
+        (
+            "agent: A\nsignals:\n  robots-txt: enforce\n  robot-txt: off\n",
+            "4: unknown key 'robot-txt' in signals (did you mean 'robots-txt'?)",
+        ),
+        (
+            "agent: A\nsignals: {registry: on}\n",
+            "2: signals.registry must be one of enforce | monitor | off, not 'on'",
+        ),
+        (
+            "agent: A\naudit: {path: x.jsonl, log_allowed: maybe}\n",
+            "2: audit.log_allowed must be true or false, not a string",
+        ),
         ("agent: A\nregistries: [missing.yaml]\n", "2: registry file 'missing.yaml' not found"),
         ("mode: enforce\n", "1: the policy: missing required key 'agent'"),
         ("- a\n- b\n", "1: the policy must be a mapping, not a list"),

@@ -19,7 +19,16 @@ def make(*entries: Entry) -> Registry:
 
 
 def E(holder: str, *domains: str, paths: tuple[str, ...] = ()) -> Entry:
-    return Entry(holder, tuple(canonical_host(d) for d in domains), paths, "r", "https://s", "2025-10-27", "f", 1)
+    return Entry(
+        holder,
+        tuple(canonical_host(d) for d in domains),
+        paths,
+        "r",
+        "https://s",
+        "2025-10-27",
+        "f",
+        1,
+    )
 
 
 @pytest.mark.parametrize(
@@ -82,15 +91,27 @@ def test_shipped_registry_has_the_coda_members() -> None:
     policy = load_policy(REPO / "policies" / "default.yaml")
     holders = {e.holder for e in policy.registry.entries}
     assert holders == {
-        "Studio Ghibli", "Square Enix", "Bandai Namco", "Aniplex", "Kadokawa", "Shueisha",
-        "Toei Animation", "Cygames",
+        "Studio Ghibli",
+        "Square Enix",
+        "Bandai Namco",
+        "Aniplex",
+        "Kadokawa",
+        "Shueisha",
+        "Toei Animation",
+        "Cygames",
     }
     domains = {
-        "ghibli.jp": "Studio Ghibli", "square-enix.com": "Square Enix",
-        "square-enix-games.com": "Square Enix", "bandainamco.co.jp": "Bandai Namco",
-        "bandainamcoent.co.jp": "Bandai Namco", "bandainamcoent.com": "Bandai Namco",
-        "aniplex.co.jp": "Aniplex", "kadokawa.co.jp": "Kadokawa", "shueisha.co.jp": "Shueisha",
-        "toei-anim.co.jp": "Toei Animation", "cygames.co.jp": "Cygames",
+        "ghibli.jp": "Studio Ghibli",
+        "square-enix.com": "Square Enix",
+        "square-enix-games.com": "Square Enix",
+        "bandainamco.co.jp": "Bandai Namco",
+        "bandainamcoent.co.jp": "Bandai Namco",
+        "bandainamcoent.com": "Bandai Namco",
+        "aniplex.co.jp": "Aniplex",
+        "kadokawa.co.jp": "Kadokawa",
+        "shueisha.co.jp": "Shueisha",
+        "toei-anim.co.jp": "Toei Animation",
+        "cygames.co.jp": "Cygames",
     }
     for domain, holder in domains.items():
         hit = policy.registry.match(f"www.{domain}", "/")
@@ -120,7 +141,12 @@ def test_registry_file_problems_name_their_line(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as info:
         load_policy(path)
     text = [str(p) for p in info.value.problems]
-    assert any(t.endswith("policy-registry.yaml:3: 'https://a.example/path' is not a bare domain (write 'a.example')") for t in text), text
+    assert any(
+        t.endswith(
+            "policy-registry.yaml:3: 'https://a.example/path' is not a bare domain (write 'a.example')"
+        )
+        for t in text
+    ), text
     assert any(":5: source must be an http(s) URL" in t for t in text), text
     assert any(":6: since must be a date" in t for t in text), text
     assert any(":7: unknown key 'colour'" in t for t in text), text

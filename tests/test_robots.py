@@ -23,7 +23,12 @@ def verdict(text: str | bytes, path: str, agent: str = "ExampleBot", honor: tupl
     ("name", "text", "path", "expected"),
     [
         ("R1", "User-agent: *\nDisallow: /", "/x", BLOCK),
-        ("R2", "User-agent: ExampleBot\nDisallow: /private/\n\nUser-agent: *\nDisallow: /", "/public", ALLOW),
+        (
+            "R2",
+            "User-agent: ExampleBot\nDisallow: /private/\n\nUser-agent: *\nDisallow: /",
+            "/public",
+            ALLOW,
+        ),
         ("R3", "User-agent: examplebot\nDISALLOW: /", "/", BLOCK),
         ("R4", "User-agent: ExampleBot/2.1\nDisallow: /", "/", BLOCK),
         ("R5", "User-agent: ExampleBotExtra\nDisallow: /", "/", ALLOW),
@@ -37,19 +42,44 @@ def verdict(text: str | bytes, path: str, agent: str = "ExampleBot", honor: tupl
         ("R10b", "User-agent: ExampleBot\nDisallow: /*.gif$", "/a.gif?x", ALLOW),
         ("R11", "User-agent: ExampleBot\nDisallow: /search?q=", "/search?q=cats", BLOCK),
         ("R12", "User-agent: ExampleBot\nDisallow: /X/", "/x/y", ALLOW),
-        ("R13", "User-agent: ExampleBot\nCrawl-delay: 5\nUser-agent: OtherBot\nDisallow: /", "/", BLOCK),
+        (
+            "R13",
+            "User-agent: ExampleBot\nCrawl-delay: 5\nUser-agent: OtherBot\nDisallow: /",
+            "/",
+            BLOCK,
+        ),
         ("R14", "User-agent: ExampleBot\n\nUser-agent: *\nDisallow: /", "/b", BLOCK),
         ("R15", "User-agent: ExampleBot\nDisallow:\n\nUser-agent: *\nDisallow: /", "/b", ALLOW),
         ("R16", "Disallow: /\nUser-agent: ExampleBot\nAllow: /a", "/b", ALLOW),
-        ("R19", "User-agent: ExampleBot\nDisallow: /\nAllow: /foo/bar/%62%61%7A", "/foo/bar/baz", ALLOW),
-        ("R20", "User-agent: ExampleBot\nDisallow: /\nAllow: /foo/bar/ツ", "/foo/bar/%E3%83%84", ALLOW),
-        ("R21", "User-agent: ExampleBot\nDisallow: /path/file-with-a-%2A.html", "/path/file-with-a-*.html", BLOCK),
+        (
+            "R19",
+            "User-agent: ExampleBot\nDisallow: /\nAllow: /foo/bar/%62%61%7A",
+            "/foo/bar/baz",
+            ALLOW,
+        ),
+        (
+            "R20",
+            "User-agent: ExampleBot\nDisallow: /\nAllow: /foo/bar/ツ",
+            "/foo/bar/%E3%83%84",
+            ALLOW,
+        ),
+        (
+            "R21",
+            "User-agent: ExampleBot\nDisallow: /path/file-with-a-%2A.html",
+            "/path/file-with-a-*.html",
+            BLOCK,
+        ),
         ("R22", "User-agent: ExampleBot\nDisallow: /a%2fb", "/a/b", ALLOW),
         ("R23", "User-agent: *\nDisallow: /", "/robots.txt", ALLOW),
         ("R24", "User-agent: ExampleBot\nDisallow: /x # Disallow: /", "/y", ALLOW),
         ("R25", "User-agent: ExampleBot\nDisallow: private/", "/private/a", ALLOW),
         # peers.md §1b: the product-token cases Protego gets wrong
-        ("Foo-vs-FooBot", "User-agent: Example\nDisallow: /\n\nUser-agent: *\nAllow: /", "/a", ALLOW),
+        (
+            "Foo-vs-FooBot",
+            "User-agent: Example\nDisallow: /\n\nUser-agent: *\nAllow: /",
+            "/a",
+            ALLOW,
+        ),
         ("two-words", "User-agent: ExampleBot crawler\nDisallow: /", "/a", BLOCK),
         ("star-suffix", "User-agent: Example*\nDisallow: /", "/a", ALLOW),
         ("BOM", "\ufeffUser-agent: *\nDisallow: /", "/a", BLOCK),
@@ -57,9 +87,19 @@ def verdict(text: str | bytes, path: str, agent: str = "ExampleBot", honor: tupl
         ("CR-only", "User-agent: *\rDisallow: /a\r", "/a/b", BLOCK),
         ("typo", "User-agent: *\nDisalow: /a", "/a", BLOCK),
         ("no-colon", "User-agent: *\nDisallow /a", "/a", BLOCK),
-        ("star-only-if-unnamed", "User-agent: ExampleBot\nAllow: /\n\nUser-agent: *\nDisallow: /", "/a", ALLOW),
+        (
+            "star-only-if-unnamed",
+            "User-agent: ExampleBot\nAllow: /\n\nUser-agent: *\nDisallow: /",
+            "/a",
+            ALLOW,
+        ),
         ("html-body", "<html><body>Not found</body></html>", "/a", ALLOW),
-        ("sitemap-no-split", "User-agent: ExampleBot\nSitemap: /s.xml\nUser-agent: X\nDisallow: /", "/a", BLOCK),
+        (
+            "sitemap-no-split",
+            "User-agent: ExampleBot\nSitemap: /s.xml\nUser-agent: X\nDisallow: /",
+            "/a",
+            BLOCK,
+        ),
         ("dollar-mid-literal", "User-agent: *\nDisallow: /a$b", "/a$b", BLOCK),
     ],
 )
@@ -106,7 +146,12 @@ def test_deciding_rule_and_line_are_reported() -> None:
     findings = robots.findings_for("/private/x", robots.parse(text), "ExampleBot", ["GPTBot"], None)
     own, gpt = findings
     assert (own.says, own.agent) == (Says.ALLOW, "ExampleBot")
-    assert (gpt.says, gpt.detail, gpt.line, gpt.agent) == (Says.DISALLOW, "Disallow: /private", 6, "GPTBot")
+    assert (gpt.says, gpt.detail, gpt.line, gpt.agent) == (
+        Says.DISALLOW,
+        "Disallow: /private",
+        6,
+        "GPTBot",
+    )
     allow = robots.findings_for("/public/a", robots.parse(text), "ExampleBot", [], None)[0]
     assert (allow.detail, allow.line, allow.agent) == ("Allow: /public", 3, "*")
 
@@ -117,7 +162,7 @@ def test_size_cap_drops_rules_past_500_kib() -> None:
     late = b"User-agent: OtherBot\nDisallow: /\nUser-agent: ExampleBot\nDisallow: /late\n"
     body = early + filler * 540 + late  # `late` starts past 540 KB
     assert len(body) > robots.MAX_BYTES
-    text, truncated = robots.decode(body)
+    _, truncated = robots.decode(body)
     assert truncated
     parsed = robots.parse(body)
     assert verdict(body, "/early") == BLOCK  # R26: inside the first 500 KiB
@@ -133,7 +178,12 @@ def test_cut_line_is_dropped() -> None:
 
 
 def test_hostile_input_never_raises() -> None:
-    for body in [b"\xff\xfe\x00garbage", bytes(range(256)) * 100, b"User-agent:\n" * 1000, b":" * 20000]:
+    for body in [
+        b"\xff\xfe\x00garbage",
+        bytes(range(256)) * 100,
+        b"User-agent:\n" * 1000,
+        b":" * 20000,
+    ]:
         parsed = robots.parse(body)
         assert isinstance(parsed, robots.RobotsTxt)
 

@@ -112,9 +112,7 @@ class RuleMatcher:
         self._plain_prefixes = tuple(
             p._pattern for p, _ in entries if not (p._contains_asterisk or p._contains_dollar)
         )
-        self._special = tuple(
-            e for e in entries if e[0]._contains_asterisk or e[0]._contains_dollar
-        )
+        self._special = tuple(e for e in entries if e[0]._contains_asterisk or e[0]._contains_dollar)
 
     def match(self, path: str) -> Rule | None:
         """Return the deciding rule for `path` (path plus ?query), or None if none matches."""
@@ -183,9 +181,7 @@ class RobotsTxt:
         key = (token.lower(), star_fallback)
         if key not in self._matchers:
             groups = self.groups_for(token, star_fallback=star_fallback)
-            self._matchers[key] = (
-                RuleMatcher(r for g in groups for r in g.rules) if groups else None
-            )
+            self._matchers[key] = RuleMatcher(r for g in groups for r in g.rules) if groups else None
         return self._matchers[key]
 
 
@@ -308,7 +304,5 @@ def findings_for(
         m = robots.matcher_for(token, star_fallback=False)
         r = m.match(path) if m is not None else None
         if r is not None and not r.allow:
-            findings.append(
-                Finding(NAME, Says.DISALLOW, str(r), document, line=r.line, agent=token)
-            )
+            findings.append(Finding(NAME, Says.DISALLOW, str(r), document, line=r.line, agent=token))
     return findings

@@ -17,13 +17,7 @@ from tests.policies import entry, write_policy
 from tests.proxyproc import ProxyProcess, run_mitmdump_expecting_exit
 from tests.sites import Reply, Site
 
-ROBOTS = (
-    "User-agent: *\n"
-    "Disallow: /private\n"
-    "\n"
-    "User-agent: GPTBot\n"
-    "Disallow: /no-ai/\n"
-)
+ROBOTS = "User-agent: *\nDisallow: /private\n\nUser-agent: GPTBot\nDisallow: /no-ai/\n"
 
 
 def client(proxy: ProxyProcess, **kw: object) -> httpx.Client:
@@ -48,7 +42,10 @@ def content_site(make_site: Callable[..., Site], robots: str = ROBOTS, *, tls: b
 def policy(tmp_path: Path) -> Path:
     return write_policy(
         tmp_path,
-        registry=[entry("Studio Example", "holder.test"), entry("Paths Inc", "paths.test", paths=["/manga/"])],
+        registry=[
+            entry("Studio Example", "holder.test"),
+            entry("Paths Inc", "paths.test", paths=["/manga/"]),
+        ],
     )
 
 
@@ -81,7 +78,11 @@ def test_http_allow_block_and_audit_match_the_response(
     ]:
         record = proxy.record(response.headers["X-Optout-Id"])
         assert (record["decision"], record["signal"], record["status"], record["enforced"]) == (
-            decision, signal, status, True)
+            decision,
+            signal,
+            status,
+            True,
+        )
         assert record["url"] == str(response.request.url)
         assert record["method"] == "GET" and record["agent"] == "ExampleBot"
         assert len(record["policy_sha256"]) == 64
@@ -121,8 +122,8 @@ def test_registry_blocks_before_any_contact(
             for url in [
                 f"http://holder.test:{site.port}/",
                 f"http://WWW.Holder.Test.:{site.port}/a",
-                f"http://deep.sub.holder.test/x",
-                f"http://paths.test/manga/1",
+                "http://deep.sub.holder.test/x",
+                "http://paths.test/manga/1",
             ]
         }
         # the target is an address, but the Host header names the holder
@@ -151,7 +152,12 @@ def test_monitor_mode_forwards_and_logs(
         r = c.get(site.url("/private/x"))
     assert (r.status_code, r.text) == (200, "secret")
     rec = proxy.record(r.headers["X-Optout-Id"])
-    assert (rec["decision"], rec["enforced"], rec["signal"], rec["status"]) == ("block", False, "robots-txt", None)
+    assert (rec["decision"], rec["enforced"], rec["signal"], rec["status"]) == (
+        "block",
+        False,
+        "robots-txt",
+        None,
+    )
 
 
 def test_mode_option_overrides_the_policy(
@@ -173,8 +179,12 @@ def test_mode_option_overrides_the_policy(
     ],
 )
 def test_robots_failure_semantics_through_the_proxy(
-    make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], policy: Path,
-    robots: Reply, expected_status: int, reason: str | None,
+    make_site: Callable[..., Site],
+    make_proxy: Callable[..., ProxyProcess],
+    policy: Path,
+    robots: Reply,
+    expected_status: int,
+    reason: str | None,
 ) -> None:
     site = make_site({"/robots.txt": robots, "/page": Reply(200, "page")})
     proxy = make_proxy(policy)
@@ -247,7 +257,10 @@ def test_invalid_policy_refuses_to_start(tmp_path: Path) -> None:
 
 
 def test_audit_write_failure_answers_503(
-    make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], policy: Path, tmp_path: Path
+    make_site: Callable[..., Site],
+    make_proxy: Callable[..., ProxyProcess],
+    policy: Path,
+    tmp_path: Path,
 ) -> None:
     site = content_site(make_site)
     blocker = tmp_path / "not-a-dir"
@@ -288,7 +301,10 @@ def test_optout_proxy_run_on_the_shipped_policy(tmp_path: Path, make_site: Calla
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "proxy"]
     proc = subprocess.Popen(
         [*cmd, "run", "--listen-port", "0", "--audit", str(audit), "--set", f"confdir={tmp_path}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert proc.stdout is not None

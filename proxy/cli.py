@@ -114,11 +114,18 @@ def mitmdump_args(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _run(args: argparse.Namespace) -> int:
+def _load_or_report(path: str) -> Policy | None:
+    """The policy at `path`, or None after printing its problems to stderr."""
     try:
-        policy = load_policy(Path(args.policy))
+        return load_policy(Path(path))
     except PolicyError as e:
         _print_problems(e, sys.stderr)
+        return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    policy = _load_or_report(args.policy)
+    if policy is None:
         return ExitStatus.INVALID
     audit = args.audit or policy.audit.path
     print(
@@ -198,10 +205,8 @@ async def check_url(
 
 
 def _check(args: argparse.Namespace) -> int:
-    try:
-        policy = load_policy(Path(args.policy))
-    except PolicyError as e:
-        _print_problems(e, sys.stderr)
+    policy = _load_or_report(args.policy)
+    if policy is None:
         return ExitStatus.INVALID
     if args.agent:
         policy = dataclasses.replace(policy, agent=args.agent)

@@ -267,32 +267,33 @@ class Enforcer:
             self.documents,
             mode=ctx.options.optout_mode or None,
         )
+        self._finish(flow, decision, policy, origin.host)
+
+    def _finish(self, flow: http.HTTPFlow, decision: Decision, policy: Policy | None, host: str) -> None:
+        """Record `decision` on the flow and in the audit log; answer the flow if it blocks."""
         record_id = new_id()
         flow.metadata["optout"] = decision
         flow.metadata["optout_id"] = record_id
-        status = BLOCK_STATUS if decision.blocks else None
-        if decision.verdict is Verdict.BLOCK or policy.audit.log_allowed:
+        if decision.verdict is Verdict.BLOCK or (policy is not None and policy.audit.log_allowed):
+            req = flow.request
             record = record_for(
                 decision,
                 record_id=record_id,
                 ts=utc_now(),
                 method=req.method,
                 url=req.pretty_url,
-                host=origin.host,
-                agent=policy.agent,
+                host=host,
+                agent=policy.agent if policy is not None else "",
                 phase="request",
-                status=status,
+                status=BLOCK_STATUS if decision.blocks else None,
                 user_agent=req.headers.get("user-agent"),
-                policy_path=str(policy.path),
+                policy_path=str(policy.path) if policy is not None else None,
             )
             if not self._write(record, flow, record_id):
                 return
         if decision.blocks:
             flow.response = make_block(
-                BLOCK_STATUS,
-                block_body(decision, record_id),
-                decision.signal or "blocked",
-                record_id,
+                BLOCK_STATUS, block_body(decision, record_id), decision.signal or "blocked", record_id
             )
 
     def _write(self, record: dict[str, Any], flow: http.HTTPFlow, record_id: str) -> bool:
@@ -314,7 +315,6 @@ class Enforcer:
             return False
 
     def _block_internal_error(self, flow: http.HTTPFlow, policy: Policy | None) -> None:
-        record_id = new_id()
         decision = Decision(
             Verdict.BLOCK,
             enforced=True,
@@ -325,35 +325,12 @@ class Enforcer:
             findings=(),
             policy_sha256=policy.digest if policy else "",
         )
-        flow.metadata["optout"] = decision
-        flow.metadata["optout_id"] = record_id
         try:
-            req = flow.request
-            record = record_for(
-                decision,
-                record_id=record_id,
-                ts=utc_now(),
-                method=req.method,
-                url=req.pretty_url,
-                host=req.host,
-                agent=policy.agent if policy else "",
-                phase="request",
-                status=BLOCK_STATUS,
-                policy_path=str(policy.path) if policy else None,
-            )
+            self._finish(flow, decision, policy, flow.request.host)
         except Exception:
-            logger.exception("optout: cannot build the audit record for an internal error")
-            record = {
-                "id": record_id,
-                "ts": utc_now(),
-                "decision": "block",
-                "signal": "internal-error",
-                "enforced": True,
-                "status": BLOCK_STATUS,
-            }
-        if not self._write(record, flow, record_id):
-            return
-        flow.response = make_block(BLOCK_STATUS, block_body(decision, record_id), "internal-error", record_id)
+            # Even recording failed: still never forward.
+            logger.exception("optout: cannot record an internal error; blocking anyway")
+            flow.response = make_block(BLOCK_STATUS, block_body(decision, "none"), "internal-error", "none")
 
     def _close_later(self, client: httpx.AsyncClient) -> None:
         """Close a replaced client without blocking configure (which is synchronous)."""

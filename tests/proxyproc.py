@@ -16,6 +16,15 @@ ADDON = REPO / "proxy" / "addon.py"
 _LISTENING = re.compile(r"proxy listening at .*?:(\d+)")
 
 
+def mitmdump_command(policy: Path, confdir: Path, addon: Path = ADDON) -> list[str]:
+    """mitmdump with our addon on 127.0.0.1, the port chosen by the OS."""
+    return [
+        sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()",
+        "-s", str(addon), "--listen-host", "127.0.0.1", "--listen-port", "0",
+        "--set", f"confdir={confdir}", "--set", f"optout_policy={policy}",
+    ]  # fmt: skip
+
+
 class ProxyProcess:
     """mitmdump -s proxy/addon.py on 127.0.0.1, port chosen by the OS."""
 
@@ -32,23 +41,7 @@ class ProxyProcess:
         self.policy = policy
         self.audit = audit
         self.confdir = confdir
-        args = [
-            sys.executable,
-            "-c",
-            "from mitmproxy.tools.main import mitmdump; mitmdump()",
-            "-s",
-            str(addon),
-            "--listen-host",
-            "127.0.0.1",
-            "--listen-port",
-            "0",
-            "--set",
-            f"confdir={confdir}",
-            "--set",
-            f"optout_policy={policy}",
-            "--set",
-            "flow_detail=0",
-        ]
+        args = [*mitmdump_command(policy, confdir, addon), "--set", "flow_detail=0"]
         if audit is not None:
             args += ["--set", f"optout_audit={audit}"]
         for key, value in (options or {}).items():
@@ -118,20 +111,6 @@ class ProxyProcess:
 
 def run_mitmdump_expecting_exit(policy: Path, confdir: Path, timeout: float = 30.0) -> tuple[int, str]:
     """Start mitmdump on a policy that should make it refuse to start; returns (code, output)."""
-    args = [
-        sys.executable,
-        "-c",
-        "from mitmproxy.tools.main import mitmdump; mitmdump()",
-        "-s",
-        str(ADDON),
-        "--listen-host",
-        "127.0.0.1",
-        "--listen-port",
-        "0",
-        "--set",
-        f"confdir={confdir}",
-        "--set",
-        f"optout_policy={policy}",
-    ]
+    args = mitmdump_command(policy, confdir)
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     return proc.returncode, proc.stdout + proc.stderr

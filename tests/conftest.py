@@ -60,6 +60,7 @@ def make_proxy(tmp_path: Path, ca_pem: Path) -> Iterator[Callable[..., ProxyProc
         confdir.mkdir()
         audit = Path(options.pop("optout_audit", tmp_path / f"audit-{len(procs)}.jsonl"))
         options.setdefault("ssl_verify_upstream_trusted_ca", str(ca_pem))
+        options = {k: v for k, v in options.items() if v is not None}  # None: leave mitmproxy's default
         extra = {"addon": addon} if addon is not None else {}
         proc = ProxyProcess(policy, confdir=confdir, audit=audit, options=options, **extra)
         procs.append(proc)

@@ -111,6 +111,19 @@ def test_https_through_tls_interception(
     assert rec["evidence"][rec["deciding"]]["document"]["url"].startswith("https://localhost:")
 
 
+def test_ssl_insecure_lets_policy_fetches_skip_verification(
+    make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], policy: Path
+) -> None:
+    site = content_site(make_site, tls=True)
+    # No trusted CA for the origin: only ssl_insecure lets mitmproxy and our fetches through.
+    proxy = make_proxy(policy, ssl_verify_upstream_trusted_ca=None, ssl_insecure="true")
+    with client(proxy) as c:
+        blocked = c.get(site.url("/private/x", host="localhost"))
+        ok = c.get(site.url("/page", host="localhost"))
+    assert blocked.status_code == 451 and blocked.headers["X-Optout-Reason"] == "robots-txt"
+    assert ok.status_code == 200
+
+
 def test_registry_blocks_before_any_contact(
     make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], policy: Path
 ) -> None:

@@ -24,6 +24,7 @@ class Says(enum.StrEnum):
     ALLOW = "allow"  # an explicit grant (never overrides another source's reservation)
     UNAVAILABLE = "unavailable"  # document absent (4xx): no restrictions from this source
     UNREACHABLE = "unreachable"  # 5xx, 429, timeout, connection error
+    UNKNOWN = "unknown"  # present, but states nothing for our purpose (kept as evidence)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,11 @@ _KEY_ALIASES = {
     "site-map": "sitemap",
 }
 _RULE_KEYS = frozenset({"allow", "disallow"})
-_FILE_WIDE_KEYS = frozenset({"sitemap", "host"})
+# AIPREF attach-05 §3: Content-Usage is a rule too, so it also closes a run of
+# User-agent lines (signals.md §2.5); it is kept as a group record.
+_CLOSING_RECORDS = frozenset({"content-usage"})
+# RSL's License line is not tied to a group (signals.md §9.1).
+_FILE_WIDE_KEYS = frozenset({"sitemap", "host", "license"})
 _LINE_SPLIT = re.compile(r"\r\n|\r|\n")
 _TOKEN_END = re.compile(r"[\s/*]")
 
@@ -144,6 +148,47 @@ def _patterns_of(value: str) -> list[_URLPattern]:
     return out
 
 
+class ScopedValues:
+    """Path-scoped values (Content-Usage, DisallowAITraining): longest matching path wins.
+
+    A value with no path is scoped to the empty path, the shortest of all
+    (AIPREF attach-05 §3). Ties are returned together for the caller to combine.
+    """
+
+    __slots__ = ("_entries",)
+
+    def __init__(self, entries: Iterable[tuple[str, Record]]) -> None:
+        compiled: list[tuple[list[_URLPattern] | None, Record]] = []
+        for path, record in entries:
+            compiled.append((None if not path else _patterns_of(path), record))
+        self._entries = compiled
+
+    def best(self, path: str) -> list[Record]:
+        """The records whose path matches `path` with the greatest length."""
+        quoted = _quote_path(path)
+        best_len = -1
+        best: list[Record] = []
+        for patterns, record in self._entries:
+            if patterns is None:
+                length = 0
+            else:
+                lengths = [p.priority for p in patterns if p.match(quoted)]
+                if not lengths:
+                    continue
+                length = max(lengths)
+            if length > best_len:
+                best_len, best = length, [record]
+            elif length == best_len:
+                best.append(record)
+        return best
+
+
+def path_matches(pattern: str, path: str) -> bool:
+    """True if a robots-style pattern (`*`, `$`, percent rules of RFC 9309 §2.2.2) matches `path`."""
+    quoted = _quote_path(path)
+    return any(p.match(quoted) for p in _patterns_of(pattern))
+
+
 def product_token(value: str) -> str:
     """The product token a User-agent value names, lower-case ("*" for the wildcard)."""
     v = value.strip()
@@ -175,6 +220,25 @@ class RobotsTxt:
         if named or not star_fallback:
             return named
         return tuple(g for g in self.groups if "*" in g.agents)
+
+    def records_for(self, token: str, key: str, *, inherit_star: bool) -> tuple[tuple[Record, str], ...]:
+        """Group records named `key` that apply to `token`, each with the group's agent.
+
+        The token's own groups apply, else the `*` groups. With `inherit_star`,
+        the `*` groups' records also apply when the token's groups have none of
+        `key` (signals.md §13.7, read to protect the rights holder).
+        """
+        own = self.groups_for(token, star_fallback=False)
+        found = tuple((r, token) for g in own for r in g.records if r.key == key)
+        if found:
+            return found
+        if own and not inherit_star:
+            return ()
+        return tuple((r, "*") for g in self.groups if "*" in g.agents for r in g.records if r.key == key)
+
+    def file_records(self, key: str) -> tuple[Record, ...]:
+        """File-wide records named `key` (e.g. RSL License lines)."""
+        return tuple(r for r in self.records if r.key == key)
 
     def matcher_for(self, token: str, *, star_fallback: bool) -> RuleMatcher | None:
         """The merged rules for `token`, or None when no group applies to it (cached)."""
@@ -257,6 +321,8 @@ def parse(body: bytes | str) -> RobotsTxt:
         elif agents:
             # RFC 9309 §2.2.4: other records never interfere with grouping.
             records.append(Record(key, value, number))
+            if key in _CLOSING_RECORDS:
+                seen_rule = True
         else:
             file_records.append(Record(key, value, number))
     close()
@@ -269,13 +335,16 @@ def findings_for(
     agent: str,
     honor_agents: Iterable[str],
     document: Document | None,
+    *,
+    signal: str = NAME,
 ) -> list[Finding]:
     """Findings for `path` (path plus ?query): one for our agent, one per honored token that disallows.
 
     Our agent's finding is always there, so the audit record names the
-    robots.txt that was in force even when it allowed the request.
+    robots.txt that was in force even when it allowed the request. `signal`
+    names the source when the same engine reads another file (ai.txt).
     """
-    if path == PATH or path.startswith(PATH + "?"):
+    if signal == NAME and (path == PATH or path.startswith(PATH + "?")):
         # RFC 9309 §2.3: /robots.txt itself is implicitly allowed.
         return [Finding(NAME, Says.ALLOW, "/robots.txt is always allowed", document, agent=agent)]
     findings: list[Finding] = []
@@ -283,12 +352,12 @@ def findings_for(
     rule = matcher.match(path) if matcher is not None else None
     if rule is None:
         groups = "no group applies" if matcher is None else "no rule matches"
-        findings.append(Finding(NAME, Says.ALLOW, groups, document, agent=agent))
+        findings.append(Finding(signal, Says.ALLOW, groups, document, agent=agent))
     else:
         named = robots.names(agent)
         findings.append(
             Finding(
-                NAME,
+                signal,
                 Says.ALLOW if rule.allow else Says.DISALLOW,
                 str(rule),
                 document,
@@ -304,5 +373,35 @@ def findings_for(
         m = robots.matcher_for(token, star_fallback=False)
         r = m.match(path) if m is not None else None
         if r is not None and not r.allow:
-            findings.append(Finding(NAME, Says.DISALLOW, str(r), document, line=r.line, agent=token))
+            findings.append(Finding(signal, Says.DISALLOW, str(r), document, line=r.line, agent=token))
     return findings
+
+
+# draft-canel-robots-ai-control (signals.md §11.3): group-scoped path rules.
+AI_TRAINING_KEYS = ("disallowaitraining", "allowaitraining")
+
+
+def ai_training_findings(
+    path: str, robots: RobotsTxt, agent: str, purpose: str, document: Document | None, *, inherit_star: bool
+) -> list[Finding]:
+    """A finding from DisallowAITraining / AllowAITraining lines: longest match, Allow wins a tie."""
+    records = [
+        (r, who)
+        for key in AI_TRAINING_KEYS
+        for r, who in robots.records_for(agent, key, inherit_star=inherit_star)
+    ]
+    if not records:
+        return []
+    scoped = ScopedValues((r.value, r) for r, _ in records if r.value)
+    best = scoped.best(path)
+    if not best:
+        return []
+    allow = [r for r in best if r.key == "allowaitraining"]
+    rule = allow[0] if allow else best[0]
+    who = next(w for r, w in records if r is rule)
+    label = "AllowAITraining" if rule.key == "allowaitraining" else "DisallowAITraining"
+    detail = f"{label}: {rule.value}"
+    if purpose != "ai-train":
+        return [Finding(NAME, Says.UNKNOWN, f"{detail} (addresses training only)", document, rule.line, who)]
+    says = Says.ALLOW if allow else Says.DISALLOW
+    return [Finding(NAME, says, detail, document, line=rule.line, agent=who)]

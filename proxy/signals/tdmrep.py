@@ -1,0 +1,154 @@
+"""TDMRep: /.well-known/tdmrep.json, the tdm-reservation header, HTML <meta>, PDF/EPUB metadata.
+
+Implements the W3C TDM Reservation Protocol, Final Community Group Report
+(signals.md §4). `tdm-reservation: 1` reserves text and data mining rights
+(EU CDSM Art. 4(3)); `0` does not; any other value is a protocol error and
+counts as unset. The file's entries are matched in array order, the first
+match wins; `location` uses robots.txt patterns.
+
+Channels and precedence (§4.5): file < header < HTML meta < PDF/EPUB metadata;
+an absent value never resets. Two readings, chosen by the policy key
+`tdmrep_precedence` (signals.md §13.9):
+
+* `reservation-wins` (default): any channel that says 1 blocks; a file's 1
+  blocks before the fetch, so a reserved page is never requested. A later 0
+  does not lift an earlier 1. This protects the rights holder.
+* `spec`: the report's precedence: the file's 1 is carried to the response,
+  where a header or meta 0 lifts it; the last channel present decides.
+
+Deliberate leniency: a JSON string "1"/"0" for tdm-reservation is read as the
+number (signals.md D13), which can only add reservations. A file that is not
+a JSON array of objects means the protocol is not in use. TDM reservations
+bind the purposes `ai-train` and `ai-input`, not `search`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from proxy.evidence import Document, Finding, Says
+from proxy.signals.robots import path_matches
+
+NAME = "tdmrep"
+PATH = "/.well-known/tdmrep.json"
+MAX_BYTES = 1024 * 1024
+CHANNELS = ("file", "header", "meta", "metadata")  # in order of precedence
+BINDS = ("ai-train", "ai-input")
+
+
+@dataclass(frozen=True, slots=True)
+class TdmRule:
+    location: str
+    reservation: int  # 1 or 0
+    policy: str | None
+    index: int  # 1-based position in the array
+
+
+@dataclass(frozen=True, slots=True)
+class TdmRules:
+    rules: tuple[TdmRule, ...]
+    skipped: int  # malformed entries
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """One channel's statement: where it was read and what it said."""
+
+    channel: str  # file | header | meta | metadata
+    reservation: int | None  # None: protocol error (value neither 0 nor 1)
+    policy: str | None
+    detail: str
+    document: Document | None
+    line: int | None = None
+
+
+def _reservation(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    if isinstance(value, str) and value.strip() in ("0", "1"):
+        return int(value.strip())
+    return None
+
+
+def parse(body: bytes) -> TdmRules | None:
+    """The rules of a tdmrep.json, or None when it is not the protocol (not a JSON array)."""
+    try:
+        data = json.loads(body.decode("utf-8-sig", errors="replace"))
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, list):
+        return None
+    rules: list[TdmRule] = []
+    skipped = 0
+    for index, item in enumerate(data, start=1):
+        if not isinstance(item, dict) or not isinstance(item.get("location"), str):
+            skipped += 1
+            continue
+        reservation = _reservation(item.get("tdm-reservation"))
+        if reservation is None:
+            skipped += 1
+            continue
+        policy = item.get("tdm-policy")
+        rules.append(TdmRule(item["location"], reservation, policy if isinstance(policy, str) else None, index))
+    return TdmRules(tuple(rules), skipped)
+
+
+def file_channel(path: str, rules: TdmRules, document: Document | None) -> Channel | None:
+    """The file's statement for `path`: the first matching entry, or None."""
+    for rule in rules.rules:
+        if path_matches(rule.location, path):
+            detail = f'entry {rule.index}: location "{rule.location}", tdm-reservation {rule.reservation}'
+            return Channel("file", rule.reservation, rule.policy, detail, document)
+    return None
+
+
+def value_channel(channel: str, values: Sequence[str], policies: Sequence[str], document: Document | None,
+                  label: str) -> Channel | None:
+    """A header, meta or metadata statement from its raw values (the last one counts)."""
+    if not values:
+        return None
+    raw = values[-1].strip()
+    reservation = int(raw) if raw in ("0", "1") else None
+    detail = f"{label}: {raw[:100]}" + ("" if reservation is not None else " (protocol error: unset)")
+    return Channel(channel, reservation, policies[-1].strip() if policies else None, detail, document)
+
+
+def _finding(ch: Channel, purpose: str, says: Says | None = None) -> Finding:
+    if says is None:
+        says = Says.UNKNOWN
+        if ch.reservation == 1:
+            says = Says.DISALLOW if purpose in BINDS else Says.UNKNOWN
+        elif ch.reservation == 0:
+            says = Says.ALLOW
+    detail = f"{ch.channel}: {ch.detail}"
+    if ch.policy and ch.reservation == 1:
+        detail += f"; tdm-policy {ch.policy[:200]}"
+    return Finding(NAME, says, detail, ch.document, line=ch.line)
+
+
+def prefetch_findings(file: Channel | None, purpose: str, precedence: str) -> list[Finding]:
+    """The file's finding before the fetch; under `spec` a 1 waits for the response."""
+    if file is None:
+        return []
+    if precedence == "spec" and file.reservation == 1:
+        return [_finding(file, purpose, Says.UNKNOWN)]
+    return [_finding(file, purpose)]
+
+
+def response_findings(channels: Sequence[Channel], purpose: str, precedence: str) -> list[Finding]:
+    """Findings of the response-side channels (and, under `spec`, the file's, to be superseded)."""
+    present = [c for c in channels if c is not None]
+    if precedence != "spec":
+        return [_finding(c, purpose) for c in present if c.channel != "file"]
+    valid = [c for c in present if c.reservation is not None]
+    if not valid:
+        return [_finding(c, purpose) for c in present if c.channel != "file"]
+    # §4.5: later, more granular channels supersede earlier ones; absence never resets.
+    deciding = max(valid, key=lambda c: CHANNELS.index(c.channel))
+    out = [_finding(deciding, purpose)]
+    out += [_finding(c, purpose, Says.UNKNOWN) for c in present if c is not deciding and c.channel != "file"]
+    return out

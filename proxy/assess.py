@@ -14,7 +14,6 @@ from proxy.documents import OriginDocuments
 from proxy.evidence import Decision, Finding
 from proxy.origin import Origin
 from proxy.policy import Policy
-from proxy.signals import robots
 
 GetDocuments = Callable[[Origin], Awaitable[OriginDocuments]]
 
@@ -42,7 +41,6 @@ async def assess(
         findings.extend(policy.registry.findings_for(hosts, path))
         if findings and registry_mode == "enforce" and not monitor_all:
             return decide(findings, policy, mode=mode)
-    if policy.signal_mode(robots.NAME) != "off":
-        docs = await get_documents(origin)
-        findings.extend(docs.robots_findings(path, policy.agent, policy.honor_agents))
+    docs = await get_documents(origin)
+    findings.extend(docs.prefetch_findings(origin.url(path), path, policy))
     return decide(findings, policy, mode=mode)

@@ -1,33 +1,48 @@
-"""The policy documents of one origin, fetched once and cached together.
+"""The policy documents of one origin, fetched once, together, and cached together.
 
-For now that is robots.txt (RFC 9309); later signals add their documents
-here and fetch them concurrently with it. An `OriginDocuments` is the cache
-value: immutable, replaced whole on refresh.
+An origin's documents are robots.txt (RFC 9309), /ai.txt, /.well-known/
+tdmrep.json and the RSL licences its robots.txt names in `License:` lines.
+robots.txt, ai.txt and tdmrep.json are fetched concurrently, never one after
+another; the licences follow robots.txt, which names them. An
+`OriginDocuments` is the cache value: immutable, replaced whole on refresh.
 
-Caching (RFC 9309 §2.4): a good answer is kept for min(Cache-Control, 24 h);
-an unreachable one is retried after `unreachable_retry` seconds. When a
-refresh finds the origin unreachable but a good copy younger than
-`STALE_LIMIT` is at hand, the good copy stays in force (signals.md §2.2, S8)
-and the failed refresh is recorded beside it.
+Caching (RFC 9309 §2.4): a good answer is kept for min(Cache-Control, 24 h)
+of robots.txt; an unreachable robots.txt is retried after `unreachable_retry`
+seconds. When a refresh finds robots.txt unreachable but a good copy younger
+than `STALE_LIMIT` is at hand, the good copy stays in force (signals.md §2.2,
+S8) and the failed refresh is recorded beside it. The other documents are
+optional: any answer but 2xx means "no signal" from them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from proxy.evidence import Document, Finding, Says
 from proxy.fetch import Fetched, fetch_document
 from proxy.origin import Origin
-from proxy.signals import robots
+from proxy.policy import Policy
+from proxy.signals import aitxt, contentsignal, contentusage, robots, rsl, tdmrep
 
 # RFC 9309 §2.3.1.4: after "a reasonably long period (e.g. 30 days)" of
 # unreachability a crawler MAY stop using its cached copy; we then fall back to
 # complete disallow, never to allow-all.
 STALE_LIMIT = dt.timedelta(days=30)
+MAX_LICENSES = 4  # License lines followed per robots.txt
+
+
+@dataclass(frozen=True, slots=True)
+class OptionalDoc:
+    """An optional document (ai.txt, tdmrep.json, a licence): how it was fetched, and what it holds."""
+
+    outcome: str  # ok | unavailable | unreachable | invalid
+    document: Document
+    parsed: Any  # the module's parse() result when ok, else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +54,12 @@ class OriginDocuments:
     robots_document: Document
     robots: robots.RobotsTxt | None  # parsed, when ok
     stale_because: Document | None = None  # a failed refresh while an older good copy stays in force
+    ai_txt: OptionalDoc | None = None
+    tdm_json: OptionalDoc | None = None
+    licenses: tuple[tuple[str, OptionalDoc], ...] = ()
 
-    def robots_findings(self, path: str, agent: str, honor_agents: Iterable[str]) -> list[Finding]:
-        """robots.txt findings for `path` on this origin."""
+    def robots_findings(self, path: str, agent: str, honor_agents: tuple[str, ...]) -> list[Finding]:
+        """robots.txt Allow/Disallow findings for `path` on this origin."""
         doc = self.robots_document
         if self.robots_outcome == "ok" and self.robots is not None:
             return robots.findings_for(path, self.robots, agent, honor_agents, doc)
@@ -52,9 +70,79 @@ class OriginDocuments:
             return [Finding(robots.NAME, Says.UNAVAILABLE, f"HTTP {doc.status}: no restrictions", doc)]
         return [Finding(robots.NAME, Says.UNREACHABLE, doc.error or "unreachable", doc)]
 
+    def prefetch_findings(self, url: str, path: str, policy: Policy) -> list[Finding]:
+        """Every finding this origin's documents give for `url` before it is fetched."""
+        mode = policy.signal_mode
+        found: list[Finding] = []
+        if mode(robots.NAME) != "off":
+            found += self.robots_findings(path, policy.agent, policy.honor_agents)
+        parsed = self.robots if self.robots_outcome == "ok" else None
+        inherit = policy.reading("star_group_preferences") == "inherit"
+        doc = self.robots_document
+        if parsed is not None:
+            if mode(robots.NAME) != "off":
+                found += robots.ai_training_findings(
+                    path, parsed, policy.agent, policy.purpose, doc, inherit_star=inherit
+                )
+            if mode(contentusage.NAME) != "off":
+                found += contentusage.findings_for(
+                    path, parsed, policy.agent, policy.purpose, doc,
+                    legacy=policy.reading("aipref_legacy") == "block", inherit_star=inherit,
+                )  # fmt: skip
+            if mode(contentsignal.NAME) != "off":
+                found += contentsignal.findings_for(
+                    parsed, policy.agent, policy.purpose, doc, inherit_star=inherit
+                )
+        if mode(aitxt.NAME) != "off" and self.ai_txt is not None and self.ai_txt.parsed is not None:
+            found += aitxt.findings_for(
+                path,
+                self.ai_txt.parsed,
+                policy.agent,
+                policy.honor_agents,
+                policy.purpose,
+                self.ai_txt.document,
+            )
+        if mode(tdmrep.NAME) != "off":
+            found += tdmrep.prefetch_findings(
+                self.tdm_file(path), policy.purpose, policy.reading("tdmrep_precedence")
+            )
+        if mode(rsl.NAME) != "off":
+            for source, lic in self.licenses:
+                found += license_findings(url, source, lic, policy)
+        return found
+
+    def tdm_file(self, path: str) -> tdmrep.Channel | None:
+        """The tdmrep.json statement for `path`, if the origin has the file and an entry matches."""
+        if self.tdm_json is None or self.tdm_json.parsed is None:
+            return None
+        return tdmrep.file_channel(path, self.tdm_json.parsed, self.tdm_json.document)
+
+
+def license_findings(url: str, source: str, lic: OptionalDoc, policy: Policy) -> list[Finding]:
+    """The finding of one RSL licence document for `url` (no signal if it is unusable)."""
+    label = f"licence {source}"
+    if lic.parsed is None:
+        why = "not an RSL document" if lic.outcome in ("ok", "invalid") else f"not fetched ({lic.outcome})"
+        return [rsl.unusable(label, lic.document, why)]
+    return rsl.findings_for(url, lic.parsed, policy.purpose, policy.reading("rsl_user"), lic.document, label)
+
 
 def _parse_time(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+async def fetch_optional(
+    client: httpx.AsyncClient, url: str, parse: Any, *, max_bytes: int, total_timeout: float
+) -> OptionalDoc:
+    """Fetch and parse an optional document; never raises, never blocks on failure."""
+    got: Fetched = await fetch_document(client, url, max_bytes=max_bytes, total_timeout=total_timeout)
+    if got.outcome != "ok":
+        return OptionalDoc(got.outcome, got.document, None)
+    try:
+        parsed = parse(got.body or b"")
+    except Exception:  # a parser bug must not take the origin down; the document gives no signal
+        parsed = None
+    return OptionalDoc("ok" if parsed is not None else "invalid", got.document, parsed)
 
 
 async def load_origin(
@@ -66,24 +154,42 @@ async def load_origin(
     unreachable_retry: float,
 ) -> tuple[OriginDocuments, float]:
     """Fetch `origin`'s documents; returns the new cache value and its TTL in seconds."""
-    fetched: Fetched = await fetch_document(
-        client, origin.url(robots.PATH), max_bytes=robots.MAX_BYTES, total_timeout=total_timeout
+    limit = total_timeout
+    fetched, ai, tdm = await asyncio.gather(
+        fetch_document(client, origin.url(robots.PATH), max_bytes=robots.MAX_BYTES, total_timeout=limit),
+        fetch_optional(
+            client, origin.url(aitxt.PATH), aitxt.parse, max_bytes=aitxt.MAX_BYTES, total_timeout=limit
+        ),
+        fetch_optional(
+            client, origin.url(tdmrep.PATH), tdmrep.parse, max_bytes=tdmrep.MAX_BYTES, total_timeout=limit
+        ),
     )
     if fetched.outcome == "ok":
         parsed = robots.parse(fetched.body or b"")
-        return OriginDocuments(origin, "ok", fetched.document, parsed), fetched.ttl
+        sources = [r.value for r in parsed.file_records("license") if r.value][:MAX_LICENSES]
+        licenses = await asyncio.gather(
+            *(fetch_optional(client, src, rsl.parse, max_bytes=rsl.MAX_BYTES, total_timeout=total_timeout)
+              for src in sources)
+        )  # fmt: skip
+        docs = OriginDocuments(
+            origin, "ok", fetched.document, parsed, ai_txt=ai, tdm_json=tdm,
+            licenses=tuple(zip(sources, licenses, strict=True)),
+        )  # fmt: skip
+        return docs, fetched.ttl
     if fetched.outcome == "unavailable":
-        return OriginDocuments(origin, "unavailable", fetched.document, None), fetched.ttl
+        return OriginDocuments(
+            origin, "unavailable", fetched.document, None, ai_txt=ai, tdm_json=tdm
+        ), fetched.ttl
     # Unreachable: keep a good copy in force if we have a recent one.
     if previous is not None and previous.robots_outcome != "unreachable":
         age = _parse_time(fetched.document.fetched_at) - _parse_time(previous.robots_document.fetched_at)
         if age < STALE_LIMIT:
             kept = OriginDocuments(
-                origin,
-                previous.robots_outcome,
-                previous.robots_document,
-                previous.robots,
-                stale_because=fetched.document,
-            )
+                origin, previous.robots_outcome, previous.robots_document, previous.robots,
+                stale_because=fetched.document, ai_txt=previous.ai_txt, tdm_json=previous.tdm_json,
+                licenses=previous.licenses,
+            )  # fmt: skip
             return kept, unreachable_retry
-    return OriginDocuments(origin, "unreachable", fetched.document, None), unreachable_retry
+    return OriginDocuments(
+        origin, "unreachable", fetched.document, None, ai_txt=ai, tdm_json=tdm
+    ), unreachable_retry

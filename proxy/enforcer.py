@@ -1,8 +1,12 @@
 """The mitmproxy addon: options, configuration and the hooks that enforce decisions.
 
-Per request it asks `assess()` for a decision (registry, then the origin's
-cached policy documents), writes the audit record, and answers a block
-itself with 451. It never lets a request through unrecorded or undecided:
+Request phase: `assess()` decides from the registry and the origin's cached
+policy documents; a block is answered with 451 before anything goes upstream.
+Response phase: the headers are judged as soon as they arrive; HTML and media
+bodies are buffered (up to `optout_body_cap`) and judged before one byte is
+delivered. Content withheld after the fetch gets the same 451.
+
+It never lets a response through unrecorded or undecided:
 
 * an exception in a hook blocks the flow with reason `internal-error`
   (mitmproxy would otherwise log it and forward the flow: fail-open);
@@ -12,6 +16,7 @@ itself with 451. It never lets a request through unrecorded or undecided:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,24 +27,34 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from proxy import __version__
+from proxy.answers import (
+    ANSWERED,
+    AUDIT_DOWN_STATUS,
+    BLOCK_STATUS,
+    ID_HEADER,
+    answer,
+    block_body,
+    finish_withheld,
+    withhold_in_place,
+)
 from proxy.assess import assess
 from proxy.audit import AuditLog, new_id, record_for
 from proxy.cache import OriginCache
-from proxy.documents import OriginDocuments, load_origin
+from proxy.decide import decide
+from proxy.documents import OptionalDoc, OriginDocuments, fetch_optional, load_origin
 from proxy.errors import AuditError, PolicyError
-from proxy.evidence import Decision, Verdict
+from proxy.evidence import Decision, Document, Finding, Says, Verdict
 from proxy.fetch import make_client, utc_now
+from proxy.inband import BODY_SIGNALS, ResponseView, body_findings, body_kind, header_findings
 from proxy.origin import Origin
 from proxy.policy import Policy, load_policy
+from proxy.signals import rsl, tdmrep
 
 logger = logging.getLogger(__name__)
 
-REASON_HEADER = "X-Optout-Reason"
-ID_HEADER = "X-Optout-Id"
-BLOCK_STATUS = 451  # RFC 7725: Unavailable For Legal Reasons
-AUDIT_DOWN_STATUS = 503
 MODES_OR_POLICY = ("", "enforce", "monitor")
-_REASONS = {BLOCK_STATUS: "Unavailable For Legal Reasons", AUDIT_DOWN_STATUS: "Service Unavailable"}
+OVER_CAP = "body-over-cap"
+DEFAULT_BODY_CAP = 32 * 1024 * 1024  # a long HTML page or a full-size photo, with room to spare
 _CLIENT_OPTIONS = frozenset(
     {
         "optout_fetch_timeout",
@@ -59,40 +74,6 @@ def _host_of(host_header: str | None) -> str | None:
         return host_header
 
 
-def make_block(status: int, body: str, reason_code: str, record_id: str) -> http.Response:
-    """A response the proxy answers itself, naming why and which audit record says so."""
-    response = http.Response.make(
-        status,
-        body,
-        {
-            "Content-Type": "text/plain; charset=utf-8",
-            REASON_HEADER: reason_code,
-            ID_HEADER: record_id,
-        },
-    )
-    response.reason = _REASONS.get(status, "")
-    return response
-
-
-def block_body(decision: Decision, record_id: str) -> str:
-    """The short text a blocked crawler gets: signal, deciding rule or entry, document."""
-    lines = [
-        f"{BLOCK_STATUS} Unavailable For Legal Reasons: blocked by optout-proxy",
-        f"signal: {decision.signal}",
-        f"reason: {decision.reason}",
-    ]
-    f = decision.deciding
-    if f is not None:
-        rule = f"{f.detail} (line {f.line})" if f.line is not None and f.entry is None else f.detail
-        lines.append(f"rule: {rule}")
-        if f.document is not None:
-            lines.append(f"document: {f.document.url}")
-        if f.entry is not None:
-            lines.append(f"entry: {f.entry['file']}:{f.entry['line']}")
-    lines.append(f"record: {record_id}")
-    return "\n".join(lines) + "\n"
-
-
 class Enforcer:
     """Decides every request against the policy, answers blocks, and audits each decision."""
 
@@ -100,6 +81,7 @@ class Enforcer:
         self.policy: Policy | None = None  # last good policy; replaced only whole
         self.audit: AuditLog | None = None
         self.cache: OriginCache[Origin, OriginDocuments] = OriginCache(10_000)
+        self.licenses: OriginCache[str, OptionalDoc] = OriginCache(1_000)  # RSL licences named in responses
         self._client: httpx.AsyncClient | None = None
         self._closing: set[asyncio.Task[None]] = set()  # replaced clients still closing
 
@@ -147,6 +129,13 @@ class Enforcer:
             "Number of origins whose policy documents are cached; the least recently used "
             "are evicted beyond it.",
         )
+        loader.add_option(
+            "optout_body_cap",
+            int,
+            DEFAULT_BODY_CAP,
+            "Largest HTML or media body (bytes) buffered and inspected for in-band signals before "
+            "delivery; a larger one is withheld or forwarded uninspected as the policy's over_cap says.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if "optout_policy" in updated or "optout_audit" in updated:
@@ -167,6 +156,18 @@ class Enforcer:
             self.cache.resize(ctx.options.optout_cache_size)
         if "optout_fetch_timeout" in updated and ctx.options.optout_fetch_timeout < 1:
             raise exceptions.OptionsError("optout_fetch_timeout must be at least 1 second")
+        if "optout_body_cap" in updated and ctx.options.optout_body_cap < 1:
+            raise exceptions.OptionsError("optout_body_cap must be at least 1 byte")
+        if ctx.options.stream_large_bodies and self.policy is not None:
+            inspecting = [s for s in BODY_SIGNALS if self.policy.signal_mode(s) != "off"]
+            if inspecting:
+                # A chunked body that outgrows stream_large_bodies is streamed by
+                # mitmproxy without another hook: it would bypass the body checks.
+                raise exceptions.OptionsError(
+                    "stream_large_bodies would let bodies reach the crawler uninspected while "
+                    f"{', '.join(inspecting)} are on; unset it (optout_body_cap bounds what is buffered) "
+                    "or set those signals to off"
+                )
         if updated & _CLIENT_OPTIONS and self._client is not None:
             old, self._client = self._client, None
             self._close_later(old)
@@ -241,62 +242,202 @@ class Enforcer:
 
         return await self.cache.get(origin, load)
 
-    # -- hooks -------------------------------------------------------------
+    async def license(self, url: str) -> OptionalDoc:
+        """An RSL licence named in a response (Link header, HTML link), fetched once and cached."""
+
+        async def load(previous: OptionalDoc | None) -> tuple[OptionalDoc, float]:
+            timeout = float(ctx.options.optout_fetch_timeout)
+            lic = await fetch_optional(self.client(), url, rsl.parse, max_bytes=rsl.MAX_BYTES,
+                                       total_timeout=2 * timeout)  # fmt: skip
+            ttl = 24 * 3600.0 if lic.outcome == "ok" else float(ctx.options.optout_unreachable_retry)
+            return lic, ttl
+
+        return await self.licenses.get(url, load)
+
+    # -- request phase -----------------------------------------------------
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return  # answered by another addon (or replayed); nothing goes upstream
-        policy = self.policy  # one policy for the whole decision, even if a reload lands meanwhile
+        policy = self.policy  # one policy for the whole flow, even if a reload lands meanwhile
+        flow.metadata["optout_policy"] = policy
         try:
             if policy is None:
                 raise RuntimeError("no policy loaded")
             await self._request(flow, policy)
         except Exception:
             logger.exception("optout: internal error deciding %s", flow.request.pretty_url)
-            self._block_internal_error(flow, policy)
+            self._internal_error(flow, policy, phase="request")
 
     async def _request(self, flow: http.HTTPFlow, policy: Policy) -> None:
         req = flow.request
         origin = Origin.of(req.scheme, req.host, req.port)
         hosts = [req.host, _host_of(req.host_header) or ""]
         decision = await assess(
-            policy,
-            origin,
-            req.path or "/",
-            hosts,
-            self.documents,
-            mode=ctx.options.optout_mode or None,
+            policy, origin, req.path or "/", hosts, self.documents, mode=ctx.options.optout_mode or None
         )
-        self._finish(flow, decision, policy, origin.host)
-
-    def _finish(self, flow: http.HTTPFlow, decision: Decision, policy: Policy | None, host: str) -> None:
-        """Record `decision` on the flow and in the audit log; answer the flow if it blocks."""
-        record_id = new_id()
         flow.metadata["optout"] = decision
+        record_id = new_id()
         flow.metadata["optout_id"] = record_id
-        if decision.verdict is Verdict.BLOCK or (policy is not None and policy.audit.log_allowed):
-            req = flow.request
-            record = record_for(
-                decision,
-                record_id=record_id,
-                ts=utc_now(),
-                method=req.method,
-                url=req.pretty_url,
-                host=host,
-                agent=policy.agent if policy is not None else "",
-                phase="request",
-                status=BLOCK_STATUS if decision.blocks else None,
-                user_agent=req.headers.get("user-agent"),
-                policy_path=str(policy.path) if policy is not None else None,
-            )
-            if not self._write(record, flow, record_id):
+        status = BLOCK_STATUS if decision.blocks else None
+        if decision.verdict is Verdict.BLOCK or policy.audit.log_allowed:
+            record = self._record(flow, decision, policy, record_id, phase="request", status=status)
+            if not self._write(record, flow, record_id, in_place=False):
                 return
         if decision.blocks:
-            flow.response = make_block(
-                BLOCK_STATUS, block_body(decision, record_id), decision.signal or "blocked", record_id
+            answer(
+                flow, BLOCK_STATUS, block_body(decision, record_id), decision.signal or "blocked", record_id
             )
 
-    def _write(self, record: dict[str, Any], flow: http.HTTPFlow, record_id: str) -> bool:
+    # -- response phase ----------------------------------------------------
+
+    def _ours(self, flow: http.HTTPFlow) -> bool:
+        """True when the flow's response is one we answered, or the request was never decided."""
+        decision = flow.metadata.get("optout")
+        return bool(flow.metadata.get(ANSWERED)) or decision is None or decision.blocks
+
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None or self._ours(flow):
+            return
+        policy: Policy = flow.metadata["optout_policy"]
+        try:
+            await self._responseheaders(flow, policy)
+        except Exception:
+            logger.exception("optout: internal error judging the response of %s", flow.request.pretty_url)
+            self._internal_error(flow, policy, phase="response", in_place=True)
+        if flow.response is not None and not flow.metadata.get(ANSWERED):
+            # Lets the crawler (and the tests) tie each response to its audit record.
+            flow.response.headers[ID_HEADER] = flow.metadata.get("optout_last_id", flow.metadata["optout_id"])
+
+    async def _responseheaders(self, flow: http.HTTPFlow, policy: Policy) -> None:
+        assert flow.response is not None
+        view = ResponseView(
+            flow.request.pretty_url, flow.response.status_code, tuple(flow.response.headers.items(True))
+        )
+        kind = body_kind(view, policy)
+        document = Document(view.url, view.status, None, utc_now())
+        tdm_file = self._tdm_file(flow)
+        found = await header_findings(
+            view, policy, document, tdm_file, self.license, body_follows=kind is not None
+        )
+        decision = decide(found, policy, mode=ctx.options.optout_mode or None)
+        if decision.blocks:
+            self._respond(flow, decision, policy, inspected="headers", in_place=True)
+            return
+        if kind is None:
+            self._respond(flow, decision, policy, inspected="headers", in_place=True)
+            return
+        cap = ctx.options.optout_body_cap
+        length = view.content_length
+        if length is not None and length > cap:
+            self._over_cap(flow, found, policy, document, length, in_place=True)
+            return
+        # Buffer the whole body before anything is delivered, even if
+        # stream_large_bodies asked mitmproxy to stream this one.
+        flow.response.stream = False
+        flow.metadata["optout_inspect"] = (kind, view, found, tdm_file)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        finish_withheld(flow)
+        inspect = flow.metadata.pop("optout_inspect", None)
+        if inspect is None or flow.response is None:
+            return
+        policy: Policy = flow.metadata["optout_policy"]
+        try:
+            await self._inspect_body(flow, policy, *inspect)
+        except Exception:
+            logger.exception("optout: internal error inspecting the body of %s", flow.request.pretty_url)
+            self._internal_error(flow, policy, phase="response")
+        if not flow.metadata.get(ANSWERED):
+            flow.response.headers[ID_HEADER] = flow.metadata.get("optout_last_id", flow.metadata["optout_id"])
+
+    async def _inspect_body(
+        self,
+        flow: http.HTTPFlow,
+        policy: Policy,
+        kind: str,
+        view: ResponseView,
+        found: list[Finding],
+        tdm_file: tdmrep.Channel | None,
+    ) -> None:
+        assert flow.response is not None
+        cap = ctx.options.optout_body_cap
+        raw = flow.response.raw_content or b""
+        document = Document(view.url, view.status, None, utc_now())
+        if len(raw) > cap:
+            self._over_cap(flow, found, policy, document, len(raw), in_place=False)
+            return
+        try:
+            body = flow.response.get_content(strict=False) or b""
+        except ValueError:
+            body = raw
+        body = body[: 4 * cap]  # a decompression bomb stops here
+        document = Document(view.url, view.status, hashlib.sha256(body).hexdigest(), document.fetched_at)
+        found = found + await body_findings(view, body, kind, policy, document, tdm_file, self.license)
+        decision = decide(found, policy, mode=ctx.options.optout_mode or None)
+        self._respond(flow, decision, policy, inspected=f"headers+{kind}", in_place=False)
+
+    def _over_cap(
+        self, flow: http.HTTPFlow, found: list[Finding], policy: Policy, document: Document, size: int,
+        *, in_place: bool,
+    ) -> None:  # fmt: skip
+        """A body too large to inspect: withheld or forwarded uninspected, as the policy says."""
+        cap = ctx.options.optout_body_cap
+        withhold = policy.reading("over_cap") == "withhold"
+        detail = f"body of {size} bytes exceeds optout_body_cap ({cap}); not inspected"
+        says = Says.DISALLOW if withhold else Says.UNKNOWN
+        finding = Finding(OVER_CAP, says, detail + ("; withheld" if withhold else "; forwarded"), document)
+        decision = decide([*found, finding], policy, mode=ctx.options.optout_mode or None)
+        self._respond(flow, decision, policy, inspected="over-cap", in_place=in_place)
+
+    def _respond(
+        self, flow: http.HTTPFlow, decision: Decision, policy: Policy, *, inspected: str, in_place: bool
+    ) -> None:
+        """Record a response-phase decision when there is something to record; withhold if it blocks."""
+        if decision.verdict is not Verdict.BLOCK and not (decision.findings and policy.audit.log_allowed):
+            return
+        record_id = new_id()
+        status = BLOCK_STATUS if decision.blocks else None
+        record = self._record(flow, decision, policy, record_id, phase="response", status=status)
+        record["request_id"] = flow.metadata.get("optout_id")
+        record["inspected"] = inspected
+        record["withheld"] = decision.blocks
+        if not self._write(record, flow, record_id, in_place=in_place):
+            return
+        flow.metadata["optout_last_id"] = record_id
+        if decision.blocks:
+            body = block_body(decision, record_id, withheld=True)
+            respond = withhold_in_place if in_place else answer
+            respond(flow, BLOCK_STATUS, body, decision.signal or "blocked", record_id)
+
+    def _tdm_file(self, flow: http.HTTPFlow) -> tdmrep.Channel | None:
+        """The origin's tdmrep.json statement for this URL, from the cache (None if not at hand)."""
+        req = flow.request
+        docs = self.cache.peek(Origin.of(req.scheme, req.host, req.port))
+        return docs.tdm_file(req.path or "/") if docs is not None else None
+
+    # -- recording and failing closed ---------------------------------------
+
+    def _record(
+        self, flow: http.HTTPFlow, decision: Decision, policy: Policy | None, record_id: str, *,
+        phase: str, status: int | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        req = flow.request
+        return record_for(
+            decision,
+            record_id=record_id,
+            ts=utc_now(),
+            method=req.method,
+            url=req.pretty_url,
+            host=Origin.of(req.scheme, req.host, req.port).host,
+            agent=policy.agent if policy is not None else "",
+            phase=phase,
+            status=status,
+            user_agent=req.headers.get("user-agent"),
+            policy_path=str(policy.path) if policy is not None else None,
+        )
+
+    def _write(self, record: dict[str, Any], flow: http.HTTPFlow, record_id: str, *, in_place: bool) -> bool:
         """Write the record; on failure answer 503 so nothing passes unrecorded."""
         try:
             if self.audit is None:
@@ -305,16 +446,19 @@ class Enforcer:
             return True
         except AuditError as e:
             logger.error("optout: %s; answering %d", e, AUDIT_DOWN_STATUS)
-            flow.response = make_block(
-                AUDIT_DOWN_STATUS,
+            body = (
                 f"{AUDIT_DOWN_STATUS}: optout-proxy cannot write its audit log, so it forwards "
-                f"nothing.\nrecord: {record_id}\n",
-                "audit-unavailable",
-                record_id,
+                f"nothing.\nrecord: {record_id}\n"
             )
+            respond = withhold_in_place if in_place else answer
+            respond(flow, AUDIT_DOWN_STATUS, body, "audit-unavailable", record_id)
             return False
 
-    def _block_internal_error(self, flow: http.HTTPFlow, policy: Policy | None) -> None:
+    def _internal_error(
+        self, flow: http.HTTPFlow, policy: Policy | None, *, phase: str, in_place: bool = False
+    ) -> None:
+        """Block a flow whose decision failed: never forward what we could not judge."""
+        record_id = new_id()
         decision = Decision(
             Verdict.BLOCK,
             enforced=True,
@@ -325,12 +469,15 @@ class Enforcer:
             findings=(),
             policy_sha256=policy.digest if policy else "",
         )
+        flow.metadata.setdefault("optout", decision)
+        respond = withhold_in_place if in_place else answer
         try:
-            self._finish(flow, decision, policy, flow.request.host)
+            record = self._record(flow, decision, policy, record_id, phase=phase, status=BLOCK_STATUS)
+            if not self._write(record, flow, record_id, in_place=in_place):
+                return
         except Exception:
-            # Even recording failed: still never forward.
             logger.exception("optout: cannot record an internal error; blocking anyway")
-            flow.response = make_block(BLOCK_STATUS, block_body(decision, "none"), "internal-error", "none")
+        respond(flow, BLOCK_STATUS, block_body(decision, record_id), "internal-error", record_id)
 
     def _close_later(self, client: httpx.AsyncClient) -> None:
         """Close a replaced client without blocking configure (which is synchronous)."""
@@ -341,9 +488,3 @@ class Enforcer:
         task = loop.create_task(client.aclose())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
-
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        record_id = flow.metadata.get("optout_id")
-        if record_id and flow.response is not None and ID_HEADER not in flow.response.headers:
-            # Lets the crawler (and the tests) tie each response to its audit record.
-            flow.response.headers[ID_HEADER] = record_id

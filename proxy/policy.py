@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
@@ -28,17 +28,42 @@ from proxy.yamldoc import Reader
 
 MODES = ("enforce", "monitor")
 SIGNAL_MODES = ("enforce", "monitor", "off")
-# Signal names a policy may set; later signal modules add theirs here.
-SIGNALS = ("robots-txt", "registry")
+# Signal names a policy may set (README: "Signals").
+SIGNALS = (
+    "registry",
+    "robots-txt",
+    "ai-txt",
+    "tdmrep",
+    "content-usage",
+    "content-signal",
+    "rsl",
+    "x-robots-tag",
+    "html-meta",
+    "media-metadata",
+)
+PURPOSES = ("ai-train", "search", "ai-input")
+RSL_USERS = ("commercial", "non-commercial", "education", "government", "personal")
+# Readings of the ambiguities in signals.md §13: key -> (choices, default). The
+# defaults are the readings that protect the rights holder.
+INTERPRETATIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "tdmrep_precedence": (("reservation-wins", "spec"), "reservation-wins"),
+    "star_group_preferences": (("inherit", "strict"), "inherit"),
+    "aipref_legacy": (("block", "ignore"), "block"),
+    "noimageai_scope": (("all", "images"), "all"),
+    "over_cap": (("withhold", "forward"), "withhold"),
+    "rsl_user": (RSL_USERS, "commercial"),
+}
 POLICY_KEYS = (
     "agent",
     "honor_agents",
+    "purpose",
     "mode",
     "on_unreachable",
     "on_robots_forbidden",
     "registries",
     "signals",
     "audit",
+    *INTERPRETATIONS,
 )
 AUDIT_KEYS = ("path", "log_allowed")
 # RFC 9309 §2.2.1: a product token is letters, "-" and "_"; our own must be,
@@ -71,6 +96,19 @@ class Policy:
     signals: Mapping[str, str]
     audit: AuditSettings
     digest: str  # SHA-256 over the policy file's bytes and each registry's bytes
+    purpose: str = "ai-train"
+    interpretations: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({k: v[1] for k, v in INTERPRETATIONS.items()})
+    )
+
+    def reading(self, key: str) -> str:
+        """The policy's reading of one ambiguity (a key of INTERPRETATIONS)."""
+        return self.interpretations[key]
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """Our agent and every honored token: whose bot-scoped in-band signals bind us."""
+        return (self.agent, *self.honor_agents)
 
     def signal_mode(self, signal: str) -> str:
         """enforce | monitor | off for `signal` (unlisted signals are enforced)."""
@@ -138,6 +176,10 @@ def load_policy(path: Path) -> Policy:
             return default
         return reader.choice(fields[key], key, choices) or default
 
+    purpose = choice("purpose", PURPOSES, "ai-train")
+    interpretations = {
+        key: choice(key, options, default) for key, (options, default) in INTERPRETATIONS.items()
+    }
     mode = choice("mode", MODES, "enforce")
     on_unreachable = choice("on_unreachable", ("block", "allow"), "block")
     on_forbidden = choice("on_robots_forbidden", ("allow", "block"), "allow")
@@ -199,4 +241,6 @@ def load_policy(path: Path) -> Policy:
         signals=MappingProxyType(signals),
         audit=AuditSettings(audit_path.resolve(), log_allowed),
         digest=digest.hexdigest(),
+        purpose=purpose,
+        interpretations=MappingProxyType(interpretations),
     )

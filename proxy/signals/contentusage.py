@@ -39,7 +39,7 @@ def _strict(value: str) -> dict[str, object] | None:
         parsed = http_sf.parse(value.encode("utf-8", "replace"), tltype="dictionary")
     except Exception:  # http_sf raises its own error (and others on odd bytes)
         return None
-    return parsed if isinstance(parsed, dict) else None
+    return dict(parsed) if isinstance(parsed, dict) else None
 
 
 def _lenient(value: str) -> dict[str, str]:

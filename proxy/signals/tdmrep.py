@@ -93,7 +93,9 @@ def parse(body: bytes) -> TdmRules | None:
             skipped += 1
             continue
         policy = item.get("tdm-policy")
-        rules.append(TdmRule(item["location"], reservation, policy if isinstance(policy, str) else None, index))
+        rules.append(
+            TdmRule(item["location"], reservation, policy if isinstance(policy, str) else None, index)
+        )
     return TdmRules(tuple(rules), skipped)
 
 
@@ -106,8 +108,9 @@ def file_channel(path: str, rules: TdmRules, document: Document | None) -> Chann
     return None
 
 
-def value_channel(channel: str, values: Sequence[str], policies: Sequence[str], document: Document | None,
-                  label: str) -> Channel | None:
+def value_channel(
+    channel: str, values: Sequence[str], policies: Sequence[str], document: Document | None, label: str
+) -> Channel | None:
     """A header, meta or metadata statement from its raw values (the last one counts)."""
     if not values:
         return None

@@ -83,7 +83,9 @@ def _findings(
         if hits:
             out.append(Finding(name, Says.DISALLOW, f"{shown} ({', '.join(hits)})", document, agent=bot))
         elif any(n in known for n in names):
-            out.append(Finding(name, Says.UNKNOWN, f"{shown} (not a reservation for {purpose})", document, agent=bot))
+            out.append(
+                Finding(name, Says.UNKNOWN, f"{shown} (not a reservation for {purpose})", document, agent=bot)
+            )
     return out
 
 

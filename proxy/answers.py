@@ -1,0 +1,101 @@
+"""What the proxy answers in place of the origin: a 451 block, a 503 when it cannot audit.
+
+Two ways to replace a response:
+
+* `answer(flow, ...)`: set a whole new response. Safe in the `request` hook
+  (nothing was sent upstream) and in the `response` hook (the body was
+  buffered, nothing was sent to the crawler).
+* `withhold_in_place(flow, ...)`: in `responseheaders`, where mitmproxy would
+  still copy the origin's body into whatever response object the flow holds,
+  the response is rewritten in place (status, every header) and switched to
+  streaming through a function that drops every origin byte and emits our
+  body at the end. Not one byte of the origin's body reaches the crawler, and
+  the body is never buffered.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from proxy.evidence import Decision
+
+REASON_HEADER = "X-Optout-Reason"
+ID_HEADER = "X-Optout-Id"
+BLOCK_STATUS = 451  # RFC 7725: Unavailable For Legal Reasons
+AUDIT_DOWN_STATUS = 503
+_REASONS = {BLOCK_STATUS: "Unavailable For Legal Reasons", AUDIT_DOWN_STATUS: "Service Unavailable"}
+ANSWERED = "optout_answered"  # flow.metadata key: this response is ours, not the origin's
+
+
+def make_response(status: int, body: str, reason_code: str, record_id: str) -> http.Response:
+    """A response the proxy answers itself, naming why and which audit record says so."""
+    response = http.Response.make(
+        status,
+        body,
+        {"Content-Type": "text/plain; charset=utf-8", REASON_HEADER: reason_code, ID_HEADER: record_id},
+    )
+    response.reason = _REASONS.get(status, "")
+    return response
+
+
+def block_body(decision: Decision, record_id: str, *, withheld: bool = False) -> str:
+    """The short text a blocked crawler gets: signal, deciding rule or entry, document."""
+    what = "withheld after the origin answered" if withheld else "blocked"
+    lines = [
+        f"{BLOCK_STATUS} Unavailable For Legal Reasons: {what} by optout-proxy",
+        f"signal: {decision.signal}",
+        f"reason: {decision.reason}",
+    ]
+    f = decision.deciding
+    if f is not None:
+        rule = f"{f.detail} (line {f.line})" if f.line is not None and f.entry is None else f.detail
+        lines.append(f"rule: {rule}")
+        if f.document is not None:
+            lines.append(f"document: {f.document.url}")
+        if f.entry is not None:
+            lines.append(f"entry: {f.entry['file']}:{f.entry['line']}")
+    lines.append(f"record: {record_id}")
+    return "\n".join(lines) + "\n"
+
+
+def answer(flow: http.HTTPFlow, status: int, body: str, reason_code: str, record_id: str) -> None:
+    """Replace the flow's response with one of ours (request or response hook only)."""
+    flow.response = make_response(status, body, reason_code, record_id)
+    flow.metadata[ANSWERED] = True
+
+
+def withhold_in_place(flow: http.HTTPFlow, status: int, body: str, reason_code: str, record_id: str) -> None:
+    """In `responseheaders`: turn the origin's response into ours before anything is sent."""
+    response = flow.response
+    assert response is not None
+    ours = make_response(status, body, reason_code, record_id)
+    payload = ours.content or b""
+    response.status_code = ours.status_code
+    response.reason = ours.reason
+    response.headers = ours.headers.copy()
+    response.headers["content-length"] = str(len(payload))
+    state = {"ended": False}
+
+    def drain(chunk: bytes) -> bytes:
+        # mitmproxy calls this with each origin chunk and once with b"" at the end.
+        if chunk == b"" and not state["ended"]:
+            state["ended"] = True
+            return payload
+        return b""
+
+    response.stream = drain
+    flow.metadata[ANSWERED] = True
+    # If the origin's response has no body at all, mitmproxy skips streaming; the
+    # response hook then finds this and sets the whole response (see `finish_withheld`).
+    flow.metadata["optout_withheld"] = (status, body, reason_code, record_id, state)
+
+
+def finish_withheld(flow: http.HTTPFlow) -> None:
+    """In `response`: complete a withholding that streaming did not carry out."""
+    withheld = flow.metadata.get("optout_withheld")
+    if withheld is None or flow.response is None:
+        return
+    status, body, reason_code, record_id, state = withheld
+    if state["ended"]:
+        return  # streamed: the crawler got our headers and our body already
+    answer(flow, status, body, reason_code, record_id)

@@ -1,0 +1,193 @@
+"""Signals found in a response: judged on the headers first, then (if needed) on the body.
+
+Pure except for `get_license`, through which an RSL licence named by a `Link`
+header or an HTML `<link>` is fetched (the addon backs it with a cache).
+Headers are judged as soon as they arrive, before any body byte is read; a
+body is inspected only for HTML (meta tags, licence links) and media (XMP,
+C2PA, PDF metadata).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from proxy.documents import OptionalDoc, license_findings
+from proxy.evidence import Document, Finding, Says
+from proxy.policy import Policy
+from proxy.signals import contentsignal, contentusage, htmlhead, media, rsl, tdmrep, xrobotstag
+
+GetLicense = Callable[[str], Awaitable[OptionalDoc]]
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+MEDIA_PREFIXES = ("image/", "video/", "audio/")
+MEDIA_TYPES = frozenset({"application/pdf", "application/epub+zip", "application/octet-stream", ""})
+BODY_SIGNALS = (xrobotstag.NAME_META, tdmrep.NAME, rsl.NAME, media.NAME)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseView:
+    """What the signals need of a response, whichever HTTP library produced it."""
+
+    url: str
+    status: int
+    headers: tuple[tuple[str, str], ...]  # field lines, in order, names as received
+
+    def values(self, name: str) -> list[str]:
+        """Every field line named `name` (case-insensitive), in order."""
+        n = name.lower()
+        return [v for k, v in self.headers if k.lower() == n]
+
+    @property
+    def content_type(self) -> str:
+        values = self.values("content-type")
+        return values[-1].split(";")[0].strip().lower() if values else ""
+
+    @property
+    def charset(self) -> str | None:
+        for value in self.values("content-type")[-1:]:
+            for param in value.split(";")[1:]:
+                key, _, val = param.partition("=")
+                if key.strip().lower() == "charset":
+                    return val.strip().strip('"') or None
+        return None
+
+    @property
+    def content_length(self) -> int | None:
+        values = self.values("content-length")
+        try:
+            return int(values[-1]) if values else None
+        except ValueError:
+            return None
+
+
+def body_kind(view: ResponseView, policy: Policy) -> str | None:
+    """'html', 'media' or None: whether the body must be read before it may be delivered."""
+    if not any(policy.signal_mode(s) != "off" for s in BODY_SIGNALS):
+        return None
+    ctype = view.content_type
+    if ctype in HTML_TYPES:
+        return "html"
+    if ctype.startswith(MEDIA_PREFIXES) or ctype in MEDIA_TYPES:
+        return "media"
+    return None
+
+
+async def _link_licenses(
+    urls: Sequence[str], base: str, policy: Policy, get_license: GetLicense, how: str
+) -> list[Finding]:
+    from urllib.parse import urljoin
+
+    found: list[Finding] = []
+    for href in list(dict.fromkeys(urls))[:4]:
+        target = urljoin(base, href)
+        found += license_findings(base, f"{target} ({how})", await get_license(target), policy)
+    return found
+
+
+def _tdm_header(view: ResponseView, document: Document) -> tdmrep.Channel | None:
+    return tdmrep.value_channel(
+        "header", view.values("tdm-reservation"), view.values("tdm-policy"), document, "tdm-reservation"
+    )
+
+
+async def header_findings(
+    view: ResponseView,
+    policy: Policy,
+    document: Document,
+    tdm_file: tdmrep.Channel | None,
+    get_license: GetLicense,
+    *,
+    body_follows: bool,
+) -> list[Finding]:
+    """Findings of the response headers. Under TDMRep `spec` precedence with a body still to
+    read, the TDMRep verdict waits for the body (its meta tags supersede the header)."""
+    mode = policy.signal_mode
+    purpose = policy.purpose
+    found: list[Finding] = []
+    if mode(xrobotstag.NAME_HEADER) != "off":
+        found += xrobotstag.findings_from_headers(
+            view.values("x-robots-tag"), policy.tokens, purpose, document,
+            is_image=view.content_type.startswith("image/"), image_scope=policy.reading("noimageai_scope"),
+        )  # fmt: skip
+    if mode(contentusage.NAME) != "off":
+        found += contentusage.findings_from_headers(
+            view.values("content-usage"), purpose, document, legacy=policy.reading("aipref_legacy") == "block"
+        )
+    if mode(contentsignal.NAME) != "off":
+        found += contentsignal.findings_from_headers(view.values("content-signal"), purpose, document)
+    if mode(tdmrep.NAME) != "off":
+        precedence = policy.reading("tdmrep_precedence")
+        if not (body_follows and precedence == "spec"):
+            channels = [c for c in (tdm_file, _tdm_header(view, document)) if c is not None]
+            found += tdmrep.response_findings(channels, purpose, precedence)
+    if mode(rsl.NAME) != "off":
+        found += await _link_licenses(
+            rsl.license_links(view.values("link")), view.url, policy, get_license, "Link"
+        )
+        auth = " ".join(view.values("www-authenticate")).lower()
+        if view.status in (401, 402) and auth.startswith("license"):
+            detail = f"HTTP {view.status} WWW-Authenticate: License (a licence token is required)"
+            found.append(Finding(rsl.NAME, Says.DISALLOW, detail, document))
+    if mode(media.NAME) != "off":
+        for link in view.values("link"):
+            if "c2pa-manifest" in link.lower():
+                detail = f"Link: {link[:200]} (remote C2PA manifest recorded, not fetched)"
+                found.append(Finding(media.NAME, Says.UNKNOWN, detail, document))
+    return found
+
+
+async def body_findings(
+    view: ResponseView,
+    body: bytes,
+    kind: str,
+    policy: Policy,
+    document: Document,
+    tdm_file: tdmrep.Channel | None,
+    get_license: GetLicense,
+) -> list[Finding]:
+    """Findings of an HTML or media body (and TDMRep's verdict over every channel)."""
+    mode = policy.signal_mode
+    purpose = policy.purpose
+    found: list[Finding] = []
+    tdm_late: list[tdmrep.Channel] = []
+    if kind == "html":
+        head = htmlhead.read(body, view.charset)
+        if mode(xrobotstag.NAME_META) != "off":
+            found += xrobotstag.findings_from_meta(
+                head.metas, policy.tokens, purpose, document, image_scope=policy.reading("noimageai_scope")
+            )
+        meta = tdmrep.value_channel(
+            "meta", head.meta("tdm-reservation"), head.meta("tdm-policy"), document,
+            '<meta name="tdm-reservation">',
+        )  # fmt: skip
+        if meta is not None:
+            tdm_late.append(meta)
+        if mode(rsl.NAME) != "off":
+            hrefs = [
+                a.get("href", "")
+                for a in head.links
+                if "license" in a.get("rel", "").lower().split()
+                and a.get("type", "").lower() == rsl.MEDIA_TYPE
+            ]
+            found += await _link_licenses([h for h in hrefs if h], view.url, policy, get_license, "<link>")
+            for script in head.rsl_scripts[:4]:
+                inline = OptionalDoc("ok", document, rsl.parse(script.strip().encode()))
+                found += license_findings(
+                    view.url, "inline <script type=application/rsl+xml>", inline, policy
+                )
+    else:
+        media_found, packets = media.findings_from_body(body, purpose, document)
+        if mode(media.NAME) != "off":
+            found += media_found
+        reservations, policies = media.tdm_from_xmp(packets)
+        meta = tdmrep.value_channel("metadata", reservations, policies, document, "XMP tdm:reservation")
+        if meta is not None:
+            tdm_late.append(meta)
+    if mode(tdmrep.NAME) != "off":
+        precedence = policy.reading("tdmrep_precedence")
+        if precedence == "spec":
+            channels = [c for c in (tdm_file, _tdm_header(view, document), *tdm_late) if c is not None]
+        else:
+            channels = tdm_late  # the file and the header were judged already
+        found += tdmrep.response_findings(channels, purpose, precedence)
+    return found

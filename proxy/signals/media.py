@@ -1,0 +1,319 @@
+"""Embedded media metadata: IPTC/PLUS Data Mining in XMP, C2PA/CAWG training-and-data-mining
+assertions, and TDMRep in PDF XMP.
+
+Implements signals.md §10 (and §4.4 for PDF). Where the data lives:
+
+* XMP: JPEG APP1 (`http://ns.adobe.com/xap/1.0/`), PNG `iTXt` chunk
+  `XML:com.adobe.xmp` (zlib-compressed or not, before or after IDAT), PDF
+  metadata streams (plain or FlateDecode), and any other container that
+  carries an `<x:xmpmeta>` packet as text (WebP, GIF, TIFF, MP4).
+* C2PA: JUMBF boxes in JPEG APP11 segments (reassembled in sequence) or
+  anywhere in the file (PNG `caBX`, BMFF `uuid`); the assertion labelled
+  `c2pa.training-mining` or `cawg.training-mining` is CBOR (or JSON).
+
+PLUS `plus:DataMining` (namespace `http://ns.useplus.org/ldf/xmp/1.0/`, matched
+on the URI, not the prefix): every `DMI-PROHIBITED*` value reserves training;
+`DMI-PROHIBITED-EXCEPTSEARCHENGINEINDEXING` leaves search free; the
+generative/ML-training values bind `ai-train` only. Human labels are accepted
+as well as URIs. If the XMP will not parse, a raw-bytes scan for a prohibiting
+vocabulary URI still reserves (conservative fallback, marked in the evidence).
+
+CAWG/C2PA: `notAllowed` and `constrained` (constraint_info or
+constraints_info) reserve; `*.ai_generative_training`, `*.ai_training` and
+`*.data_mining` bind `ai-train`, `*.ai_inference` and `*.data_mining` bind
+`ai-input`. Signatures are not validated: an opt-out expresses intent even in
+a manifest that fails validation (signals.md §13.13), and the evidence says
+"signature not checked". Remote manifests (`Link: rel="c2pa-manifest"`) are
+recorded, not fetched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import cbor2
+from defusedxml import ElementTree
+
+from proxy.evidence import Document, Finding, Says
+
+NAME = "media-metadata"
+PLUS_NS = "http://ns.useplus.org/ldf/xmp/1.0/"
+TDM_NS = "http://www.w3.org/ns/tdmrep/"
+DMI_PREFIX = "http://ns.useplus.org/ldf/vocab/"
+_MAX_INFLATE = 8 * 1024 * 1024  # per stream: a zip bomb stops here
+_MAX_STREAMS = 64
+_XMP_PACKET = re.compile(rb"<x:xmpmeta[\s>].*?</x:xmpmeta>", re.DOTALL)
+_RDF_PACKET = re.compile(rb"<rdf:RDF[\s>].*?</rdf:RDF>", re.DOTALL)
+_RAW_DMI = re.compile(rb"ns\.useplus\.org/ldf/vocab/(DMI-PROHIBITED[A-Z-]*)")
+_PDF_FLATE = re.compile(rb"/FlateDecode.*?stream\r?\n", re.DOTALL)
+C2PA_LABELS = (b"cawg.training-mining", b"c2pa.training-mining")
+
+# value -> purposes it reserves (signals.md §10.1)
+DMI_RESERVES = {
+    "DMI-PROHIBITED": ("ai-train", "ai-input", "search"),
+    "DMI-PROHIBITED-AIMLTRAINING": ("ai-train",),
+    "DMI-PROHIBITED-GENAIMLTRAINING": ("ai-train",),
+    "DMI-PROHIBITED-EXCEPTSEARCHENGINEINDEXING": ("ai-train", "ai-input"),
+    "DMI-PROHIBITED-SEECONSTRAINT": ("ai-train", "ai-input", "search"),
+    "DMI-PROHIBITED-SEEEMBEDDEDRIGHTSEXPR": ("ai-train", "ai-input", "search"),
+    "DMI-PROHIBITED-SEELINKEDRIGHTSEXPR": ("ai-train", "ai-input", "search"),
+    "DMI-ALLOWED": (),
+    "DMI-UNSPECIFIED": (),
+}
+DMI_LABELS = {
+    "prohibited": "DMI-PROHIBITED",
+    "prohibited for ai/ml training": "DMI-PROHIBITED-AIMLTRAINING",
+    "prohibited for generative ai/ml training": "DMI-PROHIBITED-GENAIMLTRAINING",
+    "prohibited except for search engine indexing": "DMI-PROHIBITED-EXCEPTSEARCHENGINEINDEXING",
+    "allowed": "DMI-ALLOWED",
+    "unspecified - no prohibition defined": "DMI-UNSPECIFIED",
+}
+CAWG_RESERVES = {
+    "ai_generative_training": ("ai-train",),
+    "ai_training": ("ai-train",),
+    "data_mining": ("ai-train", "ai-input"),
+    "ai_inference": ("ai-input",),
+}
+_RESERVING_USE = ("notallowed", "constrained")
+
+
+# -- XMP ---------------------------------------------------------------------
+
+
+def _jpeg_segments(body: bytes) -> Iterator[tuple[int, bytes]]:
+    """(marker, payload) of a JPEG's segments up to the image data."""
+    if not body.startswith(b"\xff\xd8"):
+        return
+    pos = 2
+    while pos + 4 <= len(body):
+        if body[pos] != 0xFF:
+            return
+        marker = body[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: metadata is before this
+            return
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", body[pos + 2 : pos + 4])
+        yield marker, body[pos + 4 : pos + 2 + length]
+        pos += 2 + length
+
+
+def _png_chunks(body: bytes) -> Iterator[tuple[bytes, bytes]]:
+    if not body.startswith(b"\x89PNG\r\n\x1a\n"):
+        return
+    pos = 8
+    while pos + 8 <= len(body):
+        (length,) = struct.unpack(">I", body[pos : pos + 4])
+        kind = body[pos + 4 : pos + 8]
+        yield kind, body[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+
+
+def _inflate(data: bytes) -> bytes | None:
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, _MAX_INFLATE)
+    except zlib.error:
+        return None
+    return out
+
+
+def xmp_packets(body: bytes) -> list[bytes]:
+    """Every XMP packet found in `body`, decompressed where the container compresses it."""
+    packets: list[bytes] = []
+    for marker, payload in _jpeg_segments(body):
+        if marker == 0xE1 and payload.startswith(b"http://ns.adobe.com/xap/1.0/\x00"):
+            packets.append(payload[29:])
+    for kind, data in _png_chunks(body):
+        if kind == b"iTXt" and data.startswith(b"XML:com.adobe.xmp\x00"):
+            rest = data[len(b"XML:com.adobe.xmp\x00") :]
+            compressed = rest[:1] == b"\x01"
+            # compression flag, method, language tag\0, translated keyword\0, text
+            parts = rest[2:].split(b"\x00", 2)
+            text = parts[2] if len(parts) == 3 else b""
+            packets.append((_inflate(text) or b"") if compressed else text)
+    if body.startswith(b"%PDF"):
+        for m in list(_PDF_FLATE.finditer(body))[:_MAX_STREAMS]:
+            inflated = _inflate(body[m.end() : m.end() + _MAX_INFLATE])
+            if inflated and (b"xmpmeta" in inflated or b"rdf:RDF" in inflated):
+                packets.extend(_XMP_PACKET.findall(inflated) or _RDF_PACKET.findall(inflated))
+    if not packets:
+        packets = _XMP_PACKET.findall(body) or _RDF_PACKET.findall(body)
+    return packets
+
+
+def _xmp_values(packet: bytes, namespace: str, local: str) -> list[str] | None:
+    """Values of property `local` in `namespace` (element text, attribute, or rdf:resource)."""
+    try:
+        root = ElementTree.fromstring(packet)
+    except Exception:
+        return None
+    key = f"{{{namespace}}}{local}"
+    out: list[str] = []
+    for el in root.iter():
+        if el.tag == key:
+            text = (el.text or "").strip()
+            resource = el.get("{http://www.w3.org/1999/02/22-rdf-syntax-ns#}resource")
+            if resource:
+                out.append(resource.strip())
+            elif text:
+                out.append(text)
+            else:  # rdf:Bag/Seq/Alt of li
+                out.extend((li.text or "").strip() for li in el.iter() if (li.text or "").strip())
+        if key in el.attrib:
+            out.append(el.attrib[key].strip())
+    return out
+
+
+def _dmi_code(value: str) -> str | None:
+    if value.startswith(DMI_PREFIX):
+        return value[len(DMI_PREFIX) :]
+    if value.upper().startswith("DMI-"):
+        return value.upper()
+    return DMI_LABELS.get(value.strip().lower().replace("–", "-"))
+
+
+def datamining_findings(
+    packets: list[bytes], body: bytes, purpose: str, document: Document | None
+) -> list[Finding]:
+    """PLUS Data Mining findings (or the raw-bytes fallback when XMP will not parse)."""
+    findings: list[Finding] = []
+    parsed_any = False
+    for packet in packets:
+        values = _xmp_values(packet, PLUS_NS, "DataMining")
+        if values is None:
+            continue
+        parsed_any = True
+        for value in values:
+            code = _dmi_code(value)
+            if code is None:
+                continue
+            reserved = purpose in DMI_RESERVES.get(code, ("ai-train", "ai-input", "search"))
+            says = Says.DISALLOW if reserved else (Says.ALLOW if code == "DMI-ALLOWED" else Says.UNKNOWN)
+            findings.append(Finding(NAME, says, f"XMP plus:DataMining {code}", document))
+    if not parsed_any:
+        m = _RAW_DMI.search(body)
+        if m is not None:
+            code = m.group(1).decode()
+            reserved = purpose in DMI_RESERVES.get(code, ("ai-train", "ai-input", "search"))
+            findings.append(Finding(
+                NAME, Says.DISALLOW if reserved else Says.UNKNOWN,
+                f"XMP plus:DataMining {code} (found in raw bytes; the XMP did not parse)", document,
+            ))  # fmt: skip
+    return findings
+
+
+def tdm_from_xmp(packets: list[bytes]) -> tuple[list[str], list[str]]:
+    """(tdm:reservation values, tdm:policy values) of PDF/EPUB XMP (TDMRep §4.4)."""
+    reservations: list[str] = []
+    policies: list[str] = []
+    for packet in packets:
+        reservations += _xmp_values(packet, TDM_NS, "reservation") or []
+        policies += _xmp_values(packet, TDM_NS, "policy") or []
+    return reservations, policies
+
+
+# -- C2PA / CAWG -------------------------------------------------------------
+
+
+def _jumbf_from_jpeg(body: bytes) -> bytes:
+    """The JUMBF data of a JPEG's APP11 segments, reassembled by box instance and sequence."""
+    pieces: dict[int, list[tuple[int, bytes]]] = {}
+    for marker, payload in _jpeg_segments(body):
+        if marker == 0xEB and payload[:2] == b"JP" and len(payload) >= 16:
+            instance, seq = struct.unpack(">HI", payload[2:8])
+            # the first segment keeps the box header; later ones repeat it (8 bytes) before data
+            data = payload[8:] if seq == 1 else payload[16:]
+            pieces.setdefault(instance, []).append((seq, data))
+    return b"".join(d for inst in sorted(pieces) for _, d in sorted(pieces[inst]))
+
+
+def _box_at(data: bytes, pos: int) -> tuple[int, bytes, int] | None:
+    """(size, type, header length) of the box starting at `pos`."""
+    if pos + 8 > len(data):
+        return None
+    size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+    header = 8
+    if size == 1 and pos + 16 <= len(data):
+        (size,) = struct.unpack(">Q", data[pos + 8 : pos + 16])
+        header = 16
+    elif size == 0:
+        size = len(data) - pos
+    if size < header:
+        return None
+    return size, kind, header
+
+
+def c2pa_assertions(body: bytes) -> list[tuple[str, Any]]:
+    """(label, decoded content) of every training-mining assertion box in `body`."""
+    if not any(label in body for label in C2PA_LABELS):
+        return []  # the cheap pre-filter signals.md §10.2 suggests
+    data = _jumbf_from_jpeg(body) or body
+    out: list[tuple[str, Any]] = []
+    for label in C2PA_LABELS:
+        start = 0
+        while (at := data.find(b"jumd", start)) != -1:
+            start = at + 4
+            desc = _box_at(data, at - 4)
+            if desc is None:
+                continue
+            size, _, header = desc
+            payload = data[at - 4 + header : at - 4 + size]
+            # description box: type UUID (16), toggles (1), label\0 when toggles has bit 0x02
+            if len(payload) < 18 or not payload[16] & 0x02:
+                continue
+            name = payload[17:].split(b"\x00", 1)[0]
+            if name != label:
+                continue
+            content = _box_at(data, at - 4 + size)
+            if content is None:
+                continue
+            csize, ckind, cheader = content
+            cpos = at - 4 + size
+            raw = data[cpos + cheader : cpos + csize]
+            try:
+                decoded = cbor2.loads(raw) if ckind == b"cbor" else json.loads(raw)
+            except Exception:
+                decoded = None
+            out.append((label.decode(), decoded))
+    return out
+
+
+def c2pa_findings(body: bytes, purpose: str, document: Document | None) -> list[Finding]:
+    """Findings of C2PA/CAWG training-and-data-mining assertions."""
+    findings: list[Finding] = []
+    for label, content in c2pa_assertions(body):
+        if not isinstance(content, dict) or not isinstance(content.get("entries"), dict):
+            findings.append(Finding(NAME, Says.UNKNOWN, f"{label}: assertion unreadable", document))
+            continue
+        reserving = []
+        for key, entry in content["entries"].items():
+            use = str(entry.get("use", "")).lower() if isinstance(entry, dict) else ""
+            kind = str(key).split(".", 1)[-1]
+            if use in _RESERVING_USE and purpose in CAWG_RESERVES.get(kind, ()):
+                reserving.append(f"{key}: {entry.get('use')}")
+        if reserving:
+            detail = f"{label}: {', '.join(reserving)} (signature not checked)"
+            findings.append(Finding(NAME, Says.DISALLOW, detail, document))
+        else:
+            findings.append(Finding(NAME, Says.UNKNOWN, f"{label}: nothing reserved for {purpose}", document))
+    return findings
+
+
+def findings_from_body(
+    body: bytes, purpose: str, document: Document | None
+) -> tuple[list[Finding], list[bytes]]:
+    """Media-metadata findings of a body, and its XMP packets (for TDMRep's PDF channel)."""
+    packets = xmp_packets(body)
+    return datamining_findings(packets, body, purpose, document) + c2pa_findings(
+        body, purpose, document
+    ), packets

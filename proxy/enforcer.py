@@ -88,6 +88,8 @@ class Enforcer:
     # -- options -----------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
+        # httpx logs every policy-document request at INFO; that is debug detail here.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         loader.add_option(
             "optout_policy",
             str,

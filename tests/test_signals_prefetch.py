@@ -1,0 +1,273 @@
+"""Signals read before the fetch: Content-Usage, Content-Signal, ai.txt, TDMRep file,
+DisallowAITraining, RSL. Vectors from shared/reference/signals.md, expectations by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.evidence import Says
+from proxy.signals import aitxt, contentsignal, contentusage, robots, rsl, tdmrep
+
+D, A, U = Says.DISALLOW, Says.ALLOW, Says.UNKNOWN
+
+
+# -- AIPREF Content-Usage (§7) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "strict", "legacy"),
+    [
+        ("train-ai=n", D, D),  # P1
+        ("train-ai=y", A, A),  # P2
+        ("search=n", U, U),  # P3
+        ("train-ai=no", U, D),  # P4
+        ("Train-AI=n", U, D),  # P5
+        ("train-ai = n", U, D),  # P6
+        ('train-ai="n"', U, D),  # P7
+        ("train-ai=y, train-ai=n", D, D),  # P8
+        ("train-ai;allow=n, train-ai=y", A, A),  # P9
+        ("train-ai=n;exp=1", D, D),  # P10
+        ("train-ai=n, ", U, D),  # P12
+        ("ai=n", U, D),  # P13
+        ("\x00\xff garbage", U, U),
+    ],
+)
+def test_content_usage_values(value: str, strict: Says, legacy: Says) -> None:
+    assert contentusage.evaluate(value, "ai-train", legacy=False)[0] is strict
+    assert contentusage.evaluate(value, "ai-train", legacy=True)[0] is legacy
+
+
+def test_content_usage_purpose() -> None:
+    assert contentusage.evaluate("search=n, train-ai=y", "search", legacy=True)[0] is D
+    assert contentusage.evaluate("train-ai=n", "search", legacy=True)[0] is U
+    assert contentusage.evaluate("train-ai=n", "ai-input", legacy=True)[0] is U  # no AIPREF label
+
+
+def test_content_usage_header_lines_combine() -> None:
+    # P11: two field lines are one dictionary
+    found = contentusage.findings_from_headers(["search=y", "train-ai=n"], "ai-train", None, legacy=False)
+    assert [f.says for f in found] == [D]
+
+
+ATTACH_EXAMPLE = """User-Agent: *
+Allow: /
+Disallow: /never/
+Content-Usage: train-ai=n
+Content-Usage: /ai-ok/ train-ai=y
+
+User-Agent: ExampleBot
+Allow: /
+Content-Usage: train-ai=y
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "agent", "path", "expected", "inherit"),
+    [
+        (ATTACH_EXAMPLE, "OtherBot", "/test", D, True),  # P14
+        (ATTACH_EXAMPLE, "OtherBot", "/ai-ok/test", A, True),  # P16
+        (ATTACH_EXAMPLE, "ExampleBot", "/test", A, True),  # P17: own group's y
+        ("User-agent: *\nContent-Usage: /x/ train-ai=y\nContent-Usage: /x/ train-ai=n", "ExampleBot", "/x/1", D, True),
+        ("User-agent: *\nContent-Usage: /a train-ai=y\nContent-Usage: /a/b/ train-ai=n", "ExampleBot", "/a/b/c", D, True),
+        ("User-agent: *\nContent-Usage: /a train-ai=y\nContent-Usage: /a/b/ train-ai=n", "ExampleBot", "/a/c", A, True),
+        # P20: the Content-Usage rule ends the * run, so ExampleBot has its own group
+        ("User-agent: *\nContent-Usage: train-ai=n # no\nUser-agent: ExampleBot\nAllow: /", "OtherBot", "/x", D, False),
+        ("User-agent: *\nContent-Usage: train-ai=n # no\nUser-agent: ExampleBot\nAllow: /", "ExampleBot", "/x", None, False),
+        # ...but under star_group_preferences: inherit the * group's preference still binds us
+        ("User-agent: *\nContent-Usage: train-ai=n # no\nUser-agent: ExampleBot\nAllow: /", "ExampleBot", "/x", D, True),
+    ],
+)
+def test_content_usage_in_robots(text: str, agent: str, path: str, expected: Says | None, inherit: bool) -> None:
+    found = contentusage.findings_for(
+        path, robots.parse(text), agent, "ai-train", None, legacy=False, inherit_star=inherit
+    )
+    assert (found[0].says if found else None) is expected
+
+
+def test_content_usage_rule_reports_its_line() -> None:
+    found = contentusage.findings_for(
+        "/t", robots.parse(ATTACH_EXAMPLE), "OtherBot", "ai-train", None, legacy=False, inherit_star=True
+    )
+    assert found[0].line == 4 and found[0].agent == "*"
+
+
+# -- Content-Signal (§8) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "agent", "expected", "inherit"),
+    [
+        ("User-agent: *\nContent-Signal: search=yes,ai-train=no\nAllow: /", "ExampleBot", [D], True),  # C1
+        ("User-agent: *\nContent-Signal: search=yes, ai-input=no\nAllow: /", "ExampleBot", [U], True),  # C2
+        ("User-agent: *\nContent-Signal: ai-train=yes", "ExampleBot", [A], True),  # C3
+        ("User-agent: *\ncontent-signal: AI-TRAIN=NO", "ExampleBot", [D], True),  # C4
+        ("User-agent: *\nContent-Signal: ai-train=no\nAllow: /\n\nUser-agent: ExampleBot\nAllow: /", "ExampleBot", [], False),
+        ("User-agent: *\nContent-Signal: ai-train=no\nAllow: /\n\nUser-agent: ExampleBot\nAllow: /", "ExampleBot", [D], True),
+        ("User-agent: *\nContent-Signal: search=yes,ai-train=no,use=reference", "ExampleBot", [D], True),  # C7
+    ],
+)
+def test_content_signal_in_robots(text: str, agent: str, expected: list[Says], inherit: bool) -> None:
+    found = contentsignal.findings_for(robots.parse(text), agent, "ai-train", None, inherit_star=inherit)
+    assert [f.says for f in found] == expected
+
+
+def test_content_signal_does_not_close_the_group() -> None:
+    # C9: ExampleBot shares the group with OtherBot, whose Disallow binds it
+    parsed = robots.parse("User-agent: ExampleBot\nContent-Signal: ai-train=no\nUser-agent: OtherBot\nDisallow: /")
+    assert robots.findings_for("/a", parsed, "ExampleBot", [], None)[0].says is D
+
+
+def test_content_signal_header_and_purposes() -> None:
+    value = "ai-train=no, search=yes, ai-input=no"  # C6
+    assert [f.says for f in contentsignal.findings_from_headers([value], "ai-train", None)] == [D]
+    assert [f.says for f in contentsignal.findings_from_headers([value], "search", None)] == [A]
+    assert [f.says for f in contentsignal.findings_from_headers([value], "ai-input", None)] == [D]
+
+
+# -- ai.txt (§5) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "expected"),
+    [
+        ("User-Agent: *\nDisallow: /\nDisallow: *", "/index.html", D),  # A1
+        ("User-Agent: *\nDisallow: /\nDisallow: *", "/a.jpg", D),
+        ("User-Agent: *\nDisallow: *.jpg\nDisallow: *.png", "/img/cat.jpg", D),  # A2
+        ("User-Agent: *\nDisallow: *.jpg\nDisallow: *.png", "/index.html", A),
+        ("User-agent: *\nAllow: *.html\nDisallow: *.jpg\nAllow: /", "/a.jpg", D),  # A3
+        ("User-agent: *\nAllow: *.html\nDisallow: *.jpg\nAllow: /", "/a.html", A),
+        ("User-Agent: *\nDisallow: *.jpg", "/a.jpg?w=200", D),  # A4
+        ("User-Agent: *\nDisallow: *.jpg", "/a.jpgx", D),  # A5: robots semantics, by choice
+        ("User-Agent: ExampleBot\nDisallow: /", "/x", D),  # A9
+    ],
+)
+def test_aitxt(text: str, path: str, expected: Says) -> None:
+    parsed = aitxt.parse(text.encode())
+    assert parsed is not None
+    found = aitxt.findings_for(path, parsed, "ExampleBot", [], "ai-train", None)
+    assert found[0].says is expected
+    assert all(f.signal == "ai-txt" for f in found)
+
+
+def test_aitxt_other_formats_are_no_signal() -> None:
+    assert aitxt.parse(b"<html><body>Under maintenance</body></html>") is None  # A7
+    assert aitxt.parse(b"# Acme\n\nWe build widgets. Please be accurate.\n") is None  # A8
+
+
+def test_aitxt_binds_training_only() -> None:
+    parsed = aitxt.parse(b"User-Agent: *\nDisallow: /")
+    assert parsed is not None
+    assert aitxt.findings_for("/a", parsed, "ExampleBot", [], "search", None)[0].says is U
+
+
+# -- TDMRep file (§4.1) -------------------------------------------------------------
+
+
+def file_says(body: bytes, path: str, purpose: str = "ai-train", precedence: str = "reservation-wins") -> Says | None:
+    rules = tdmrep.parse(body)
+    if rules is None:
+        return None
+    found = tdmrep.prefetch_findings(tdmrep.file_channel(path, rules, None), purpose, precedence)
+    return found[0].says if found else None
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "expected"),
+    [
+        (b'[{"location":"/","tdm-reservation":1}]', "/any", D),  # D1
+        (b'[{"location":"/","tdm-reservation":1},{"location":"/images/","tdm-reservation":0}]', "/images/a.jpg", D),  # D2
+        (b'[{"location":"/images/","tdm-reservation":0},{"location":"/","tdm-reservation":1}]', "/images/a.jpg", A),  # D3
+        (b'[{"location":"/images/","tdm-reservation":0},{"location":"/","tdm-reservation":1}]', "/about", D),
+        (b'[{"location":"/directory-b/images/*.jpg","tdm-reservation":0}]', "/directory-b/images/x.png", None),  # D4
+        (b'{"location":"/","tdm-reservation":1}', "/a", None),  # D11: not an array
+        (b'[{"location":"/","tdm-reservation":"1"}]', "/a", D),  # D13: lenient string
+        (b'[{"location":"/","tdm-reservation":2},{"location":"/","tdm-reservation":1}]', "/a", D),  # bad entry skipped
+        (b"not json at all", "/a", None),
+        (b"\xff\xfe[garbage", "/a", None),
+        (b"[" * 100000, "/a", None),  # deep nesting: RecursionError caught
+    ],
+)
+def test_tdmrep_file(body: bytes, path: str, expected: Says | None) -> None:
+    assert file_says(body, path) is expected
+
+
+def test_tdmrep_file_under_spec_precedence_waits_for_the_response() -> None:
+    body = b'[{"location":"/","tdm-reservation":1}]'
+    assert file_says(body, "/a", precedence="spec") is U
+    assert file_says(body, "/a", purpose="search") is U
+
+
+# -- DisallowAITraining (§11.3) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "expected"),
+    [
+        ("User-agent: *\nDisallowAITraining: /\nAllow: /", "/a", D),  # O1
+        ("User-agent: *\nDisallowAITraining: /private/\nAllowAITraining: /private/open/", "/private/open/a", A),  # O2
+        ("User-agent: *\nDisallowAITraining: /private/\nAllowAITraining: /private/open/", "/private/x", D),
+        ("User-agent: *\nDisallowAITraining: /private/", "/public", None),
+    ],
+)
+def test_disallow_ai_training(text: str, path: str, expected: Says | None) -> None:
+    parsed = robots.parse(text)
+    assert robots.findings_for(path, parsed, "ExampleBot", [], None)[0].says is A  # crawl allowed
+    found = robots.ai_training_findings(path, parsed, "ExampleBot", "ai-train", None, inherit_star=True)
+    assert (found[0].says if found else None) is expected
+
+
+# -- RSL (§9) -------------------------------------------------------------------------
+
+NS = 'xmlns="https://rslstandard.org/rsl"'
+
+
+def lic(inner: str) -> bytes:
+    return f"<rsl {NS}>{inner}</rsl>".encode()
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "expected"),
+    [
+        (lic('<content url="/"><license><permits type="usage">search</permits>'
+             '<prohibits type="usage">ai-train</prohibits></license></content>'), "/a", D),  # L1
+        (lic('<content url="/"><license><permits type="usage">all</permits><payment type="free"/></license></content>'), "/a", A),  # L2
+        (lic('<content url="/"><license><permits type="usage">ai-train</permits><payment type="training">'
+             '<amount currency="USD">10</amount></payment></license></content>'), "/a", D),  # L3
+        (lic('<content url="/" server="https://api.example"><license><permits type="usage">all</permits></license></content>'), "/a", D),  # L4
+        (lic('<content url="/"><license><permits type="usage">search ai-input</permits></license></content>'), "/a", D),  # L5
+        (lic('<content url="/"><license><prohibits type="usage">ai-all</prohibits></license></content>'), "/a", D),  # L6
+        (lic('<content url="/"><license><permits type="usage">ai-train search</permits>'
+             '<prohibits type="usage">ai-train</prohibits></license></content>'), "/a", D),  # L7
+        (lic('<content url="/archive/*"><license><prohibits type="usage">ai-all</prohibits></license></content>'
+             '<content url="/"><license><permits type="usage">all</permits><payment type="free"/></license></content>'), "/archive/x", D),  # L8
+        (lic('<content url="/archive/*"><license><prohibits type="usage">ai-all</prohibits></license></content>'
+             '<content url="/"><license><permits type="usage">all</permits><payment type="free"/></license></content>'), "/news/y", A),
+        (lic('<content url="/"><license><permits type="user">non-commercial</permits></license></content>'), "/a", D),  # L9
+        (lic('<content url="/"><license><permits type="usage">train-ai</permits></license></content>'), "/a", A),
+        (lic('<content url="https://other.example/"><license><prohibits type="usage">all</prohibits></license></content>'), "/a", U),
+    ],
+)
+def test_rsl(doc: bytes, path: str, expected: Says) -> None:
+    parsed = rsl.parse(doc)
+    assert parsed is not None
+    found = rsl.findings_for(f"https://ex.example{path}", parsed, "ai-train", "commercial", None, "licence")
+    assert found[0].says is expected
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        b"<html>not rsl</html>",
+        b"<rsl><content url='/'>",  # truncated
+        b'<!DOCTYPE rsl [<!ENTITY x "y">]><rsl>&x;</rsl>',  # entities refused
+        b"\xff\xfe\x00\x01",
+    ],
+)
+def test_rsl_unusable_documents(doc: bytes) -> None:
+    assert rsl.parse(doc) is None  # L11: no signal
+
+
+def test_license_line_is_file_wide_and_never_splits_groups() -> None:
+    parsed = robots.parse("User-agent: ExampleBot\nLicense: https://l.example/x.xml\nUser-agent: B\nDisallow: /")
+    assert [r.value for r in parsed.file_records("license")] == ["https://l.example/x.xml"]
+    assert robots.findings_for("/a", parsed, "ExampleBot", [], None)[0].says is D

@@ -239,7 +239,7 @@ def _jumbf_from_jpeg(body: bytes) -> bytes:
 
 def _box_at(data: bytes, pos: int) -> tuple[int, bytes, int] | None:
     """(size, type, header length) of the box starting at `pos`."""
-    if pos + 8 > len(data):
+    if pos < 0 or pos + 8 > len(data):
         return None
     size, kind = struct.unpack(">I4s", data[pos : pos + 8])
     header = 8

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import dataclasses
 import enum
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -24,12 +25,15 @@ from typing import Any, TextIO
 from proxy import __version__
 from proxy.assess import assess
 from proxy.audit import new_id, record_for
-from proxy.documents import OriginDocuments, load_origin
+from proxy.decide import decide
+from proxy.documents import OptionalDoc, OriginDocuments, fetch_optional, load_origin
 from proxy.errors import PolicyError
-from proxy.evidence import Decision, Finding, Verdict
+from proxy.evidence import Decision, Document, Finding, Verdict
 from proxy.fetch import make_client, utc_now
+from proxy.inband import DEFAULT_BODY_CAP, ResponseView, body_findings, body_kind, header_findings
 from proxy.origin import Origin, path_and_query
 from proxy.policy import Policy, load_policy
+from proxy.signals import rsl
 
 DEFAULT_POLICY = "policies/default.yaml"
 
@@ -184,9 +188,16 @@ def explain(decision: Decision, url: str) -> str:
 
 
 async def check_url(
-    url: str, policy: Policy, *, timeout: float, verify: bool = True, ca_file: str | None = None
+    url: str,
+    policy: Policy,
+    *,
+    timeout: float,
+    verify: bool = True,
+    ca_file: str | None = None,
+    body_cap: int = DEFAULT_BODY_CAP,
 ) -> Decision:
-    """Fetch what the proxy would fetch for `url` and decide, as the proxy would."""
+    """Decide `url` as the proxy would: its policy documents first, then (if those allow)
+    the response itself, fetched here, with every finding of both phases."""
     origin = Origin.from_url(url)
     client = make_client(
         timeout=timeout,
@@ -195,13 +206,41 @@ async def check_url(
         user_agent=f"{policy.agent} (optout-proxy/{__version__})",
     )
     async with client:
+        docs_seen: list[OriginDocuments] = []
 
         async def documents(o: Origin) -> OriginDocuments:
             docs, _ = await load_origin(client, o, None, total_timeout=2 * timeout, unreachable_retry=0)
+            docs_seen.append(docs)
             return docs
 
-        hosts = [origin.host]
-        return await assess(policy, origin, path_and_query(url), hosts, documents)
+        async def get_license(target: str) -> OptionalDoc:
+            return await fetch_optional(
+                client, target, rsl.parse, max_bytes=rsl.MAX_BYTES, total_timeout=2 * timeout
+            )
+
+        path = path_and_query(url)
+        before = await assess(policy, origin, path, [origin.host], documents)
+        if before.verdict is Verdict.BLOCK:
+            return before  # never fetch what the policy documents already reserve
+        tdm_file = docs_seen[0].tdm_file(path) if docs_seen else None
+        found = list(before.findings)
+        async with client.stream("GET", url) as response:
+            view = ResponseView(url, response.status_code, tuple(response.headers.multi_items()))
+            kind = body_kind(view, policy)
+            document = Document(url, view.status, None, utc_now())
+            found += await header_findings(
+                view, policy, document, tdm_file, get_license, body_follows=kind is not None
+            )
+            if kind is not None:
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > body_cap:
+                        break
+                document = Document(url, view.status, hashlib.sha256(body).hexdigest(), document.fetched_at)
+                found += await body_findings(view, bytes(body[:body_cap]), kind, policy, document, tdm_file,
+                                             get_license)  # fmt: skip
+        return decide(found, policy)
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -45,7 +45,14 @@ from proxy.documents import OptionalDoc, OriginDocuments, fetch_optional, load_o
 from proxy.errors import AuditError, PolicyError
 from proxy.evidence import Decision, Document, Finding, Says, Verdict
 from proxy.fetch import make_client, utc_now
-from proxy.inband import BODY_SIGNALS, ResponseView, body_findings, body_kind, header_findings
+from proxy.inband import (
+    BODY_SIGNALS,
+    DEFAULT_BODY_CAP,
+    ResponseView,
+    body_findings,
+    body_kind,
+    header_findings,
+)
 from proxy.origin import Origin
 from proxy.policy import Policy, load_policy
 from proxy.signals import rsl, tdmrep
@@ -54,7 +61,6 @@ logger = logging.getLogger(__name__)
 
 MODES_OR_POLICY = ("", "enforce", "monitor")
 OVER_CAP = "body-over-cap"
-DEFAULT_BODY_CAP = 32 * 1024 * 1024  # a long HTML page or a full-size photo, with room to spare
 _CLIENT_OPTIONS = frozenset(
     {
         "optout_fetch_timeout",

@@ -21,6 +21,7 @@ GetLicense = Callable[[str], Awaitable[OptionalDoc]]
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 MEDIA_PREFIXES = ("image/", "video/", "audio/")
 MEDIA_TYPES = frozenset({"application/pdf", "application/epub+zip", "application/octet-stream", ""})
+DEFAULT_BODY_CAP = 32 * 1024 * 1024  # a long HTML page or a full-size photo, with room to spare
 BODY_SIGNALS = (xrobotstag.NAME_META, tdmrep.NAME, rsl.NAME, media.NAME)
 
 

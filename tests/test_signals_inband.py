@@ -28,15 +28,21 @@ def policy(tmp_path: Path) -> Policy:
 
 
 def reading(policy: Policy, **changes: str) -> Policy:
-    return dataclasses.replace(policy, interpretations=MappingProxyType({**policy.interpretations, **changes}))
+    return dataclasses.replace(
+        policy, interpretations=MappingProxyType({**policy.interpretations, **changes})
+    )
 
 
 async def no_license(url: str) -> OptionalDoc:
     raise AssertionError(f"unexpected licence fetch {url}")
 
 
-async def verdict(policy: Policy, headers: list[tuple[str, str]], body: bytes | None = None,
-                  tdm_file: tdmrep.Channel | None = None) -> tuple[Verdict, str | None]:
+async def verdict(
+    policy: Policy,
+    headers: list[tuple[str, str]],
+    body: bytes | None = None,
+    tdm_file: tdmrep.Channel | None = None,
+) -> tuple[Verdict, str | None]:
     view = ResponseView("http://a.example/x", 200, tuple(headers))
     kind = body_kind(view, policy)
     found = await header_findings(view, policy, DOC, tdm_file, no_license, body_follows=body is not None)
@@ -68,7 +74,9 @@ TOKENS = ["ExampleBot"]
     ],
 )
 def test_x_robots_tag(lines: list[str], is_image: bool, expected: list[Says]) -> None:
-    found = xrobotstag.findings_from_headers(lines, TOKENS, "ai-train", None, is_image=is_image, image_scope="images")
+    found = xrobotstag.findings_from_headers(
+        lines, TOKENS, "ai-train", None, is_image=is_image, image_scope="images"
+    )
     assert [f.says for f in found] == expected
 
 
@@ -81,15 +89,26 @@ def test_x_robots_tag_binds_through_honored_tokens() -> None:
 
 def test_noimageai_scope() -> None:
     page = dict(is_image=False)
-    assert xrobotstag.findings_from_headers(["noimageai"], TOKENS, "ai-train", None, image_scope="all", **page)[0].says is D
-    found = xrobotstag.findings_from_headers(["noimageai"], TOKENS, "ai-train", None, image_scope="images", **page)
+    assert (
+        xrobotstag.findings_from_headers(["noimageai"], TOKENS, "ai-train", None, image_scope="all", **page)[
+            0
+        ].says
+        is D
+    )
+    found = xrobotstag.findings_from_headers(
+        ["noimageai"], TOKENS, "ai-train", None, image_scope="images", **page
+    )
     assert [f.says for f in found] == [U]  # recorded, not a reservation for a page
 
 
 def test_search_purpose_reads_noindex() -> None:
-    found = xrobotstag.findings_from_headers(["noindex"], TOKENS, "search", None, is_image=False, image_scope="all")
+    found = xrobotstag.findings_from_headers(
+        ["noindex"], TOKENS, "search", None, is_image=False, image_scope="all"
+    )
     assert [f.says for f in found] == [D]
-    found = xrobotstag.findings_from_headers(["noai"], TOKENS, "search", None, is_image=False, image_scope="all")
+    found = xrobotstag.findings_from_headers(
+        ["noai"], TOKENS, "search", None, is_image=False, image_scope="all"
+    )
     assert [f.says for f in found] == [U]
 
 
@@ -110,7 +129,10 @@ async def test_meta_robots(policy: Policy, html: bytes, expected: tuple[Verdict,
 
 
 async def test_header_repeated_100_times(policy: Policy) -> None:
-    headers = [("X-Robots-Tag", "noindex")] * 99 + [("X-Robots-Tag", "otherbot: noai"), ("X-Robots-Tag", "NOAI")]
+    headers = [("X-Robots-Tag", "noindex")] * 99 + [
+        ("X-Robots-Tag", "otherbot: noai"),
+        ("X-Robots-Tag", "NOAI"),
+    ]
     assert await verdict(policy, headers) == (Verdict.BLOCK, "x-robots-tag")
     assert await verdict(policy, [("X-Robots-Tag", "noindex")] * 100) == (Verdict.ALLOW, None)
 
@@ -129,19 +151,34 @@ def meta(value: str) -> bytes:
     ("headers", "body", "tdm_file", "wins", "spec"),
     [
         ([("tdm-reservation", "1")], None, None, Verdict.BLOCK, Verdict.BLOCK),  # D5
-        ([("TDM-Reservation", "1"), ("tdm-policy", "https://p.example/p.json")], None, None,
-         Verdict.BLOCK, Verdict.BLOCK),  # D6
+        (
+            [("TDM-Reservation", "1"), ("tdm-policy", "https://p.example/p.json")],
+            None,
+            None,
+            Verdict.BLOCK,
+            Verdict.BLOCK,
+        ),  # D6
         ([("tdm-reservation", "2")], None, None, Verdict.ALLOW, Verdict.ALLOW),  # D7
         ([("tdm-reservation", "yes")], None, None, Verdict.ALLOW, Verdict.ALLOW),
         ([*HTML, ("tdm-reservation", "1")], meta("0"), None, Verdict.BLOCK, Verdict.ALLOW),  # D8
-        ([("tdm-reservation", "0")], None, FILE_1, Verdict.ALLOW, Verdict.ALLOW),  # D9 (file judged pre-fetch)
+        (
+            [("tdm-reservation", "0")],
+            None,
+            FILE_1,
+            Verdict.ALLOW,
+            Verdict.ALLOW,
+        ),  # D9 (file judged pre-fetch)
         (HTML, meta("1"), None, Verdict.BLOCK, Verdict.BLOCK),
         (HTML, b"<html></html>", FILE_1, Verdict.ALLOW, Verdict.BLOCK),  # D10 (file judged pre-fetch)
     ],
 )
 async def test_tdmrep_precedence(
-    policy: Policy, headers: list[tuple[str, str]], body: bytes | None, tdm_file: tdmrep.Channel | None,
-    wins: Verdict, spec: Verdict,
+    policy: Policy,
+    headers: list[tuple[str, str]],
+    body: bytes | None,
+    tdm_file: tdmrep.Channel | None,
+    wins: Verdict,
+    spec: Verdict,
 ) -> None:
     assert (await verdict(policy, headers, body, tdm_file))[0] is wins
     assert (await verdict(reading(policy, tdmrep_precedence="spec"), headers, body, tdm_file))[0] is spec
@@ -167,7 +204,9 @@ async def test_header_conflicts_most_restrictive_wins(policy: Policy) -> None:
     headers = [("Content-Signal", "ai-train=yes"), ("X-Robots-Tag", "noai")]
     assert await verdict(policy, headers) == (Verdict.BLOCK, "x-robots-tag")
     assert await verdict(policy, [("Content-Usage", "train-ai=y"), ("Content-Signal", "ai-train=yes")]) == (
-        Verdict.ALLOW, None)
+        Verdict.ALLOW,
+        None,
+    )
 
 
 async def test_www_authenticate_license(policy: Policy) -> None:
@@ -189,18 +228,37 @@ PNG = [("Content-Type", "image/png")]
         (m.jpeg_with_xmp(m.datamining_attribute("DMI-PROHIBITED")), JPEG, Verdict.BLOCK),  # I2
         (m.jpeg_with_xmp(m.datamining_element("DMI-ALLOWED")), JPEG, Verdict.ALLOW),  # I3
         (m.jpeg_with_xmp(m.datamining_element("DMI-UNSPECIFIED")), JPEG, Verdict.ALLOW),
-        (m.jpeg_with_xmp(m.datamining_element("DMI-PROHIBITED-EXCEPTSEARCHENGINEINDEXING")), JPEG, Verdict.BLOCK),  # I4
-        (m.png_with_xmp(m.datamining_element("DMI-PROHIBITED-GENAIMLTRAINING"), compressed=True, after_idat=True),
-         PNG, Verdict.BLOCK),  # I5
+        (
+            m.jpeg_with_xmp(m.datamining_element("DMI-PROHIBITED-EXCEPTSEARCHENGINEINDEXING")),
+            JPEG,
+            Verdict.BLOCK,
+        ),  # I4
+        (
+            m.png_with_xmp(
+                m.datamining_element("DMI-PROHIBITED-GENAIMLTRAINING"), compressed=True, after_idat=True
+            ),
+            PNG,
+            Verdict.BLOCK,
+        ),  # I5
         (m.jpeg_with_xmp(m.datamining_element("DMI-PROHIBITED", prefix="PLUS")), JPEG, Verdict.BLOCK),  # I6
-        (m.jpeg_with_xmp(m.xmp("<plus:DataMining>Prohibited for AI/ML training</plus:DataMining>")), JPEG,
-         Verdict.BLOCK),  # I7
+        (
+            m.jpeg_with_xmp(m.xmp("<plus:DataMining>Prohibited for AI/ML training</plus:DataMining>")),
+            JPEG,
+            Verdict.BLOCK,
+        ),  # I7
         (m.base_jpeg(), JPEG, Verdict.ALLOW),  # I8
-        (m.jpeg_with_xmp(b"<x:xmpmeta>broken <plus:DataMining>http://ns.useplus.org/ldf/vocab/DMI-PROHIBITED"),
-         JPEG, Verdict.BLOCK),  # XMP will not parse: raw-bytes fallback
+        (
+            m.jpeg_with_xmp(
+                b"<x:xmpmeta>broken <plus:DataMining>http://ns.useplus.org/ldf/vocab/DMI-PROHIBITED"
+            ),
+            JPEG,
+            Verdict.BLOCK,
+        ),  # XMP will not parse: raw-bytes fallback
     ],
 )
-async def test_iptc_data_mining(policy: Policy, body: bytes, headers: list[tuple[str, str]], expected: Verdict) -> None:
+async def test_iptc_data_mining(
+    policy: Policy, body: bytes, headers: list[tuple[str, str]], expected: Verdict
+) -> None:
     assert (await verdict(policy, headers, body))[0] is expected
 
 
@@ -209,17 +267,35 @@ async def test_iptc_data_mining(policy: Policy, body: bytes, headers: list[tuple
     [
         ("cawg.training-mining", {"cawg.ai_generative_training": {"use": "notAllowed"}}, Verdict.BLOCK),  # M1
         ("c2pa.training-mining", {"c2pa.ai_training": {"use": "notAllowed"}}, Verdict.BLOCK),  # M2
-        ("cawg.training-mining", {"cawg.data_mining": {"use": "constrained",
-                                                       "constraint_info": "https://pub.example/l.xml"}},
-         Verdict.BLOCK),  # M3
-        ("cawg.training-mining", {k: {"use": "allowed"} for k in (
-            "cawg.ai_generative_training", "cawg.ai_training", "cawg.data_mining", "cawg.ai_inference")},
-         Verdict.ALLOW),  # M4
+        (
+            "cawg.training-mining",
+            {"cawg.data_mining": {"use": "constrained", "constraint_info": "https://pub.example/l.xml"}},
+            Verdict.BLOCK,
+        ),  # M3
+        (
+            "cawg.training-mining",
+            {
+                k: {"use": "allowed"}
+                for k in (
+                    "cawg.ai_generative_training",
+                    "cawg.ai_training",
+                    "cawg.data_mining",
+                    "cawg.ai_inference",
+                )
+            },
+            Verdict.ALLOW,
+        ),  # M4
         ("cawg.training-mining", {"cawg.ai_inference": {"use": "notAllowed"}}, Verdict.ALLOW),  # M5
-        ("c2pa.actions", {"c2pa.ai_training": {"use": "notAllowed"}}, Verdict.ALLOW),  # M6: not that assertion
+        (
+            "c2pa.actions",
+            {"c2pa.ai_training": {"use": "notAllowed"}},
+            Verdict.ALLOW,
+        ),  # M6: not that assertion
     ],
 )
-async def test_c2pa(policy: Policy, label: str, entries: dict[str, dict[str, object]], expected: Verdict) -> None:
+async def test_c2pa(
+    policy: Policy, label: str, entries: dict[str, dict[str, object]], expected: Verdict
+) -> None:
     jpeg = m.jpeg_with_c2pa(m.manifest_store(label, entries))
     png = m.png_with_c2pa(m.manifest_store(label, entries))
     assert (await verdict(policy, JPEG, jpeg))[0] is expected
@@ -227,14 +303,18 @@ async def test_c2pa(policy: Policy, label: str, entries: dict[str, dict[str, obj
 
 
 async def test_c2pa_manifest_split_across_app11_segments(policy: Policy) -> None:
-    store = m.manifest_store("cawg.training-mining", {"cawg.ai_training": {"use": "notAllowed"}}, padding=200_000)
+    store = m.manifest_store(
+        "cawg.training-mining", {"cawg.ai_training": {"use": "notAllowed"}}, padding=200_000
+    )
     jpeg = m.jpeg_with_c2pa(store, segment_size=60_000)
     assert jpeg.count(b"\xff\xeb") >= 4
     assert await verdict(policy, JPEG, jpeg) == (Verdict.BLOCK, "media-metadata")
 
 
 def test_c2pa_evidence_says_the_signature_was_not_checked() -> None:
-    jpeg = m.jpeg_with_c2pa(m.manifest_store("cawg.training-mining", {"cawg.ai_training": {"use": "notAllowed"}}))
+    jpeg = m.jpeg_with_c2pa(
+        m.manifest_store("cawg.training-mining", {"cawg.ai_training": {"use": "notAllowed"}})
+    )
     found, _ = media.findings_from_body(jpeg, "ai-train", None)
     assert "signature not checked" in found[0].detail
 

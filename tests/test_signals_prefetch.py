@@ -67,17 +67,55 @@ Content-Usage: train-ai=y
         (ATTACH_EXAMPLE, "OtherBot", "/test", D, True),  # P14
         (ATTACH_EXAMPLE, "OtherBot", "/ai-ok/test", A, True),  # P16
         (ATTACH_EXAMPLE, "ExampleBot", "/test", A, True),  # P17: own group's y
-        ("User-agent: *\nContent-Usage: /x/ train-ai=y\nContent-Usage: /x/ train-ai=n", "ExampleBot", "/x/1", D, True),
-        ("User-agent: *\nContent-Usage: /a train-ai=y\nContent-Usage: /a/b/ train-ai=n", "ExampleBot", "/a/b/c", D, True),
-        ("User-agent: *\nContent-Usage: /a train-ai=y\nContent-Usage: /a/b/ train-ai=n", "ExampleBot", "/a/c", A, True),
+        (
+            "User-agent: *\nContent-Usage: /x/ train-ai=y\nContent-Usage: /x/ train-ai=n",
+            "ExampleBot",
+            "/x/1",
+            D,
+            True,
+        ),
+        (
+            "User-agent: *\nContent-Usage: /a train-ai=y\nContent-Usage: /a/b/ train-ai=n",
+            "ExampleBot",
+            "/a/b/c",
+            D,
+            True,
+        ),
+        (
+            "User-agent: *\nContent-Usage: /a train-ai=y\nContent-Usage: /a/b/ train-ai=n",
+            "ExampleBot",
+            "/a/c",
+            A,
+            True,
+        ),
         # P20: the Content-Usage rule ends the * run, so ExampleBot has its own group
-        ("User-agent: *\nContent-Usage: train-ai=n # no\nUser-agent: ExampleBot\nAllow: /", "OtherBot", "/x", D, False),
-        ("User-agent: *\nContent-Usage: train-ai=n # no\nUser-agent: ExampleBot\nAllow: /", "ExampleBot", "/x", None, False),
+        (
+            "User-agent: *\nContent-Usage: train-ai=n # no\nUser-agent: ExampleBot\nAllow: /",
+            "OtherBot",
+            "/x",
+            D,
+            False,
+        ),
+        (
+            "User-agent: *\nContent-Usage: train-ai=n # no\nUser-agent: ExampleBot\nAllow: /",
+            "ExampleBot",
+            "/x",
+            None,
+            False,
+        ),
         # ...but under star_group_preferences: inherit the * group's preference still binds us
-        ("User-agent: *\nContent-Usage: train-ai=n # no\nUser-agent: ExampleBot\nAllow: /", "ExampleBot", "/x", D, True),
+        (
+            "User-agent: *\nContent-Usage: train-ai=n # no\nUser-agent: ExampleBot\nAllow: /",
+            "ExampleBot",
+            "/x",
+            D,
+            True,
+        ),
     ],
 )
-def test_content_usage_in_robots(text: str, agent: str, path: str, expected: Says | None, inherit: bool) -> None:
+def test_content_usage_in_robots(
+    text: str, agent: str, path: str, expected: Says | None, inherit: bool
+) -> None:
     found = contentusage.findings_for(
         path, robots.parse(text), agent, "ai-train", None, legacy=False, inherit_star=inherit
     )
@@ -101,9 +139,24 @@ def test_content_usage_rule_reports_its_line() -> None:
         ("User-agent: *\nContent-Signal: search=yes, ai-input=no\nAllow: /", "ExampleBot", [U], True),  # C2
         ("User-agent: *\nContent-Signal: ai-train=yes", "ExampleBot", [A], True),  # C3
         ("User-agent: *\ncontent-signal: AI-TRAIN=NO", "ExampleBot", [D], True),  # C4
-        ("User-agent: *\nContent-Signal: ai-train=no\nAllow: /\n\nUser-agent: ExampleBot\nAllow: /", "ExampleBot", [], False),
-        ("User-agent: *\nContent-Signal: ai-train=no\nAllow: /\n\nUser-agent: ExampleBot\nAllow: /", "ExampleBot", [D], True),
-        ("User-agent: *\nContent-Signal: search=yes,ai-train=no,use=reference", "ExampleBot", [D], True),  # C7
+        (
+            "User-agent: *\nContent-Signal: ai-train=no\nAllow: /\n\nUser-agent: ExampleBot\nAllow: /",
+            "ExampleBot",
+            [],
+            False,
+        ),
+        (
+            "User-agent: *\nContent-Signal: ai-train=no\nAllow: /\n\nUser-agent: ExampleBot\nAllow: /",
+            "ExampleBot",
+            [D],
+            True,
+        ),
+        (
+            "User-agent: *\nContent-Signal: search=yes,ai-train=no,use=reference",
+            "ExampleBot",
+            [D],
+            True,
+        ),  # C7
     ],
 )
 def test_content_signal_in_robots(text: str, agent: str, expected: list[Says], inherit: bool) -> None:
@@ -113,7 +166,9 @@ def test_content_signal_in_robots(text: str, agent: str, expected: list[Says], i
 
 def test_content_signal_does_not_close_the_group() -> None:
     # C9: ExampleBot shares the group with OtherBot, whose Disallow binds it
-    parsed = robots.parse("User-agent: ExampleBot\nContent-Signal: ai-train=no\nUser-agent: OtherBot\nDisallow: /")
+    parsed = robots.parse(
+        "User-agent: ExampleBot\nContent-Signal: ai-train=no\nUser-agent: OtherBot\nDisallow: /"
+    )
     assert robots.findings_for("/a", parsed, "ExampleBot", [], None)[0].says is D
 
 
@@ -163,7 +218,9 @@ def test_aitxt_binds_training_only() -> None:
 # -- TDMRep file (§4.1) -------------------------------------------------------------
 
 
-def file_says(body: bytes, path: str, purpose: str = "ai-train", precedence: str = "reservation-wins") -> Says | None:
+def file_says(
+    body: bytes, path: str, purpose: str = "ai-train", precedence: str = "reservation-wins"
+) -> Says | None:
     rules = tdmrep.parse(body)
     if rules is None:
         return None
@@ -175,13 +232,29 @@ def file_says(body: bytes, path: str, purpose: str = "ai-train", precedence: str
     ("body", "path", "expected"),
     [
         (b'[{"location":"/","tdm-reservation":1}]', "/any", D),  # D1
-        (b'[{"location":"/","tdm-reservation":1},{"location":"/images/","tdm-reservation":0}]', "/images/a.jpg", D),  # D2
-        (b'[{"location":"/images/","tdm-reservation":0},{"location":"/","tdm-reservation":1}]', "/images/a.jpg", A),  # D3
+        (
+            b'[{"location":"/","tdm-reservation":1},{"location":"/images/","tdm-reservation":0}]',
+            "/images/a.jpg",
+            D,
+        ),  # D2
+        (
+            b'[{"location":"/images/","tdm-reservation":0},{"location":"/","tdm-reservation":1}]',
+            "/images/a.jpg",
+            A,
+        ),  # D3
         (b'[{"location":"/images/","tdm-reservation":0},{"location":"/","tdm-reservation":1}]', "/about", D),
-        (b'[{"location":"/directory-b/images/*.jpg","tdm-reservation":0}]', "/directory-b/images/x.png", None),  # D4
+        (
+            b'[{"location":"/directory-b/images/*.jpg","tdm-reservation":0}]',
+            "/directory-b/images/x.png",
+            None,
+        ),  # D4
         (b'{"location":"/","tdm-reservation":1}', "/a", None),  # D11: not an array
         (b'[{"location":"/","tdm-reservation":"1"}]', "/a", D),  # D13: lenient string
-        (b'[{"location":"/","tdm-reservation":2},{"location":"/","tdm-reservation":1}]', "/a", D),  # bad entry skipped
+        (
+            b'[{"location":"/","tdm-reservation":2},{"location":"/","tdm-reservation":1}]',
+            "/a",
+            D,
+        ),  # bad entry skipped
         (b"not json at all", "/a", None),
         (b"\xff\xfe[garbage", "/a", None),
         (b"[" * 100000, "/a", None),  # deep nesting: RecursionError caught
@@ -204,7 +277,11 @@ def test_tdmrep_file_under_spec_precedence_waits_for_the_response() -> None:
     ("text", "path", "expected"),
     [
         ("User-agent: *\nDisallowAITraining: /\nAllow: /", "/a", D),  # O1
-        ("User-agent: *\nDisallowAITraining: /private/\nAllowAITraining: /private/open/", "/private/open/a", A),  # O2
+        (
+            "User-agent: *\nDisallowAITraining: /private/\nAllowAITraining: /private/open/",
+            "/private/open/a",
+            A,
+        ),  # O2
         ("User-agent: *\nDisallowAITraining: /private/\nAllowAITraining: /private/open/", "/private/x", D),
         ("User-agent: *\nDisallowAITraining: /private/", "/public", None),
     ],
@@ -228,23 +305,91 @@ def lic(inner: str) -> bytes:
 @pytest.mark.parametrize(
     ("doc", "path", "expected"),
     [
-        (lic('<content url="/"><license><permits type="usage">search</permits>'
-             '<prohibits type="usage">ai-train</prohibits></license></content>'), "/a", D),  # L1
-        (lic('<content url="/"><license><permits type="usage">all</permits><payment type="free"/></license></content>'), "/a", A),  # L2
-        (lic('<content url="/"><license><permits type="usage">ai-train</permits><payment type="training">'
-             '<amount currency="USD">10</amount></payment></license></content>'), "/a", D),  # L3
-        (lic('<content url="/" server="https://api.example"><license><permits type="usage">all</permits></license></content>'), "/a", D),  # L4
-        (lic('<content url="/"><license><permits type="usage">search ai-input</permits></license></content>'), "/a", D),  # L5
-        (lic('<content url="/"><license><prohibits type="usage">ai-all</prohibits></license></content>'), "/a", D),  # L6
-        (lic('<content url="/"><license><permits type="usage">ai-train search</permits>'
-             '<prohibits type="usage">ai-train</prohibits></license></content>'), "/a", D),  # L7
-        (lic('<content url="/archive/*"><license><prohibits type="usage">ai-all</prohibits></license></content>'
-             '<content url="/"><license><permits type="usage">all</permits><payment type="free"/></license></content>'), "/archive/x", D),  # L8
-        (lic('<content url="/archive/*"><license><prohibits type="usage">ai-all</prohibits></license></content>'
-             '<content url="/"><license><permits type="usage">all</permits><payment type="free"/></license></content>'), "/news/y", A),
-        (lic('<content url="/"><license><permits type="user">non-commercial</permits></license></content>'), "/a", D),  # L9
-        (lic('<content url="/"><license><permits type="usage">train-ai</permits></license></content>'), "/a", A),
-        (lic('<content url="https://other.example/"><license><prohibits type="usage">all</prohibits></license></content>'), "/a", U),
+        (
+            lic(
+                '<content url="/"><license><permits type="usage">search</permits>'
+                '<prohibits type="usage">ai-train</prohibits></license></content>'
+            ),
+            "/a",
+            D,
+        ),  # L1
+        (
+            lic(
+                '<content url="/"><license><permits type="usage">all</permits><payment type="free"/></license></content>'
+            ),
+            "/a",
+            A,
+        ),  # L2
+        (
+            lic(
+                '<content url="/"><license><permits type="usage">ai-train</permits><payment type="training">'
+                '<amount currency="USD">10</amount></payment></license></content>'
+            ),
+            "/a",
+            D,
+        ),  # L3
+        (
+            lic(
+                '<content url="/" server="https://api.example"><license><permits type="usage">all</permits></license></content>'
+            ),
+            "/a",
+            D,
+        ),  # L4
+        (
+            lic(
+                '<content url="/"><license><permits type="usage">search ai-input</permits></license></content>'
+            ),
+            "/a",
+            D,
+        ),  # L5
+        (
+            lic('<content url="/"><license><prohibits type="usage">ai-all</prohibits></license></content>'),
+            "/a",
+            D,
+        ),  # L6
+        (
+            lic(
+                '<content url="/"><license><permits type="usage">ai-train search</permits>'
+                '<prohibits type="usage">ai-train</prohibits></license></content>'
+            ),
+            "/a",
+            D,
+        ),  # L7
+        (
+            lic(
+                '<content url="/archive/*"><license><prohibits type="usage">ai-all</prohibits></license></content>'
+                '<content url="/"><license><permits type="usage">all</permits><payment type="free"/></license></content>'
+            ),
+            "/archive/x",
+            D,
+        ),  # L8
+        (
+            lic(
+                '<content url="/archive/*"><license><prohibits type="usage">ai-all</prohibits></license></content>'
+                '<content url="/"><license><permits type="usage">all</permits><payment type="free"/></license></content>'
+            ),
+            "/news/y",
+            A,
+        ),
+        (
+            lic(
+                '<content url="/"><license><permits type="user">non-commercial</permits></license></content>'
+            ),
+            "/a",
+            D,
+        ),  # L9
+        (
+            lic('<content url="/"><license><permits type="usage">train-ai</permits></license></content>'),
+            "/a",
+            A,
+        ),
+        (
+            lic(
+                '<content url="https://other.example/"><license><prohibits type="usage">all</prohibits></license></content>'
+            ),
+            "/a",
+            U,
+        ),
     ],
 )
 def test_rsl(doc: bytes, path: str, expected: Says) -> None:
@@ -268,6 +413,8 @@ def test_rsl_unusable_documents(doc: bytes) -> None:
 
 
 def test_license_line_is_file_wide_and_never_splits_groups() -> None:
-    parsed = robots.parse("User-agent: ExampleBot\nLicense: https://l.example/x.xml\nUser-agent: B\nDisallow: /")
+    parsed = robots.parse(
+        "User-agent: ExampleBot\nLicense: https://l.example/x.xml\nUser-agent: B\nDisallow: /"
+    )
     assert [r.value for r in parsed.file_records("license")] == ["https://l.example/x.xml"]
     assert robots.findings_for("/a", parsed, "ExampleBot", [], None)[0].says is D

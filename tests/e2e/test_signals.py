@@ -472,3 +472,28 @@ async def test_many_concurrent_withheld_responses(
         results = await asyncio.gather(*(c.get(site.url("/a" if i % 2 else "/b")) for i in range(40)))
     assert sorted({r.status_code for r in results}) == [200, 451]
     assert all(SECRET not in r.content for r in results)
+
+
+LICENCE_NO_AI = (
+    '<rsl xmlns="https://rslstandard.org/rsl"><content url="/"><license>'
+    '<permits type="usage">search</permits><prohibits type="usage">ai-all</prohibits>'
+    "</license></content></rsl>"
+)
+
+
+def test_rsl_from_link_header_and_html_link(make_site: Callable[..., Site], proxy: ProxyProcess) -> None:
+    licence = make_site({"/l.xml": Reply(200, LICENCE_NO_AI)})
+    link = f'<{licence.url("/l.xml")}>; rel="license"; type="application/rsl+xml"'
+    html = f'<html><head><link rel="license" type="application/rsl+xml" href="{licence.url("/l.xml")}"></head>'
+    site = make_site({
+        "/robots.txt": Reply(200, ALLOW_ALL),
+        "/linked": Reply(200, SECRET, {"Link": link}),
+        "/page": Reply(200, html.encode() + SECRET, {"Content-Type": "text/html"}),
+        "/inline": Reply(200, b'<script type="application/rsl+xml">' + LICENCE_NO_AI.encode() + b"</script>" + SECRET,
+                         {"Content-Type": "text/html"}),
+    })  # fmt: skip
+    for path in ("/linked", "/page", "/inline"):
+        raw = raw_get(proxy, site.url(path))
+        assert status_of(raw) == 451, path
+        assert SECRET not in raw and b"x-optout-reason: rsl" in raw.lower()
+    assert licence.hits["/l.xml"] == 1  # fetched once, then cached

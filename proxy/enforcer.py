@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,9 +49,11 @@ from proxy.fetch import make_client, utc_now
 from proxy.inband import (
     BODY_SIGNALS,
     DEFAULT_BODY_CAP,
+    SIGNAL_HEADERS,
     ResponseView,
     body_findings,
     body_kind,
+    body_kind_of,
     header_findings,
 )
 from proxy.origin import Origin
@@ -304,15 +307,40 @@ class Enforcer:
         decision = flow.metadata.get("optout")
         return bool(flow.metadata.get(ANSWERED)) or decision is None or decision.blocks
 
-    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def responseheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Judge the response headers as they arrive.
+
+        Synchronous on the hot path: most responses carry no signal, and
+        mitmproxy awaits a hook's result only when it is awaitable, so the
+        coroutine is made only when there is something to judge.
+        """
         if flow.response is None or self._ours(flow):
-            return
+            return None
         policy: Policy = flow.metadata["optout_policy"]
+        try:
+            names = {name.lower() for name, _ in flow.response.headers.fields}
+            quiet = (
+                names.isdisjoint(SIGNAL_HEADERS)
+                and body_kind_of(flow.response.headers.get("content-type", ""), policy) is None
+                and self._tdm_file(flow) is None
+            )
+        except Exception:
+            quiet = False
+        if quiet:
+            self._stamp(flow)
+            return None
+        return self._judge_headers(flow, policy)
+
+    async def _judge_headers(self, flow: http.HTTPFlow, policy: Policy) -> None:
         try:
             await self._responseheaders(flow, policy)
         except Exception:
             logger.exception("optout: internal error judging the response of %s", flow.request.pretty_url)
             self._internal_error(flow, policy, phase="response", in_place=True)
+        self._stamp(flow)
+
+    def _stamp(self, flow: http.HTTPFlow) -> None:
+        """Name the flow's last audit record on a response we forward."""
         if flow.response is not None and not flow.metadata.get(ANSWERED):
             # Lets the crawler (and the tests) tie each response to its audit record.
             flow.response.headers[ID_HEADER] = flow.metadata.get("optout_last_id", flow.metadata["optout_id"])
@@ -345,19 +373,22 @@ class Enforcer:
         flow.response.stream = False
         flow.metadata["optout_inspect"] = (kind, view, found, tdm_file)
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Judge a buffered body before delivery (a coroutine only when there is one to judge)."""
         finish_withheld(flow)
         inspect = flow.metadata.pop("optout_inspect", None)
         if inspect is None or flow.response is None:
-            return
+            return None
+        return self._judge_body(flow, inspect)
+
+    async def _judge_body(self, flow: http.HTTPFlow, inspect: tuple[Any, ...]) -> None:
         policy: Policy = flow.metadata["optout_policy"]
         try:
             await self._inspect_body(flow, policy, *inspect)
         except Exception:
             logger.exception("optout: internal error inspecting the body of %s", flow.request.pretty_url)
             self._internal_error(flow, policy, phase="response")
-        if not flow.metadata.get(ANSWERED):
-            flow.response.headers[ID_HEADER] = flow.metadata.get("optout_last_id", flow.metadata["optout_id"])
+        self._stamp(flow)
 
     async def _inspect_body(
         self,

@@ -61,11 +61,24 @@ class ResponseView:
             return None
 
 
+# Response headers that carry a signal; a response with none of them, no body
+# to inspect and no tdmrep.json entry needs no further work (the hot path).
+SIGNAL_HEADERS = frozenset(
+    {b"x-robots-tag", b"content-usage", b"content-signal", b"tdm-reservation", b"tdm-policy", b"link",
+     b"www-authenticate"}
+)  # fmt: skip
+
+
 def body_kind(view: ResponseView, policy: Policy) -> str | None:
     """'html', 'media' or None: whether the body must be read before it may be delivered."""
+    return body_kind_of(view.content_type, policy)
+
+
+def body_kind_of(content_type: str, policy: Policy) -> str | None:
+    """body_kind() for a bare Content-Type value (parameters allowed)."""
     if not any(policy.signal_mode(s) != "off" for s in BODY_SIGNALS):
         return None
-    ctype = view.content_type
+    ctype = content_type.split(";")[0].strip().lower()
     if ctype in HTML_TYPES:
         return "html"
     if ctype.startswith(MEDIA_PREFIXES) or ctype in MEDIA_TYPES:

@@ -206,12 +206,19 @@ class RobotsTxt:
     skipped: int  # lines that could not be read as `key: value`
     _matchers: dict[tuple[str, bool], RuleMatcher | None] = field(default_factory=dict, repr=False)
     _named: frozenset[str] | None = field(default=None, repr=False)
+    _records: dict[tuple[str, str, bool], tuple[tuple[Record, str], ...]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def named_tokens(self) -> frozenset[str]:
+        """Every token some group names, lower-case (computed once)."""
+        if self._named is None:
+            self._named = frozenset(a for g in self.groups for a in g.agents)
+        return self._named
 
     def names(self, token: str) -> bool:
         """True if some group names `token` (case-insensitive)."""
-        if self._named is None:
-            self._named = frozenset(a for g in self.groups for a in g.agents)
-        return token.lower() in self._named
+        return token.lower() in self.named_tokens()
 
     def groups_for(self, token: str, *, star_fallback: bool) -> tuple[Group, ...]:
         """The groups that apply to `token`: those naming it, else (if asked) the `*` groups."""
@@ -228,13 +235,16 @@ class RobotsTxt:
         the `*` groups' records also apply when the token's groups have none of
         `key` (signals.md §13.7, read to protect the rights holder).
         """
+        cache_key = (token.lower(), key, inherit_star)
+        hit = self._records.get(cache_key)
+        if hit is not None:
+            return hit
         own = self.groups_for(token, star_fallback=False)
         found = tuple((r, token) for g in own for r in g.records if r.key == key)
-        if found:
-            return found
-        if own and not inherit_star:
-            return ()
-        return tuple((r, "*") for g in self.groups if "*" in g.agents for r in g.records if r.key == key)
+        if not found and (inherit_star or not own):
+            found = tuple((r, "*") for g in self.groups if "*" in g.agents for r in g.records if r.key == key)
+        self._records[cache_key] = found
+        return found
 
     def file_records(self, key: str) -> tuple[Record, ...]:
         """File-wide records named `key` (e.g. RSL License lines)."""
@@ -366,10 +376,12 @@ def findings_for(
             )
         )
     seen = {agent.lower()}
+    named = robots.named_tokens()
     for token in honor_agents:
-        if not robots.names(token) or token.lower() in seen:
+        lowered = token.lower()
+        if lowered not in named or lowered in seen:
             continue  # most files name few of the honored tokens: skip the rest cheaply
-        seen.add(token.lower())
+        seen.add(lowered)
         m = robots.matcher_for(token, star_fallback=False)
         r = m.match(path) if m is not None else None
         if r is not None and not r.allow:

@@ -1,19 +1,40 @@
-"""The audit log: append-only JSON Lines, one record per decision.
+"""The audit log: append-only, hash-chained JSON Lines, one record per decision.
 
 Each record is written with a single `write(2)` on a file opened with
-O_APPEND, so records are never interleaved, even between processes, and each
-is on disk (in the page cache) before the flow is released. The schema is
-documented in README.md ("Audit log"); its field names are a contract.
+O_APPEND, so records are never interleaved, and each is on disk (in the page
+cache) before the flow is released. The schema is documented in README.md
+("Audit log"); its field names are a contract.
+
+Tamper evidence:
+
+* every record carries `seq` (1, 2, ... across all files), `prev` (the
+  `hash` of the record before it; 64 zeros for the first) and `hash`, the
+  SHA-256 of the record's own line as written without `hash`. An edit changes
+  the record's hash; a deletion leaves a gap in `seq` and a broken `prev`; a
+  reordering breaks both.
+* rotation (by size) renames `decisions.jsonl` to `decisions.00001.jsonl`,
+  `...00002...` and so on; the chain continues into the new file.
+* every `checkpoint_every` records, at each rotation and on close, a
+  checkpoint (`seq`, `head` = that record's hash) is appended to
+  `decisions.jsonl.checkpoints`, so cutting records off the end is detected
+  too, down to the last checkpoint. Copy checkpoint heads somewhere else (a
+  ticket, a notary) to anchor the log outside this machine.
+
+One proxy process writes one audit log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import hashlib
 import json
 import os
+import re
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,28 +93,125 @@ def record_for(
     return record
 
 
-class AuditLog:
-    """Appends records to one file; raises AuditError when a record cannot be written."""
+GENESIS = "0" * 64
+CHECKPOINT_SUFFIX = ".checkpoints"
+_TAIL_BYTES = 4 * 1024 * 1024  # a record is far smaller than this
 
-    def __init__(self, path: Path) -> None:
+
+def _dump(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def seal(record: dict[str, Any]) -> tuple[str, str]:
+    """(line without newline, hash) of a record that already holds `seq` and `prev`."""
+    body = _dump(record)
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    return body[:-1] + f',"hash":"{digest}"}}', digest
+
+
+def recompute_hash(record: dict[str, Any]) -> str:
+    """The hash a parsed record should carry: SHA-256 of its line as written without `hash`."""
+    without = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(_dump(without).encode()).hexdigest()
+
+
+def log_files(path: Path) -> list[Path]:
+    """The files of an audit log in chain order: rotated ones by number, then the live file."""
+    pattern = re.compile(re.escape(path.stem) + r"\.(\d+)" + re.escape(path.suffix) + "$")
+    rotated = []
+    if path.parent.is_dir():
+        for candidate in path.parent.iterdir():
+            m = pattern.match(candidate.name)
+            if m:
+                rotated.append((int(m.group(1)), candidate))
+    files = [p for _, p in sorted(rotated)]
+    if path.exists():
+        files.append(path)
+    return files
+
+
+def rotated_name(path: Path, index: int) -> Path:
+    return path.with_name(f"{path.stem}.{index:05d}{path.suffix}")
+
+
+def checkpoint_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKPOINT_SUFFIX)
+
+
+def _last_line(path: Path) -> bytes | None:
+    size = path.stat().st_size
+    if size == 0:
+        return None
+    with open(path, "rb") as f:
+        f.seek(max(0, size - _TAIL_BYTES))
+        tail = f.read()
+    lines = [line for line in tail.split(b"\n") if line.strip()]
+    return lines[-1] if lines else None
+
+
+class AuditLog:
+    """Appends hash-chained records, rotating by size; raises AuditError when a record cannot be written."""
+
+    def __init__(self, path: Path, *, max_bytes: int = 0, checkpoint_every: int = 100) -> None:
         self.path = Path(path)
+        self.max_bytes = max_bytes  # 0: never rotate
+        self.checkpoint_every = max(1, checkpoint_every)
         self._fd: int | None = None
+        self._size = 0
+        self._seq: int | None = None  # last written seq; None until the tail was read
+        self._head = GENESIS
+        self._since_checkpoint = 0
         self._lock = threading.Lock()  # the CLI may write from threads; mitmdump has one
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the last record written."""
+        return self._seq or 0, self._head
+
+    def _resume(self) -> None:
+        """Find where the chain stands: the last record of the newest file."""
+        for file in reversed(log_files(self.path)):
+            last = _last_line(file)
+            if last is None:
+                continue
+            try:
+                record = json.loads(last)
+                self._seq, self._head = int(record["seq"]), str(record["hash"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise AuditError(
+                    f"{file}: the last record is damaged or not chained ({type(e).__name__}); "
+                    "run `optout-proxy audit verify` and move the file aside before writing more"
+                ) from e
+            return
+        self._seq, self._head = 0, GENESIS
 
     def _open(self) -> int:
         if self._fd is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                if self._seq is None:
+                    self._resume()
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                self._size = os.fstat(self._fd).st_size
             except OSError as e:
                 raise AuditError(f"cannot open audit log {self.path}: {e.strerror or e}") from e
         return self._fd
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one record as one line; raises AuditError if it is not fully written."""
-        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        """Chain and append one record as one line; raises AuditError if it is not fully written.
+
+        `record` gains `seq`, `prev` and `hash`.
+        """
         with self._lock:
             fd = self._open()
+            assert self._seq is not None
+            record["seq"] = self._seq + 1
+            record["prev"] = self._head
+            text, digest = seal(record)
+            line = (text + "\n").encode()
+            if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:
+                self._rotate()
+                fd = self._open()
             try:
                 written = os.write(fd, line)
             except OSError as e:
@@ -102,6 +220,36 @@ class AuditLog:
             if written != len(line):
                 self._close_fd()
                 raise AuditError(f"short write to audit log {self.path}: {written}/{len(line)} bytes")
+            record["hash"] = digest
+            self._seq, self._head = record["seq"], digest
+            self._size += written
+            self._since_checkpoint += 1
+            if self._since_checkpoint >= self.checkpoint_every:
+                self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        if not self._seq:
+            return
+        entry = {"ts": _utc_now(), "seq": self._seq, "head": self._head, "file": self.path.name}
+        try:
+            with open(checkpoint_path(self.path), "a", encoding="utf-8") as f:
+                f.write(_dump(entry) + "\n")
+        except OSError as e:
+            raise AuditError(
+                f"cannot write checkpoint {checkpoint_path(self.path)}: {e.strerror or e}"
+            ) from e
+        self._since_checkpoint = 0
+
+    def _rotate(self) -> None:
+        """Close the live file under the next number and start a new one; the chain carries on."""
+        self._checkpoint()
+        self._close_fd()
+        taken = [int(m.group(1)) for p in log_files(self.path) if (m := re.search(r"\.(\d+)\.", p.name))]
+        target = rotated_name(self.path, (max(taken) if taken else 0) + 1)
+        try:
+            os.rename(self.path, target)
+        except OSError as e:
+            raise AuditError(f"cannot rotate audit log {self.path} to {target}: {e.strerror or e}") from e
 
     def _close_fd(self) -> None:
         if self._fd is not None:
@@ -110,9 +258,102 @@ class AuditLog:
             self._fd = None
 
     def close(self) -> None:
-        """Close the file; a later write reopens it."""
+        """Write a final checkpoint and close the file; a later write reopens it."""
         with self._lock:
+            if self._since_checkpoint:
+                with contextlib.suppress(AuditError):
+                    self._checkpoint()
             self._close_fd()
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """What `verify_chain` found: ok, or the first break and where it is."""
+
+    ok: bool
+    records: int
+    files: tuple[str, ...]
+    head: str
+    checkpoints: int
+    problem: str | None = None
+    where: str | None = None  # file:line of the first break
+
+
+def verify_chain(path: Path) -> VerifyReport:
+    """Walk every file of the log in order; report the first record that breaks the chain."""
+    files = log_files(path)
+    if not files:
+        raise AuditError(f"no audit log at {path}")
+    expected_seq, prev = 1, GENESIS
+    hashes: dict[int, str] = {}
+    names = tuple(str(f) for f in files)
+
+    def broken(problem: str, where: str) -> VerifyReport:
+        return VerifyReport(False, expected_seq - 1, names, prev, 0, problem, where)
+
+    for file in files:
+        with open(file, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, start=1):
+                where = f"{file}:{number}"
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    seq, claimed, link = int(record["seq"]), str(record["hash"]), str(record["prev"])
+                except (ValueError, KeyError, TypeError):
+                    return broken("not a chained audit record (damaged, or edited by hand)", where)
+                if recompute_hash(record) != claimed:
+                    return broken(f"record {seq} was edited: its content does not match its hash", where)
+                if seq > expected_seq:
+                    return broken(
+                        f"records {expected_seq}..{seq - 1} are missing (deleted) before record {seq}", where
+                    )
+                if seq < expected_seq:
+                    return broken(
+                        f"record {seq} is out of order or repeated (expected {expected_seq})", where
+                    )
+                if link != prev:
+                    return broken(f"record {seq} does not follow record {seq - 1} (chain broken)", where)
+                hashes[seq] = claimed
+                prev, expected_seq = claimed, seq + 1
+    last = expected_seq - 1
+    checkpoints = 0
+    cp_file = checkpoint_path(path)
+    if cp_file.exists():
+        with open(cp_file, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                where = f"{cp_file}:{number}"
+                try:
+                    cp = json.loads(line)
+                    seq, head = int(cp["seq"]), str(cp["head"])
+                except (ValueError, KeyError, TypeError):
+                    return VerifyReport(False, last, names, prev, checkpoints, "damaged checkpoint", where)
+                checkpoints += 1
+                if seq > last:
+                    problem = (
+                        f"the log was truncated: checkpoint of {cp.get('ts')} saw record {seq}, "
+                        f"the log ends at record {last}"
+                    )
+                    return VerifyReport(False, last, names, prev, checkpoints, problem, where)
+                if hashes.get(seq) != head:
+                    problem = f"record {seq} differs from the one the checkpoint of {cp.get('ts')} saw"
+                    return VerifyReport(False, last, names, prev, checkpoints, problem, where)
+    return VerifyReport(True, last, names, prev, checkpoints)
+
+
+def iter_log(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(file name, raw line) of every record of the log, rotated files first."""
+    for file in log_files(path):
+        with open(file, "rb") as f:
+            for line in f:
+                if line.strip():
+                    yield file.name, line
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:

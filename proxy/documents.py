@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,11 +132,28 @@ def _parse_time(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+# Called with every document fetched with a body, and what kind it is (the evidence store).
+Keep = Callable[[Fetched, str], None]
+
+
+def _no_keep(fetched: Fetched, kind: str) -> None:
+    return None
+
+
 async def fetch_optional(
-    client: httpx.AsyncClient, url: str, parse: Any, *, max_bytes: int, total_timeout: float
+    client: httpx.AsyncClient,
+    url: str,
+    parse: Any,
+    *,
+    max_bytes: int,
+    total_timeout: float,
+    keep: Keep = _no_keep,
+    kind: str = "document",
 ) -> OptionalDoc:
     """Fetch and parse an optional document; never raises, never blocks on failure."""
     got: Fetched = await fetch_document(client, url, max_bytes=max_bytes, total_timeout=total_timeout)
+    if got.outcome == "ok":
+        keep(got, kind)
     if got.outcome != "ok":
         return OptionalDoc(got.outcome, got.document, None)
     try:
@@ -152,23 +170,31 @@ async def load_origin(
     *,
     total_timeout: float,
     unreachable_retry: float,
+    keep: Keep = _no_keep,
 ) -> tuple[OriginDocuments, float]:
-    """Fetch `origin`'s documents; returns the new cache value and its TTL in seconds."""
+    """Fetch `origin`'s documents; returns the new cache value and its TTL in seconds.
+
+    `keep` sees every document that came with a body (for the evidence store).
+    """
     limit = total_timeout
     fetched, ai, tdm = await asyncio.gather(
         fetch_document(client, origin.url(robots.PATH), max_bytes=robots.MAX_BYTES, total_timeout=limit),
         fetch_optional(
-            client, origin.url(aitxt.PATH), aitxt.parse, max_bytes=aitxt.MAX_BYTES, total_timeout=limit
+            client, origin.url(aitxt.PATH), aitxt.parse, max_bytes=aitxt.MAX_BYTES, total_timeout=limit,
+            keep=keep, kind="ai.txt",
         ),
         fetch_optional(
-            client, origin.url(tdmrep.PATH), tdmrep.parse, max_bytes=tdmrep.MAX_BYTES, total_timeout=limit
+            client, origin.url(tdmrep.PATH), tdmrep.parse, max_bytes=tdmrep.MAX_BYTES, total_timeout=limit,
+            keep=keep, kind="tdmrep.json",
         ),
-    )
+    )  # fmt: skip
     if fetched.outcome == "ok":
+        keep(fetched, "robots.txt")
         parsed = robots.parse(fetched.body or b"")
         sources = [r.value for r in parsed.file_records("license") if r.value][:MAX_LICENSES]
         licenses = await asyncio.gather(
-            *(fetch_optional(client, src, rsl.parse, max_bytes=rsl.MAX_BYTES, total_timeout=total_timeout)
+            *(fetch_optional(client, src, rsl.parse, max_bytes=rsl.MAX_BYTES, total_timeout=total_timeout,
+                             keep=keep, kind="rsl-licence")
               for src in sources)
         )  # fmt: skip
         docs = OriginDocuments(

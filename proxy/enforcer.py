@@ -45,7 +45,7 @@ from proxy.decide import decide
 from proxy.documents import OptionalDoc, OriginDocuments, fetch_optional, load_origin
 from proxy.errors import AuditError, PolicyError
 from proxy.evidence import Decision, Document, Finding, Says, Verdict
-from proxy.fetch import make_client, utc_now
+from proxy.fetch import Fetched, make_client, utc_now
 from proxy.inband import (
     BODY_SIGNALS,
     DEFAULT_BODY_CAP,
@@ -59,6 +59,7 @@ from proxy.inband import (
 from proxy.origin import Origin
 from proxy.policy import Policy, load_policy
 from proxy.signals import rsl, tdmrep
+from proxy.store import EvidenceStore, headers_bytes, store_dir
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class Enforcer:
     def __init__(self) -> None:
         self.policy: Policy | None = None  # last good policy; replaced only whole
         self.audit: AuditLog | None = None
+        self.store: EvidenceStore | None = None
         self.cache: OriginCache[Origin, OriginDocuments] = OriginCache(10_000)
         self.licenses: OriginCache[str, OptionalDoc] = OriginCache(1_000)  # RSL licences named in responses
         self._client: httpx.AsyncClient | None = None
@@ -141,6 +143,20 @@ class Enforcer:
             "are evicted beyond it.",
         )
         loader.add_option(
+            "optout_audit_max_bytes",
+            int,
+            100 * 1024 * 1024,
+            "Rotate the audit log when it would grow past this many bytes (0: never). Rotated files "
+            "are numbered and the hash chain continues across them.",
+        )
+        loader.add_option(
+            "optout_audit_checkpoint_every",
+            int,
+            100,
+            "Write a checkpoint (record count and chain head) after this many audit records, so "
+            "that cutting records off the end of the log is detected.",
+        )
+        loader.add_option(
             "optout_body_cap",
             int,
             DEFAULT_BODY_CAP,
@@ -187,7 +203,15 @@ class Enforcer:
         """Make `policy` the one in force, with its audit log (opened before the swap)."""
         audit_path = Path(ctx.options.optout_audit) if ctx.options.optout_audit else policy.audit.path
         if self.audit is None or self.audit.path != audit_path:
-            old_audit, self.audit = self.audit, AuditLog(audit_path)
+            old_audit, self.audit = (
+                self.audit,
+                AuditLog(
+                    audit_path,
+                    max_bytes=ctx.options.optout_audit_max_bytes,
+                    checkpoint_every=ctx.options.optout_audit_checkpoint_every,
+                ),
+            )
+            self.store = EvidenceStore(store_dir(audit_path))
             if old_audit is not None:
                 old_audit.close()
         self.policy = policy
@@ -235,6 +259,7 @@ class Enforcer:
                 self.client(),
                 origin,
                 previous,
+                keep=self._keep,
                 # headers plus a slow body: never wait more than twice the timeout in all
                 total_timeout=2 * timeout,
                 unreachable_retry=float(ctx.options.optout_unreachable_retry),
@@ -258,12 +283,27 @@ class Enforcer:
 
         async def load(previous: OptionalDoc | None) -> tuple[OptionalDoc, float]:
             timeout = float(ctx.options.optout_fetch_timeout)
-            lic = await fetch_optional(self.client(), url, rsl.parse, max_bytes=rsl.MAX_BYTES,
-                                       total_timeout=2 * timeout)  # fmt: skip
+            lic = await fetch_optional(
+                self.client(), url, rsl.parse, max_bytes=rsl.MAX_BYTES, total_timeout=2 * timeout,
+                keep=self._keep, kind="rsl-licence",
+            )  # fmt: skip
             ttl = 24 * 3600.0 if lic.outcome == "ok" else float(ctx.options.optout_unreachable_retry)
             return lic, ttl
 
         return await self.licenses.get(url, load)
+
+    def _keep(self, fetched: Fetched, kind: str) -> None:
+        """Put a fetched policy document into the evidence store (a failure is logged, not fatal)."""
+        if self.store is None or fetched.body is None:
+            return
+        doc = fetched.document
+        try:
+            self.store.put(
+                fetched.body, url=doc.url, status=doc.status, headers=fetched.headers,
+                fetched_at=doc.fetched_at, kind=kind,
+            )  # fmt: skip
+        except AuditError as e:
+            logger.error("optout: %s", e)
 
     # -- request phase -----------------------------------------------------
 
@@ -441,6 +481,17 @@ class Enforcer:
         record["request_id"] = flow.metadata.get("optout_id")
         record["inspected"] = inspected
         record["withheld"] = decision.blocks
+        if decision.verdict is Verdict.BLOCK and self.store is not None and flow.response is not None:
+            # The response headers are the document behind an in-band decision.
+            fields = tuple(flow.response.headers.items(True))
+            try:
+                record["response_headers_sha256"] = self.store.put(
+                    headers_bytes(flow.response.status_code, fields), url=flow.request.pretty_url,
+                    status=flow.response.status_code, headers=(), fetched_at=record["ts"],
+                    kind="response-headers",
+                )  # fmt: skip
+            except AuditError as e:
+                logger.error("optout: %s", e)
         if not self._write(record, flow, record_id, in_place=in_place):
             return
         flow.metadata["optout_last_id"] = record_id

@@ -46,6 +46,7 @@ class Fetched:
     document: Document
     body: bytes | None  # ok only; at most max_bytes
     ttl: float  # seconds this answer may be cached (before clamping by the caller)
+    headers: tuple[tuple[str, str], ...] = ()  # of the final response, when there was one
 
 
 def utc_now() -> str:
@@ -123,7 +124,7 @@ async def fetch_document(
                         truncated=truncated,
                     )
                     ttl = ttl_from_cache_control(response.headers.get("cache-control"))
-                    return Fetched("ok", doc, body, ttl)
+                    return Fetched("ok", doc, body, ttl, tuple(response.headers.multi_items()))
                 if 400 <= status < 500 and status != 429:
                     doc = Document(url, status, None, fetched_at, final)
                     ttl = ttl_from_cache_control(response.headers.get("cache-control"))

@@ -364,7 +364,7 @@ def findings_for(
         groups = "no group applies" if matcher is None else "no rule matches"
         findings.append(Finding(signal, Says.ALLOW, groups, document, agent=agent))
     else:
-        named = robots.names(agent)
+        own_group = robots.names(agent)
         findings.append(
             Finding(
                 signal,
@@ -372,7 +372,7 @@ def findings_for(
                 str(rule),
                 document,
                 line=rule.line,
-                agent=agent if named else "*",
+                agent=agent if own_group else "*",
             )
         )
     seen = {agent.lower()}

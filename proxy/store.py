@@ -1,0 +1,98 @@
+"""The evidence store: the documents behind decisions, content-addressed, next to the audit log.
+
+    <audit dir>/evidence/objects/ab/abcdef...   the bytes, named by their SHA-256 (stored once)
+    <audit dir>/evidence/fetches.jsonl          one line per fetch: sha256, url, status, headers, time, kind
+
+Policy documents (robots.txt, ai.txt, tdmrep.json, licences) are stored as
+they are fetched, so the bytes behind every pre-fetch decision are at hand;
+for in-band signals the response headers are stored when they decide a
+block. Objects are written to a temporary name and renamed: a crash never
+leaves a partial object under a real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from proxy.errors import AuditError
+
+
+def store_dir(audit_path: Path) -> Path:
+    """Where the evidence of the log at `audit_path` lives."""
+    return audit_path.parent / "evidence"
+
+
+class EvidenceStore:
+    """Content-addressed bytes plus a log of where each copy was fetched."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._seen: set[tuple[str, str, int | None]] = set()  # (sha, url, status) already logged
+        self._lock = threading.Lock()
+
+    def object_path(self, sha256: str) -> Path:
+        return self.root / "objects" / sha256[:2] / sha256
+
+    def put(
+        self,
+        data: bytes,
+        *,
+        url: str,
+        status: int | None,
+        headers: Sequence[tuple[str, str]],
+        fetched_at: str,
+        kind: str,
+    ) -> str:
+        """Keep `data` (once) and record this fetch of it; returns its SHA-256."""
+        sha = hashlib.sha256(data).hexdigest()
+        target = self.object_path(sha)
+        with self._lock:
+            try:
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    temp = target.with_name(f".{sha}.{os.getpid()}.tmp")
+                    temp.write_bytes(data)
+                    os.replace(temp, target)
+                key = (sha, url, status)
+                if key not in self._seen:
+                    entry = {
+                        "sha256": sha, "url": url, "status": status, "fetched_at": fetched_at,
+                        "kind": kind, "headers": [list(h) for h in headers], "size": len(data),
+                    }  # fmt: skip
+                    with open(self.root / "fetches.jsonl", "a", encoding="utf-8") as f:
+                        f.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n")
+                    self._seen.add(key)
+            except OSError as e:
+                raise AuditError(f"cannot write evidence to {self.root}: {e.strerror or e}") from e
+        return sha
+
+    def get(self, sha256: str) -> bytes | None:
+        """The stored bytes, or None if this store does not hold them."""
+        with contextlib.suppress(OSError):
+            return self.object_path(sha256).read_bytes()
+        return None
+
+    def fetches(self, sha256: str) -> Iterator[dict[str, Any]]:
+        """Every recorded fetch of the object `sha256`."""
+        log = self.root / "fetches.jsonl"
+        if not log.exists():
+            return
+        with open(log, encoding="utf-8") as f:
+            for line in f:
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    if entry.get("sha256") == sha256:
+                        yield entry
+
+
+def headers_bytes(status: int, headers: Sequence[tuple[str, str]]) -> bytes:
+    """A response's status and header lines as stored evidence of an in-band signal."""
+    lines = [f"HTTP {status}"] + [f"{k}: {v}" for k, v in headers]
+    return ("\n".join(lines) + "\n").encode("utf-8", "replace")

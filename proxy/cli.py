@@ -18,22 +18,27 @@ import enum
 import hashlib
 import json
 import sys
+import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from proxy import __version__
 from proxy.assess import assess
-from proxy.audit import new_id, record_for
+from proxy.audit import VerifyReport, new_id, record_for, verify_chain
 from proxy.decide import decide
 from proxy.documents import OptionalDoc, OriginDocuments, fetch_optional, load_origin
-from proxy.errors import PolicyError
+from proxy.errors import AuditError, PolicyError
 from proxy.evidence import Decision, Document, Finding, Verdict
 from proxy.fetch import make_client, utc_now
 from proxy.inband import DEFAULT_BODY_CAP, ResponseView, body_findings, body_kind, header_findings
+from proxy.logview import BY, Filter, export, find_record, format_summary, one_line, records, summarize
 from proxy.origin import Origin, path_and_query
 from proxy.policy import Policy, load_policy
+from proxy.report import gather, render
 from proxy.signals import rsl
+from proxy.store import EvidenceStore, store_dir
 
 DEFAULT_POLICY = "policies/default.yaml"
 
@@ -75,6 +80,51 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=float, default=5.0, help="fetch timeout in seconds (default 5)")
     check.add_argument("--insecure", action="store_true", help="do not verify origin TLS certificates")
     check.add_argument("--ca-file", help="trust this CA bundle for origin TLS")
+
+    audit = sub.add_parser("audit", help="read, verify and report on the audit log")
+    asub = audit.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
+
+    def log_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--log", help="audit log (default: the policy's audit.path)")
+        p.add_argument(
+            "--policy", default=DEFAULT_POLICY, help=f"policy whose log to read (default {DEFAULT_POLICY})"
+        )
+
+    def filters(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", help="only this host and its subdomains")
+        p.add_argument("--signal", help="only this deciding signal (e.g. robots-txt, registry)")
+        p.add_argument("--decision", choices=("allow", "block", "would-block"), help="only this outcome")
+        p.add_argument("--since", help="from this UTC time on (RFC 3339 or a prefix: 2026-11-01)")
+        p.add_argument("--until", help="before this UTC time")
+        p.add_argument("--agent", help="only records for this agent")
+
+    verify = asub.add_parser("verify", help="check the hash chain and checkpoints; exit 1 if broken")
+    verify.add_argument("path", nargs="?", help="audit log (default: the policy's)")
+    verify.add_argument(
+        "--policy", default=DEFAULT_POLICY, help=f"policy whose log to verify (default {DEFAULT_POLICY})"
+    )
+    show = asub.add_parser("show", help="one record with its evidence, the deciding line marked")
+    show.add_argument("id", help="record id (or its first 8+ characters)")
+    log_arg(show)
+    tail = asub.add_parser("tail", help="the latest records, human-readable")
+    tail.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
+    log_arg(tail)
+    filters(tail)
+    summary = asub.add_parser("summary", help="counts of allow / block / would-block, grouped")
+    summary.add_argument("--by", default="signal", choices=BY, help="group by (default signal)")
+    summary.add_argument("--top", type=int, default=25, help="groups to show (default 25)")
+    log_arg(summary)
+    filters(summary)
+    export = asub.add_parser("export", help="records as CSV or JSON Lines on stdout")
+    export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    export.add_argument("--out", help="write to this file instead of stdout")
+    log_arg(export)
+    filters(export)
+    report = asub.add_parser("report", help="a self-contained HTML report")
+    report.add_argument("--out", default="report.html", help="output file (default report.html)")
+    log_arg(report)
+    filters(report)
 
     policy = sub.add_parser("policy", help="work with policy files")
     psub = policy.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
@@ -277,6 +327,182 @@ def _check(args: argparse.Namespace) -> int:
     return ExitStatus.BLOCKED if decision.verdict is Verdict.BLOCK else ExitStatus.OK
 
 
+# -- audit -----------------------------------------------------------------
+
+
+class _Progress:
+    """Progress on stderr, only when it is a terminal, at most a few times a second."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.enabled = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.25 and done < total):
+            return
+        self.last = now
+        pct = 100 * done / total if total else 100
+        print(
+            f"\r{self.what}: {pct:5.1f}% ({done / 1e6:.0f} of {total / 1e6:.0f} MB)", end="", file=sys.stderr
+        )
+        if done >= total:
+            print(file=sys.stderr)
+
+
+def _log_path(args: argparse.Namespace) -> Path | None:
+    explicit = getattr(args, "log", None) or getattr(args, "path", None)
+    if explicit:
+        return Path(explicit)
+    policy = _load_or_report(args.policy)
+    return policy.audit.path if policy is not None else None
+
+
+def _filter(args: argparse.Namespace) -> Filter:
+    return Filter(
+        host=args.host, signal=args.signal, decision=args.decision, since=args.since, until=args.until,
+        agent=args.agent,
+    )  # fmt: skip
+
+
+def _show(path: Path, record_id: str) -> int:
+    record = find_record(path, record_id)
+    if record is None:
+        print(f"optout-proxy audit show: no record {record_id} in {path}", file=sys.stderr)
+        return ExitStatus.INVALID
+    store = EvidenceStore(store_dir(path))
+    print(f"record {record.get('id')}  (seq {record.get('seq')}, {record.get('phase')})")
+    for key in ("ts", "method", "url", "agent", "user_agent", "decision", "enforced", "signal", "status",
+                "reason", "policy", "policy_sha256", "request_id", "inspected", "withheld"):  # fmt: skip
+        if record.get(key) is not None:
+            print(f"  {key + ':':<15} {record[key]}")
+    print("evidence:")
+    for i, f in enumerate(record.get("evidence") or []):
+        mark = "=>" if i == record.get("deciding") else "  "
+        line = f" (line {f['line']})" if f.get("line") is not None else ""
+        group = f" [group {f['agent']}]" if f.get("agent") else ""
+        print(f"{mark} [{i}] {f.get('signal')} {f.get('says')}: {f.get('detail')}{line}{group}")
+        doc = f.get("document") or {}
+        if doc:
+            print(f"       {doc.get('url')} status {doc.get('status')} fetched {doc.get('fetched_at')}"
+                  + (f" sha256 {doc['sha256']}" if doc.get("sha256") else ""))  # fmt: skip
+        if f.get("entry"):
+            e = f["entry"]
+            print(
+                f"       registry {e.get('file')}:{e.get('line')} holder {e.get('holder')}; "
+                f"source {e.get('source')}"
+            )
+        if i == record.get("deciding") and doc.get("sha256"):
+            _print_document(store, doc["sha256"], f.get("line"))
+    if record.get("response_headers_sha256"):
+        print("response headers (as received):")
+        _print_document(store, record["response_headers_sha256"], None)
+    return ExitStatus.OK
+
+
+def _print_document(store: EvidenceStore, sha: str, line: int | None, context: int = 5) -> None:
+    data = store.get(sha)
+    if data is None:
+        print(f"       (document {sha[:16]}... is not in the evidence store {store.root})")
+        return
+    lines = data.decode("utf-8", "replace").splitlines()
+    lo, hi = (
+        (1, min(len(lines), 40))
+        if line is None
+        else (max(1, line - context), min(len(lines), line + context))
+    )
+    for n in range(lo, hi + 1):
+        print(f"    {'>>' if n == line else '  '} {n:>5} | {lines[n - 1][:200]}")
+    if hi < len(lines):
+        print(f"             ... {len(lines) - hi} more lines")
+
+
+def _tail(path: Path, args: argparse.Namespace) -> int:
+    flt = _filter(args)
+    last: deque[str] = deque(maxlen=max(1, args.n))
+    for r in records(path, flt):
+        last.append(one_line(r))
+    for line in last:
+        print(line)
+    if not args.follow:
+        return ExitStatus.OK
+    sys.stdout.flush()
+    try:
+        position = path.stat().st_size
+        inode = path.stat().st_ino
+        while True:
+            time.sleep(0.5)
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if st.st_ino != inode or st.st_size < position:  # rotated: the live file is new
+                inode, position = st.st_ino, 0
+            if st.st_size > position:
+                with open(path, "rb") as f:
+                    f.seek(position)
+                    chunk = f.read()
+                complete = chunk[: chunk.rfind(b"\n") + 1]
+                position += len(complete)
+                for raw in complete.splitlines():
+                    r = json.loads(raw)
+                    if flt.keeps(r):
+                        print(one_line(r), flush=True)
+    except KeyboardInterrupt:
+        return ExitStatus.OK
+
+
+def _audit(args: argparse.Namespace) -> int:
+    path = _log_path(args)
+    if path is None:
+        return ExitStatus.INVALID
+    try:
+        if args.audit_command == "verify":
+            report = verify_chain(path)
+            if report.ok:
+                print(f"{path}: chain intact: {report.records} records in {len(report.files)} file(s), "
+                      f"{report.checkpoints} checkpoint(s); head {report.head}")  # fmt: skip
+                return ExitStatus.OK
+            print(f"{report.where}: {report.problem}")
+            print(
+                f"{path}: chain BROKEN; records before {report.where} verified ({report.records})",
+                file=sys.stderr,
+            )
+            return ExitStatus.BLOCKED
+        if args.audit_command == "show":
+            return _show(path, args.id)
+        if args.audit_command == "tail":
+            return _tail(path, args)
+        if args.audit_command == "summary":
+            s = summarize(records(path, _filter(args), _Progress("reading")), args.by)
+            print(format_summary(s, args.top))
+            return ExitStatus.OK
+        if args.audit_command == "export":
+            recs = records(path, _filter(args), _Progress("exporting"))
+            if args.out:
+                with open(args.out, "w", encoding="utf-8", newline="") as out:
+                    n = export(recs, args.format, out)
+            else:
+                n = export(recs, args.format, sys.stdout)
+            print(f"exported {n} records", file=sys.stderr)
+            return ExitStatus.OK
+        if args.audit_command == "report":
+            data = gather(records(path, _filter(args), _Progress("reading")))
+            try:
+                chain: VerifyReport | None = verify_chain(path)
+            except AuditError:
+                chain = None
+            page = render(data, chain, path, EvidenceStore(store_dir(path)), utc_now())
+            Path(args.out).write_text(page, encoding="utf-8")
+            print(f"wrote {args.out}: {data.total} records, {data.outcomes['block']} blocks", file=sys.stderr)
+            return ExitStatus.OK
+    except (AuditError, ValueError, OSError) as e:
+        print(f"optout-proxy audit {args.audit_command}: {e}", file=sys.stderr)
+        return ExitStatus.INVALID
+    raise AssertionError(args.audit_command)
+
+
 # -- policy validate -------------------------------------------------------
 
 
@@ -303,6 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "check":
         return _check(args)
+    if args.command == "audit":
+        return _audit(args)
     if args.command == "policy" and args.policy_command == "validate":
         return _validate(args)
     raise AssertionError(f"unhandled command {args.command}")  # argparse requires one

@@ -1,0 +1,233 @@
+"""Reading the audit log at scale: filters, summaries, exports, one record's evidence.
+
+Everything streams: a log of millions of records is read once, line by line,
+with orjson, and never held in memory. Progress goes to a callback (the CLI
+prints it on a terminal).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from proxy.audit import log_files
+from proxy.errors import AuditError
+
+Progress = Callable[[int, int], None]  # (bytes read, bytes in all)
+BY = ("signal", "host", "holder", "rule", "agent", "decision", "day")
+CSV_COLUMNS = (
+    "ts", "id", "seq", "phase", "method", "url", "host", "agent", "decision", "enforced", "signal",
+    "status", "reason", "deciding_detail", "deciding_document", "holder", "policy_sha256",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which records to keep; empty fields keep everything."""
+
+    host: str | None = None  # the host or any of its subdomains
+    signal: str | None = None
+    decision: str | None = None  # allow | block | would-block
+    since: str | None = None  # RFC 3339 prefix, e.g. 2026-11-01 or 2026-11-01T12:00
+    until: str | None = None  # exclusive
+    agent: str | None = None
+
+    def keeps(self, r: dict[str, Any]) -> bool:
+        if self.host and not _host_matches(str(r.get("host", "")), self.host):
+            return False
+        if self.signal and r.get("signal") != self.signal:
+            return False
+        if self.decision and outcome(r) != self.decision:
+            return False
+        ts = str(r.get("ts", ""))
+        if self.since and ts < self.since:
+            return False
+        if self.until and ts >= self.until:
+            return False
+        return not (self.agent and r.get("agent") != self.agent)
+
+
+def _host_matches(host: str, wanted: str) -> bool:
+    w = wanted.lower().rstrip(".")
+    return host == w or host.endswith("." + w)
+
+
+def outcome(r: dict[str, Any]) -> str:
+    """allow | block | would-block (a block in monitor mode that was forwarded)."""
+    if r.get("decision") == "block":
+        return "block" if r.get("enforced", True) else "would-block"
+    return "allow"
+
+
+def deciding(r: dict[str, Any]) -> dict[str, Any] | None:
+    """The evidence entry that decided the record, if any."""
+    index = r.get("deciding")
+    evidence = r.get("evidence") or []
+    if isinstance(index, int) and 0 <= index < len(evidence):
+        found = evidence[index]
+        return found if isinstance(found, dict) else None
+    return None
+
+
+def key_of(r: dict[str, Any], by: str) -> str:
+    """The value of dimension `by` for one record."""
+    if by == "day":
+        return str(r.get("ts", ""))[:10]
+    if by == "decision":
+        return outcome(r)
+    if by in ("signal", "host", "agent"):
+        return str(r.get(by) or "-")
+    d = deciding(r)
+    if by == "holder":
+        entry = (d or {}).get("entry") or {}
+        return str(entry.get("holder") or "-")
+    if by == "rule":
+        if d is None:
+            return "-"
+        where = (d.get("document") or {}).get("url") or (d.get("entry") or {}).get("file") or ""
+        line = f":{d['line']}" if d.get("line") is not None else ""
+        return f"{d.get('signal')}: {d.get('detail')} [{where}{line}]"
+    raise ValueError(f"cannot group by {by!r}")
+
+
+def records(
+    path: Path, flt: Filter | None = None, progress: Progress | None = None
+) -> Iterator[dict[str, Any]]:
+    """The records of the log (rotated files first) that the filter keeps."""
+    files = log_files(path)
+    if not files:
+        raise AuditError(f"no audit log at {path}")
+    total = sum(f.stat().st_size for f in files)
+    done = 0
+    tick = 0
+    for file in files:
+        with open(file, "rb") as f:
+            for number, line in enumerate(f, start=1):
+                done += len(line)
+                tick += 1
+                if progress is not None and tick % 50_000 == 0:
+                    progress(done, total)
+                if not line.strip():
+                    continue
+                try:
+                    r = orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    raise AuditError(f"{file}:{number}: not a JSON record ({e})") from e
+                if flt is None or flt.keeps(r):
+                    yield r
+    if progress is not None:
+        progress(total, total)
+
+
+@dataclass
+class Summary:
+    """Counts by outcome, and per value of one dimension."""
+
+    by: str
+    total: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    groups: dict[str, Counter[str]] = field(default_factory=dict)
+    first_ts: str | None = None
+    last_ts: str | None = None
+
+
+def summarize(recs: Iterator[dict[str, Any]], by: str) -> Summary:
+    """One pass over the records: totals and per-`by` counts of allow / block / would-block."""
+    if by not in BY:
+        raise ValueError(f"--by must be one of {', '.join(BY)}")
+    s = Summary(by)
+    for r in recs:
+        o = outcome(r)
+        s.total += 1
+        s.outcomes[o] += 1
+        s.groups.setdefault(key_of(r, by), Counter())[o] += 1
+        ts = r.get("ts")
+        if isinstance(ts, str):
+            if s.first_ts is None or ts < s.first_ts:
+                s.first_ts = ts
+            if s.last_ts is None or ts > s.last_ts:
+                s.last_ts = ts
+    return s
+
+
+def format_summary(s: Summary, top: int = 25) -> str:
+    """The summary as an aligned text table, largest groups first."""
+    lines = [
+        f"{s.total} records ({s.first_ts or '-'} .. {s.last_ts or '-'}): "
+        f"{s.outcomes['block']} blocked, {s.outcomes['would-block']} would block (monitor), "
+        f"{s.outcomes['allow']} allowed",
+        "",
+        f"{'block':>9} {'would':>9} {'allow':>9}  {s.by}",
+    ]
+    ordered = sorted(
+        s.groups.items(),
+        key=lambda kv: (-(kv[1]["block"] + kv[1]["would-block"]), -sum(kv[1].values()), kv[0]),
+    )
+    for key, c in ordered[:top]:
+        lines.append(f"{c['block']:>9} {c['would-block']:>9} {c['allow']:>9}  {key}")
+    if len(ordered) > top:
+        lines.append(f"... {len(ordered) - top} more (--top N shows more)")
+    return "\n".join(lines)
+
+
+def csv_row(r: dict[str, Any]) -> list[str]:
+    d = deciding(r) or {}
+    doc = (d.get("document") or {}).get("url") or ""
+    holder = (d.get("entry") or {}).get("holder") or ""
+    values = {**r, "deciding_detail": d.get("detail") or "", "deciding_document": doc, "holder": holder}
+    return ["" if values.get(c) is None else str(values.get(c)) for c in CSV_COLUMNS]
+
+
+def export(recs: Iterator[dict[str, Any]], fmt: str, out: TextIO) -> int:
+    """Write the records as CSV (one row each, fixed columns) or JSON Lines; returns the count."""
+    count = 0
+    if fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(CSV_COLUMNS)
+        buffer = io.StringIO()
+        chunk = csv.writer(buffer)
+        for r in recs:
+            chunk.writerow(csv_row(r))
+            count += 1
+            if count % 10_000 == 0:
+                out.write(buffer.getvalue())
+                buffer.seek(0)
+                buffer.truncate()
+        out.write(buffer.getvalue())
+    elif fmt == "jsonl":
+        for r in recs:
+            out.write(orjson.dumps(r).decode() + "\n")
+            count += 1
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    return count
+
+
+def find_record(path: Path, record_id: str) -> dict[str, Any] | None:
+    """The record with this id (or id prefix of at least 8 characters)."""
+    if len(record_id) < 8:
+        raise ValueError("give at least 8 characters of the record id")
+    needle = f'"id":"{record_id}'.encode()
+    for file in log_files(path):
+        with open(file, "rb") as f:
+            for line in f:
+                if needle in line:
+                    return dict(orjson.loads(line))
+    return None
+
+
+def one_line(r: dict[str, Any]) -> str:
+    """A record as one human-readable line (for `audit tail`)."""
+    o = outcome(r)
+    mark = {"block": "BLOCK", "would-block": "WOULD", "allow": "allow"}[o]
+    signal = r.get("signal") or "-"
+    phase = "" if r.get("phase") == "request" else f" ({r.get('phase')})"
+    request = f"{r.get('method', '')} {r.get('url', '')}{phase}"
+    return f"{r.get('ts', '')} {mark:<5} {signal:<14} {request}  {r.get('reason', '')}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from proxy.inband import (
     body_kind_of,
     header_findings,
 )
+from proxy.metrics import Metrics
 from proxy.origin import Origin
 from proxy.policy import Policy, load_policy
 from proxy.signals import rsl, tdmrep
@@ -73,6 +75,18 @@ _CLIENT_OPTIONS = frozenset(
         "ssl_verify_upstream_trusted_confdir",
     }
 )
+
+
+def _signature(policy: Policy) -> tuple[tuple[str, int, int, int], ...]:
+    """What the policy's files look like on disk now: path, mtime, size, inode."""
+    out = []
+    for path in (policy.path, *policy.registries):
+        try:
+            st = path.stat()
+            out.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append((str(path), -1, -1, -1))
+    return tuple(out)
 
 
 def _host_of(host_header: str | None) -> str | None:
@@ -95,6 +109,9 @@ class Enforcer:
         self.licenses: OriginCache[str, OptionalDoc] = OriginCache(1_000)  # RSL licences named in responses
         self._client: httpx.AsyncClient | None = None
         self._closing: set[asyncio.Task[None]] = set()  # replaced clients still closing
+        self.metrics = Metrics(lambda: self.cache.stats, lambda: len(self.cache))
+        self._watch: asyncio.Task[None] | None = None
+        self._signature: tuple[tuple[str, int, int, int], ...] = ()  # policy files as last seen
 
     # -- options -----------------------------------------------------------
 
@@ -143,6 +160,20 @@ class Enforcer:
             "are evicted beyond it.",
         )
         loader.add_option(
+            "optout_reload_interval",
+            int,
+            1,
+            "Seconds between checks of the policy and registry files for changes; a valid change is "
+            "applied without a restart, an invalid one is refused and logged. 0: never reload.",
+        )
+        loader.add_option(
+            "optout_metrics",
+            str,
+            "",
+            "Serve Prometheus metrics at http://ADDRESS/metrics; ADDRESS is PORT (on 127.0.0.1) or "
+            "HOST:PORT. Empty: no endpoint.",
+        )
+        loader.add_option(
             "optout_audit_max_bytes",
             int,
             100 * 1024 * 1024,
@@ -173,6 +204,17 @@ class Enforcer:
                 details = "\n".join(str(p) for p in e.problems)
                 raise exceptions.OptionsError(f"invalid policy:\n{details}") from e
             self._install(policy)
+            self._signature = _signature(policy)
+        if "optout_metrics" in updated:
+            self.metrics.stop()
+            if ctx.options.optout_metrics:
+                try:
+                    url = self.metrics.serve(ctx.options.optout_metrics)
+                except (OSError, ValueError) as e:
+                    raise exceptions.OptionsError(
+                        f"optout_metrics: cannot serve on {ctx.options.optout_metrics!r}: {e}"
+                    ) from e
+                logger.info("optout: metrics at %s", url)
         if "optout_mode" in updated and ctx.options.optout_mode not in MODES_OR_POLICY:
             raise exceptions.OptionsError(
                 f"optout_mode must be enforce, monitor or empty, not '{ctx.options.optout_mode}'"
@@ -241,7 +283,50 @@ class Enforcer:
             )
         return self._client
 
+    def running(self) -> None:
+        if self._watch is None and ctx.options.optout_reload_interval > 0:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_policy())
+
+    async def _watch_policy(self) -> None:
+        """Poll the policy and registry files; apply a valid change whole, refuse an invalid one."""
+        while True:
+            await asyncio.sleep(max(1, ctx.options.optout_reload_interval))
+            current = self.policy
+            if current is None:
+                continue
+            seen = _signature(current)
+            if seen == self._signature:
+                continue
+            self._signature = seen
+            try:
+                policy = load_policy(Path(ctx.options.optout_policy))
+            except PolicyError as e:
+                self.metrics.reloads.labels("refused").inc()
+                details = "\n".join(str(p) for p in e.problems)
+                logger.error(
+                    "optout: policy change refused; still enforcing sha256 %s:\n%s",
+                    current.digest[:12],
+                    details,
+                )
+                continue
+            except Exception:
+                self.metrics.reloads.labels("refused").inc()
+                logger.exception(
+                    "optout: policy reload failed; still enforcing sha256 %s", current.digest[:12]
+                )
+                continue
+            if policy.digest == current.digest:
+                continue
+            self._install(policy)
+            self._signature = _signature(policy)
+            self.metrics.reloads.labels("accepted").inc()
+            logger.info("optout: policy reloaded: sha256 %s -> %s", current.digest[:12], policy.digest[:12])
+
     async def done(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        self.metrics.stop()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -255,6 +340,7 @@ class Enforcer:
 
         async def load(previous: OriginDocuments | None) -> tuple[OriginDocuments, float]:
             timeout = float(ctx.options.optout_fetch_timeout)
+            started = time.monotonic()
             docs, ttl = await load_origin(
                 self.client(),
                 origin,
@@ -264,6 +350,8 @@ class Enforcer:
                 total_timeout=2 * timeout,
                 unreachable_retry=float(ctx.options.optout_unreachable_retry),
             )
+            self.metrics.fetch_seconds.observe(time.monotonic() - started)
+            self._count_documents(docs)
             if docs.robots_outcome == "unreachable" or docs.stale_because is not None:
                 failed = docs.stale_because or docs.robots_document
                 logger.warning(
@@ -291,6 +379,17 @@ class Enforcer:
             return lic, ttl
 
         return await self.licenses.get(url, load)
+
+    def _count_documents(self, docs: OriginDocuments) -> None:
+        count = self.metrics.documents
+        count.labels(
+            "robots.txt", (docs.stale_because and "unreachable-kept-last-good") or docs.robots_outcome
+        ).inc()
+        for name, doc in (("ai.txt", docs.ai_txt), ("tdmrep.json", docs.tdm_json)):
+            if doc is not None:
+                count.labels(name, doc.outcome).inc()
+        for _, lic in docs.licenses:
+            count.labels("rsl-licence", lic.outcome).inc()
 
     def _keep(self, fetched: Fetched, kind: str) -> None:
         """Put a fetched policy document into the evidence store (a failure is logged, not fatal)."""
@@ -533,8 +632,13 @@ class Enforcer:
             if self.audit is None:
                 raise AuditError("no audit log configured")
             self.audit.write(record)
+            self.metrics.decisions.labels(
+                record.get("phase"), record.get("signal") or "-", record.get("decision"),
+                "true" if record.get("enforced") else "false",
+            ).inc()  # fmt: skip
             return True
         except AuditError as e:
+            self.metrics.audit_failures.inc()
             logger.error("optout: %s; answering %d", e, AUDIT_DOWN_STATUS)
             body = (
                 f"{AUDIT_DOWN_STATUS}: optout-proxy cannot write its audit log, so it forwards "

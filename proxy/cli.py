@@ -36,6 +36,16 @@ from proxy.inband import DEFAULT_BODY_CAP, ResponseView, body_findings, body_kin
 from proxy.logview import BY, Filter, export, find_record, format_summary, one_line, records, summarize
 from proxy.origin import Origin, path_and_query
 from proxy.policy import Policy, load_policy
+from proxy.policydiff import diff
+from proxy.policyedit import (
+    add_entries,
+    add_honor_agents,
+    entries_from_csv,
+    make_entry,
+    registry_file,
+    remove_entries,
+    tokens_from_robots_json,
+)
 from proxy.report import gather, render
 from proxy.signals import rsl
 from proxy.store import EvidenceStore, store_dir
@@ -128,6 +138,39 @@ def _parser() -> argparse.ArgumentParser:
 
     policy = sub.add_parser("policy", help="work with policy files")
     psub = policy.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
+    registry = psub.add_parser("registry", help="add, remove or list rights-holder registry entries")
+    rsub = registry.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
+    radd = rsub.add_parser("add", help="add a rights holder's opt-out")
+    radd.add_argument("--holder", required=True)
+    radd.add_argument(
+        "--domain", action="append", required=True, help="a domain (covers its subdomains); repeatable"
+    )
+    radd.add_argument(
+        "--path", action="append", default=[], help="a URL path prefix; repeatable (default: whole site)"
+    )
+    radd.add_argument("--reason", required=True, help="why, in one sentence (e.g. the letter and its date)")
+    radd.add_argument("--source", required=True, help="URL documenting the opt-out")
+    radd.add_argument("--since", required=True, help="date of the opt-out, YYYY-MM-DD")
+    rremove = rsub.add_parser("remove", help="remove entries by holder or domain")
+    rremove.add_argument("--holder")
+    rremove.add_argument("--domain")
+    rlist = rsub.add_parser("list", help="list the registry entries")
+    for p in (radd, rremove, rlist):
+        p.add_argument("--policy", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})")
+        p.add_argument("--registry", help="registry file to edit (default: the policy's first)")
+    pimport = psub.add_parser("import", help="import holders from CSV, or honor_agents from a robots.json")
+    source = pimport.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", help="CSV with columns holder,domains,paths,reason,source,since")
+    source.add_argument("--robots-json", help="ai.robots.txt robots.json: its tokens join honor_agents")
+    pimport.add_argument("--match", help="robots.json: only entries whose fields mention this text")
+    pimport.add_argument("--policy", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})")
+    pimport.add_argument("--registry", help="registry file for --csv (default: the policy's first)")
+    pdiff = psub.add_parser("diff", help="URLs whose decision differs between two policies (exit 1 if any)")
+    pdiff.add_argument("old")
+    pdiff.add_argument("new")
+    pdiff.add_argument("--urls", required=True, help="file with one URL per line")
+    pdiff.add_argument("--timeout", type=float, default=5.0, help="fetch timeout in seconds (default 5)")
+
     validate = psub.add_parser("validate", help="check a policy and its registries")
     validate.add_argument(
         "path", nargs="?", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})"
@@ -522,6 +565,66 @@ def _validate(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
+def _policy_edit(args: argparse.Namespace) -> int:
+    try:
+        if args.policy_command == "diff":
+            old, new = load_policy(Path(args.old)), load_policy(Path(args.new))
+            urls = [
+                u.strip()
+                for u in Path(args.urls).read_text().splitlines()
+                if u.strip() and not u.startswith("#")
+            ]
+            print(f"judging {len(urls)} URLs under both policies ...", file=sys.stderr)
+            changes, bad = asyncio.run(diff(old, new, urls, timeout=args.timeout))
+            for change in changes:
+                print(change.describe())
+            for url in bad:
+                print(f"{url}: not an absolute http(s) URL", file=sys.stderr)
+            print(f"{len(changes)} of {len(urls)} decisions change", file=sys.stderr)
+            return ExitStatus.BLOCKED if changes else ExitStatus.OK
+        policy = load_policy(Path(args.policy))
+        if args.policy_command == "import" and args.robots_json:
+            tokens = tokens_from_robots_json(Path(args.robots_json).read_text(encoding="utf-8"), args.match)
+            new_tokens, skipped = add_honor_agents(policy.path, tokens)
+            listed = ", ".join(new_tokens) or "-"
+            print(f"{policy.path}: added {len(new_tokens)} token(s) to honor_agents: {listed}")
+            if skipped:
+                print(
+                    f"skipped {len(skipped)} that are not product tokens: {', '.join(skipped)}",
+                    file=sys.stderr,
+                )
+            return ExitStatus.OK
+        target = registry_file(policy, args.registry)
+        if args.policy_command == "import":
+            entries = entries_from_csv(Path(args.csv).read_text(encoding="utf-8"))
+            added = add_entries(target, entries)
+            print(f"{target}: added {added} of {len(entries)} entries ({len(entries) - added} already there)")
+            return ExitStatus.OK
+        if args.registry_command == "add":
+            entry = make_entry(args.holder, args.domain, args.path, args.reason, args.source, args.since)
+            added = add_entries(target, [entry])
+            print(f"{target}: {'added' if added else 'already lists'} {args.holder}")
+            return ExitStatus.OK
+        if args.registry_command == "remove":
+            removed = remove_entries(target, holder=args.holder, domain=args.domain)
+            print(f"{target}: removed {len(removed)} entries: {', '.join(removed) or '-'}")
+            return ExitStatus.OK if removed else ExitStatus.INVALID
+        for e in policy.registry.entries:
+            paths = f" paths {', '.join(e.paths)}" if e.paths else ""
+            print(
+                f"{e.holder}: {', '.join(e.domains)}{paths} (since {e.since}; {Path(e.file).name}:{e.line})"
+            )
+        return ExitStatus.OK
+    except PolicyError as e:
+        _print_problems(e, sys.stderr)
+        if args.policy_command != "diff":
+            print("nothing was written", file=sys.stderr)
+        return ExitStatus.INVALID
+    except (OSError, ValueError) as e:
+        print(f"optout-proxy policy {args.policy_command}: {e}", file=sys.stderr)
+        return ExitStatus.INVALID
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (sys.exit happens in entrypoint only)."""
     args = _parser().parse_args(argv)
@@ -533,6 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _audit(args)
     if args.command == "policy" and args.policy_command == "validate":
         return _validate(args)
+    if args.command == "policy":
+        return _policy_edit(args)
     raise AssertionError(f"unhandled command {args.command}")  # argparse requires one
 
 

@@ -70,7 +70,7 @@ AUDIT_KEYS = ("path", "log_allowed")
 # so that every parser reads it the same way (signals.md §2.5).
 _OWN_TOKEN = re.compile(r"[A-Za-z_-]+")
 # Other operators' tokens in the wild carry digits and dots (AI2Bot, bigsur.ai).
-_OTHER_TOKEN = re.compile(r"[A-Za-z0-9_.-]+")
+OTHER_TOKEN = re.compile(r"[A-Za-z0-9_.-]+")
 
 DEFAULT_HONOR_AGENTS = ("GPTBot", "CCBot", "Google-Extended", "ClaudeBot", "anthropic-ai")
 
@@ -164,7 +164,7 @@ def load_policy(path: Path) -> Policy:
     honor: list[str] = []
     if "honor_agents" in fields:
         for token, node in reader.strings(fields["honor_agents"], "honor_agents") or []:
-            if not _OTHER_TOKEN.fullmatch(token):
+            if not OTHER_TOKEN.fullmatch(token):
                 reader.problem(node, f"honor_agents: '{token}' is not a product token (no spaces or '/')")
             elif token.lower() not in {h.lower() for h in honor}:
                 honor.append(token)

@@ -1,0 +1,147 @@
+"""Policy editing through the CLI: comments kept, validation first, atomic replacement, diff."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from proxy.cli import ExitStatus, main
+from proxy.policy import load_policy
+from proxy.policyedit import atomic_write
+from tests.policies import entry, write_policy
+from tests.sites import Reply, Site
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def shipped(tmp_path: Path) -> Path:
+    for name in ("default.yaml", "registry.yaml"):
+        (tmp_path / name).write_bytes((REPO / "policies" / name).read_bytes())
+    return tmp_path / "default.yaml"
+
+
+def run(*argv: str) -> int:
+    return main(list(argv))
+
+
+def test_add_keeps_comments_and_order(shipped: Path) -> None:
+    registry = shipped.with_name("registry.yaml")
+    before = registry.read_text()
+    assert run("policy", "registry", "add", "--policy", str(shipped), "--holder", "Example Press",
+               "--domain", "example-press.test", "--path", "/manga/", "--reason", "Letter of 2026-11-20",
+               "--source", "https://example.org/letter", "--since", "2026-11-20") == ExitStatus.OK
+    after = registry.read_text()
+    assert after.startswith(before.rstrip("\n"))  # every original line, comments included, in place
+    assert after.endswith(
+        "  - holder: Example Press\n    domains: [example-press.test]\n    paths: [/manga/]\n"
+        "    reason: Letter of 2026-11-20\n    source: https://example.org/letter\n    since: 2026-11-20\n"
+    )
+    policy = load_policy(shipped)
+    hit = policy.registry.match("www.example-press.test", "/manga/1")
+    assert hit is not None and hit[0].holder == "Example Press"
+    # removing it gives the original bytes back
+    assert run("policy", "registry", "remove", "--policy", str(shipped), "--holder", "example press") == ExitStatus.OK
+    assert registry.read_text() == before
+
+
+def test_invalid_edit_changes_nothing(shipped: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    registry = shipped.with_name("registry.yaml")
+    before = registry.read_bytes()
+    assert run("policy", "registry", "add", "--policy", str(shipped), "--holder", "Bad", "--domain",
+               "https://bad.test/x", "--reason", "r", "--source", "ftp://nope", "--since", "2026-02-30") == ExitStatus.INVALID
+    err = capsys.readouterr().err
+    assert "is not a bare domain (write 'bad.test')" in err
+    assert "source must be an http(s) URL" in err and "since must be a date" in err
+    assert "nothing was written" in err
+    assert registry.read_bytes() == before
+    assert not list(shipped.parent.glob(".*.tmp"))
+
+
+def test_list_and_remove_by_domain(shipped: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("policy", "registry", "list", "--policy", str(shipped)) == ExitStatus.OK
+    assert "Studio Ghibli: ghibli.jp" in capsys.readouterr().out
+    assert run("policy", "registry", "remove", "--policy", str(shipped), "--domain", "cygames.co.jp") == ExitStatus.OK
+    assert "Cygames" not in {e.holder for e in load_policy(shipped).registry.entries}
+    assert run("policy", "registry", "remove", "--policy", str(shipped), "--holder", "Nobody") == ExitStatus.INVALID
+
+
+def test_import_csv(shipped: Path, tmp_path: Path) -> None:
+    csv_file = tmp_path / "holders.csv"
+    csv_file.write_text(
+        "holder,domains,paths,reason,source,since\n"
+        "Alpha Studio,alpha.test;alpha-games.test,,Letter A,https://example.org/a,2026-01-05\n"
+        "Beta Books,beta.test,/comics/ /manga/,Letter B,https://example.org/b,2026-02-10\n"
+        "Studio Ghibli,ghibli.jp,,dup,https://example.org/c,2026-01-01\n"
+    )
+    assert run("policy", "import", "--csv", str(csv_file), "--policy", str(shipped)) == ExitStatus.OK
+    policy = load_policy(shipped)
+    assert policy.registry.match("alpha-games.test", "/") is not None
+    beta = policy.registry.match("beta.test", "/manga/x")
+    assert beta is not None and beta[0].paths == ("/comics/", "/manga/")
+    assert policy.registry.match("beta.test", "/news") is None
+    # importing again adds nothing new
+    assert run("policy", "import", "--csv", str(csv_file), "--policy", str(shipped)) == ExitStatus.OK
+    assert len(load_policy(shipped).registry) == len(policy.registry)
+
+
+def test_import_robots_json(shipped: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    robots_json = tmp_path / "robots.json"
+    robots_json.write_text(json.dumps({
+        "GPTBot": {"operator": "OpenAI", "function": "Scrapes data to train OpenAI's products."},
+        "NewTrainerBot": {"operator": "X", "function": "AI model training"},
+        "Brightbot 1.0": {"operator": "Bright Data", "function": "AI data scraper"},
+        "SomeSearchBot": {"operator": "Y", "function": "Search"},
+    }))  # fmt: skip
+    text_before = shipped.read_text()
+    assert run("policy", "import", "--robots-json", str(robots_json), "--match", "train",
+               "--policy", str(shipped)) == ExitStatus.OK
+    out, err = capsys.readouterr()
+    assert "NewTrainerBot" in out and "Brightbot 1.0" not in out
+    honor = load_policy(shipped).honor_agents
+    assert "NewTrainerBot" in honor and "SomeSearchBot" not in honor
+    assert honor.count("GPTBot") == 1
+    for comment in [line for line in text_before.splitlines() if line.startswith("#")]:
+        assert comment in shipped.read_text()
+
+
+def test_atomic_write_never_shows_half_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "policy.yaml"
+    texts = [("a" * 2_000_000) + "\n", ("b" * 3_000_000) + "\n"]
+    target.write_text(texts[0])
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            data = target.read_text()
+            seen.add(len(data))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for i in range(20):
+        atomic_write(target, texts[i % 2])
+    stop.set()
+    t.join()
+    assert seen <= {len(texts[0]), len(texts[1])}
+
+
+def test_diff_lists_changed_decisions(make_site: Callable[..., Site], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    site = make_site({"/robots.txt": Reply(200, "User-agent: GPTBot\nDisallow: /a/\n")})
+    old = write_policy(tmp_path / "old", honor_agents=["CCBot"])
+    new = write_policy(tmp_path / "new", honor_agents=["CCBot", "GPTBot"], registry=[entry("H", "holder.test")])
+    urls = tmp_path / "urls.txt"
+    urls.write_text("\n".join([site.url("/a/1"), site.url("/b/1"), "http://holder.test/x", "not a url", ""]))
+    assert main(["policy", "diff", str(old), str(new), "--urls", str(urls)]) == ExitStatus.BLOCKED
+    out = capsys.readouterr().out.splitlines()
+    assert sorted(out) == sorted([
+        f"{site.url('/a/1')}: allow -> block (robots-txt)",
+        "http://holder.test/x: block (unreachable) -> block (registry)",
+    ])  # fmt: skip
+    assert site.hits["/robots.txt"] == 1  # one fetch serves both policies
+    assert main(["policy", "diff", str(old), str(old), "--urls", str(urls)]) == ExitStatus.OK

@@ -42,7 +42,11 @@ def make_record(i: int, rng: random.Random) -> dict[str, object]:
                 "evidence": evidence, "deciding": None, "policy_sha256": "a" * 64}  # fmt: skip
     signal = rng.choice(SIGNALS)
     detail = "Disallow: /private/" if signal == "robots-txt" else f"{signal} reservation"
-    entry = {"holder": f"Holder {rng.randrange(50)}", "file": "registry.yaml", "line": 7} if signal == "registry" else None
+    entry = (
+        {"holder": f"Holder {rng.randrange(50)}", "file": "registry.yaml", "line": 7}
+        if signal == "registry"
+        else None
+    )
     finding: dict[str, object] = {"signal": signal, "says": "disallow", "detail": detail, "line": 3}
     if entry:
         finding["entry"] = entry
@@ -68,7 +72,9 @@ def run(args: list[str]) -> tuple[float, float, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--keep", help="keep the generated log in this directory")
     args = parser.parse_args()

@@ -14,7 +14,9 @@ from proxy.errors import AuditError
 def write_log(path: Path, n: int, *, max_bytes: int = 0, checkpoint_every: int = 10) -> None:
     log = AuditLog(path, max_bytes=max_bytes, checkpoint_every=checkpoint_every)
     for i in range(n):
-        log.write({"ts": f"2026-11-24T00:00:{i % 60:02d}.000Z", "id": f"id{i:06d}", "url": f"http://a.example/{i}"})
+        log.write(
+            {"ts": f"2026-11-24T00:00:{i % 60:02d}.000Z", "id": f"id{i:06d}", "url": f"http://a.example/{i}"}
+        )
     log.close()
 
 

@@ -32,9 +32,28 @@ def run(*argv: str) -> int:
 def test_add_keeps_comments_and_order(shipped: Path) -> None:
     registry = shipped.with_name("registry.yaml")
     before = registry.read_text()
-    assert run("policy", "registry", "add", "--policy", str(shipped), "--holder", "Example Press",
-               "--domain", "example-press.test", "--path", "/manga/", "--reason", "Letter of 2026-11-20",
-               "--source", "https://example.org/letter", "--since", "2026-11-20") == ExitStatus.OK
+    assert (
+        run(
+            "policy",
+            "registry",
+            "add",
+            "--policy",
+            str(shipped),
+            "--holder",
+            "Example Press",
+            "--domain",
+            "example-press.test",
+            "--path",
+            "/manga/",
+            "--reason",
+            "Letter of 2026-11-20",
+            "--source",
+            "https://example.org/letter",
+            "--since",
+            "2026-11-20",
+        )
+        == ExitStatus.OK
+    )
     after = registry.read_text()
     assert after.startswith(before.rstrip("\n"))  # every original line, comments included, in place
     assert after.endswith(
@@ -45,15 +64,36 @@ def test_add_keeps_comments_and_order(shipped: Path) -> None:
     hit = policy.registry.match("www.example-press.test", "/manga/1")
     assert hit is not None and hit[0].holder == "Example Press"
     # removing it gives the original bytes back
-    assert run("policy", "registry", "remove", "--policy", str(shipped), "--holder", "example press") == ExitStatus.OK
+    assert (
+        run("policy", "registry", "remove", "--policy", str(shipped), "--holder", "example press")
+        == ExitStatus.OK
+    )
     assert registry.read_text() == before
 
 
 def test_invalid_edit_changes_nothing(shipped: Path, capsys: pytest.CaptureFixture[str]) -> None:
     registry = shipped.with_name("registry.yaml")
     before = registry.read_bytes()
-    assert run("policy", "registry", "add", "--policy", str(shipped), "--holder", "Bad", "--domain",
-               "https://bad.test/x", "--reason", "r", "--source", "ftp://nope", "--since", "2026-02-30") == ExitStatus.INVALID
+    assert (
+        run(
+            "policy",
+            "registry",
+            "add",
+            "--policy",
+            str(shipped),
+            "--holder",
+            "Bad",
+            "--domain",
+            "https://bad.test/x",
+            "--reason",
+            "r",
+            "--source",
+            "ftp://nope",
+            "--since",
+            "2026-02-30",
+        )
+        == ExitStatus.INVALID
+    )
     err = capsys.readouterr().err
     assert "is not a bare domain (write 'bad.test')" in err
     assert "source must be an http(s) URL" in err and "since must be a date" in err
@@ -65,9 +105,15 @@ def test_invalid_edit_changes_nothing(shipped: Path, capsys: pytest.CaptureFixtu
 def test_list_and_remove_by_domain(shipped: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("policy", "registry", "list", "--policy", str(shipped)) == ExitStatus.OK
     assert "Studio Ghibli: ghibli.jp" in capsys.readouterr().out
-    assert run("policy", "registry", "remove", "--policy", str(shipped), "--domain", "cygames.co.jp") == ExitStatus.OK
+    assert (
+        run("policy", "registry", "remove", "--policy", str(shipped), "--domain", "cygames.co.jp")
+        == ExitStatus.OK
+    )
     assert "Cygames" not in {e.holder for e in load_policy(shipped).registry.entries}
-    assert run("policy", "registry", "remove", "--policy", str(shipped), "--holder", "Nobody") == ExitStatus.INVALID
+    assert (
+        run("policy", "registry", "remove", "--policy", str(shipped), "--holder", "Nobody")
+        == ExitStatus.INVALID
+    )
 
 
 def test_import_csv(shipped: Path, tmp_path: Path) -> None:
@@ -98,8 +144,19 @@ def test_import_robots_json(shipped: Path, tmp_path: Path, capsys: pytest.Captur
         "SomeSearchBot": {"operator": "Y", "function": "Search"},
     }))  # fmt: skip
     text_before = shipped.read_text()
-    assert run("policy", "import", "--robots-json", str(robots_json), "--match", "train",
-               "--policy", str(shipped)) == ExitStatus.OK
+    assert (
+        run(
+            "policy",
+            "import",
+            "--robots-json",
+            str(robots_json),
+            "--match",
+            "train",
+            "--policy",
+            str(shipped),
+        )
+        == ExitStatus.OK
+    )
     out, err = capsys.readouterr()
     assert "NewTrainerBot" in out and "Brightbot 1.0" not in out
     honor = load_policy(shipped).honor_agents
@@ -130,11 +187,14 @@ def test_atomic_write_never_shows_half_a_file(tmp_path: Path) -> None:
     assert seen <= {len(texts[0]), len(texts[1])}
 
 
-def test_diff_lists_changed_decisions(make_site: Callable[..., Site], tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_diff_lists_changed_decisions(
+    make_site: Callable[..., Site], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     site = make_site({"/robots.txt": Reply(200, "User-agent: GPTBot\nDisallow: /a/\n")})
     old = write_policy(tmp_path / "old", honor_agents=["CCBot"])
-    new = write_policy(tmp_path / "new", honor_agents=["CCBot", "GPTBot"], registry=[entry("H", "holder.test")])
+    new = write_policy(
+        tmp_path / "new", honor_agents=["CCBot", "GPTBot"], registry=[entry("H", "holder.test")]
+    )
     urls = tmp_path / "urls.txt"
     urls.write_text("\n".join([site.url("/a/1"), site.url("/b/1"), "http://holder.test/x", "not a url", ""]))
     assert main(["policy", "diff", str(old), str(new), "--urls", str(urls)]) == ExitStatus.BLOCKED

@@ -66,7 +66,9 @@ def site(make_site: Callable[..., Site]) -> Site:
 def test_rotation_under_load_loses_nothing_and_verifies(
     site: Site, make_proxy: Callable[..., ProxyProcess], tmp_path: Path
 ) -> None:
-    proxy = make_proxy(write_policy(tmp_path), optout_audit_max_bytes=30_000, optout_audit_checkpoint_every=25)
+    proxy = make_proxy(
+        write_policy(tmp_path), optout_audit_max_bytes=30_000, optout_audit_checkpoint_every=25
+    )
     urls = [site.url(f"/page/{i % 50}") if i % 3 else site.url(f"/private/{i % 50}") for i in range(600)]
     responses = asyncio.run(load(proxy, urls))
     assert proxy.audit is not None
@@ -76,15 +78,22 @@ def test_rotation_under_load_loses_nothing_and_verifies(
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
     ids = {r["id"] for r in records}
     assert all(r.headers["X-Optout-Id"] in ids for r in responses)  # every answer has its record
-    assert sum(r.status_code == 451 for r in responses) == sum(r["decision"] == "block" for r in records) == 200
+    assert (
+        sum(r.status_code == 451 for r in responses) == sum(r["decision"] == "block" for r in records) == 200
+    )
     done = cli("audit", "verify", str(proxy.audit), check=True)
     assert f"chain intact: {len(records)} records in {len(files)} file(s)" in done.stdout
 
     # tamper with a rotated file: verify names the file and line, and fails
     victim = files[1]
     lines = victim.read_text().splitlines(keepends=True)
-    lines[3] = lines[3].replace('"decision":"block"', '"decision":"allow"').replace(
-        '"decision":"allow","enforced":true,"signal":null', '"decision":"block","enforced":true,"signal":null'
+    lines[3] = (
+        lines[3]
+        .replace('"decision":"block"', '"decision":"allow"')
+        .replace(
+            '"decision":"allow","enforced":true,"signal":null',
+            '"decision":"block","enforced":true,"signal":null',
+        )
     )
     victim.write_text("".join(lines))
     done = cli("audit", "verify", str(proxy.audit))
@@ -93,7 +102,9 @@ def test_rotation_under_load_loses_nothing_and_verifies(
     assert "was edited" in done.stdout
 
 
-def test_show_summary_export_and_tail(site: Site, make_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> None:
+def test_show_summary_export_and_tail(
+    site: Site, make_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
     policy = write_policy(tmp_path, registry=[entry("Holder One", "holder.test")])
     proxy = make_proxy(policy)
     responses = asyncio.run(load(proxy, [
@@ -112,14 +123,20 @@ def test_show_summary_export_and_tail(site: Site, make_proxy: Callable[..., Prox
     assert summary.startswith("4 records")
     assert "        2         0         0  robots-txt" in summary
     assert "        1         0         0  registry" in summary
-    by_host = cli("audit", "summary", "--log", log, "--by", "holder", "--decision", "block", check=True).stdout
+    by_host = cli(
+        "audit", "summary", "--log", log, "--by", "holder", "--decision", "block", check=True
+    ).stdout
     assert "Holder One" in by_host and by_host.startswith("3 records")
 
-    exported = cli("audit", "export", "--log", log, "--format", "csv", "--signal", "robots-txt", check=True).stdout
+    exported = cli(
+        "audit", "export", "--log", log, "--format", "csv", "--signal", "robots-txt", check=True
+    ).stdout
     rows = list(csv.DictReader(io.StringIO(exported)))
     assert [r["url"] for r in rows] == [site.url("/private/1"), site.url("/private/2")]
     assert all(r["deciding_detail"] == "Disallow: /private/" for r in rows)
-    jsonl = cli("audit", "export", "--log", log, "--format", "jsonl", "--host", "holder.test", check=True).stdout
+    jsonl = cli(
+        "audit", "export", "--log", log, "--format", "jsonl", "--host", "holder.test", check=True
+    ).stdout
     assert [json.loads(x)["signal"] for x in jsonl.splitlines()] == ["registry"]
 
     tail = cli("audit", "tail", "-n", "2", "--log", log, check=True).stdout.splitlines()
@@ -129,7 +146,9 @@ def test_show_summary_export_and_tail(site: Site, make_proxy: Callable[..., Prox
         assert line.startswith(record["ts"]) and record["url"] in line
 
 
-def test_tail_follow_sees_new_records(site: Site, make_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> None:
+def test_tail_follow_sees_new_records(
+    site: Site, make_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
     proxy = make_proxy(write_policy(tmp_path))
     asyncio.run(load(proxy, [site.url("/page/1")]))
     script = Path(sys.executable).with_name("optout-proxy")
@@ -185,7 +204,9 @@ def test_hot_reload(site: Site, make_proxy: Callable[..., ProxyProcess], tmp_pat
             return r, took, await in_flight
 
     blocked, took, slow_response = asyncio.run(scenario())
-    assert blocked.status_code == 451 and blocked.headers["X-Optout-Reason"] == "registry", f"after {took:.1f}s"
+    assert blocked.status_code == 451 and blocked.headers["X-Optout-Reason"] == "registry", (
+        f"after {took:.1f}s"
+    )
     assert slow_response.status_code == 200 and slow_response.text == "slow"  # not dropped by the reload
     new_digest = proxy.record(blocked.headers["X-Optout-Id"])["policy_sha256"]
     assert new_digest != old_digest
@@ -205,7 +226,10 @@ def test_metrics_endpoint(site: Site, make_proxy: Callable[..., ProxyProcess], t
     proxy = make_proxy(write_policy(tmp_path), optout_metrics=str(port))
     asyncio.run(load(proxy, [site.url("/page/1"), site.url("/page/2"), site.url("/private/1")]))
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
-    assert 'optout_decisions_total{decision="block",enforced="true",phase="request",signal="robots-txt"} 1.0' in text
+    assert (
+        'optout_decisions_total{decision="block",enforced="true",phase="request",signal="robots-txt"} 1.0'
+        in text
+    )
     assert 'optout_decisions_total{decision="allow",enforced="true",phase="request",signal="-"} 2.0' in text
     assert 'optout_documents_fetched_total{document="robots.txt",outcome="ok"} 1.0' in text
     assert 'optout_documents_fetched_total{document="ai.txt",outcome="unavailable"} 1.0' in text

@@ -22,7 +22,9 @@ from tests.proxyproc import ProxyProcess
 from tests.sites import Reply, Site
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 
@@ -45,7 +47,9 @@ def attr_counts(dom: str, element_id: str) -> int:
 def log(make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> Path:
     site = make_site({"/robots.txt": Reply(200, "User-agent: *\nDisallow: /private/\n"), "/page": Reply(200, "p"),
                       "/private/a": Reply(200, "s")})  # fmt: skip
-    policy = write_policy(tmp_path, registry=[entry("Holder One", "holder.test")], signals={"robots-txt": "monitor"})
+    policy = write_policy(
+        tmp_path, registry=[entry("Holder One", "holder.test")], signals={"robots-txt": "monitor"}
+    )
     proxy = make_proxy(policy)
 
     async def traffic() -> None:
@@ -60,7 +64,11 @@ def log(make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess],
     assert proxy.audit is not None
     # Earlier days, appended to the same chain, so the chart has several bars.
     older = AuditLog(proxy.audit)
-    for day, signal, n in [("2026-11-20", "registry", 2), ("2026-11-21", "robots-txt", 4), ("2026-11-21", "ai-txt", 1)]:
+    for day, signal, n in [
+        ("2026-11-20", "registry", 2),
+        ("2026-11-21", "robots-txt", 4),
+        ("2026-11-21", "ai-txt", 1),
+    ]:
         for i in range(n):
             older.write({"v": 1, "ts": f"{day}T10:00:0{i}.000Z", "id": f"old{day}{signal}{i}", "phase": "request",
                          "method": "GET", "url": f"http://old.example/{signal}/{i}", "host": "old.example",
@@ -83,8 +91,10 @@ def test_report_in_chromium(log: Path, tmp_path: Path) -> None:
 
     cli("audit", "report", "--log", str(log), "--out", str(out), check=True)
     html = out.read_text()
-    assert "http://" not in re.sub(r"<(td|p|code|a|details|pre|span|title)[^>]*>.*?</\1>", "", html, flags=re.S) \
-        or "src=\"http" not in html  # nothing to load from the network
+    assert (
+        "http://" not in re.sub(r"<(td|p|code|a|details|pre|span|title)[^>]*>.*?</\1>", "", html, flags=re.S)
+        or 'src="http' not in html
+    )  # nothing to load from the network
     assert 'src="http' not in html and "<link" not in html
 
     dom = chromium("--dump-dom", out.as_uri())
@@ -93,11 +103,18 @@ def test_report_in_chromium(log: Path, tmp_path: Path) -> None:
     assert attr_counts(dom, "blocked") == len(blocks)
     assert attr_counts(dom, "would") == len(would)
     assert attr_counts(dom, "allowed") == len(records) - len(blocks) - len(would)
-    bars = {(d, s): int(n) for d, s, n in re.findall(r'class="bar"[^>]*data-day="([^"]+)" data-signal="([^"]+)" data-count="(\d+)"', dom)}
+    bars = {
+        (d, s): int(n)
+        for d, s, n in re.findall(
+            r'class="bar"[^>]*data-day="([^"]+)" data-signal="([^"]+)" data-count="(\d+)"', dom
+        )
+    }
     assert bars == dict(per_bar)  # every bar equals the log's count for its day and signal
     assert 'id="chain" data-ok="true"' in dom
     assert dom.count('class="block"') == len(blocks)
-    m = re.search(r'<table id="monitor"><tbody><tr><td class="n" data-count="(\d+)">\d+</td><td>robots-txt</td>', dom)
+    m = re.search(
+        r'<table id="monitor"><tbody><tr><td class="n" data-count="(\d+)">\d+</td><td>robots-txt</td>', dom
+    )
     assert m and int(m.group(1)) == len(would)
 
     filtered = chromium("--dump-dom", out.as_uri() + "#q=old.example/robots-txt")

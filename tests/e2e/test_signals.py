@@ -484,7 +484,9 @@ LICENCE_NO_AI = (
 def test_rsl_from_link_header_and_html_link(make_site: Callable[..., Site], proxy: ProxyProcess) -> None:
     licence = make_site({"/l.xml": Reply(200, LICENCE_NO_AI)})
     link = f'<{licence.url("/l.xml")}>; rel="license"; type="application/rsl+xml"'
-    html = f'<html><head><link rel="license" type="application/rsl+xml" href="{licence.url("/l.xml")}"></head>'
+    html = (
+        f'<html><head><link rel="license" type="application/rsl+xml" href="{licence.url("/l.xml")}"></head>'
+    )
     site = make_site({
         "/robots.txt": Reply(200, ALLOW_ALL),
         "/linked": Reply(200, SECRET, {"Link": link}),

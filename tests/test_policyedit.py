@@ -157,7 +157,7 @@ def test_import_robots_json(shipped: Path, tmp_path: Path, capsys: pytest.Captur
         )
         == ExitStatus.OK
     )
-    out, err = capsys.readouterr()
+    out, _ = capsys.readouterr()
     assert "NewTrainerBot" in out and "Brightbot 1.0" not in out
     honor = load_policy(shipped).honor_agents
     assert "NewTrainerBot" in honor and "SomeSearchBot" not in honor

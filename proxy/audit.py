@@ -26,7 +26,6 @@ One proxy process writes one audit log.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import json
 import os
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.errors import AuditError
-from proxy.evidence import Decision
+from proxy.evidence import Decision, utc_now
 
 SCHEMA_VERSION = 1
 
@@ -230,7 +229,7 @@ class AuditLog:
     def _checkpoint(self) -> None:
         if not self._seq:
             return
-        entry = {"ts": _utc_now(), "seq": self._seq, "head": self._head, "file": self.path.name}
+        entry = {"ts": utc_now(), "seq": self._seq, "head": self._head, "file": self.path.name}
         try:
             with open(checkpoint_path(self.path), "a", encoding="utf-8") as f:
                 f.write(_dump(entry) + "\n")
@@ -264,10 +263,6 @@ class AuditLog:
                 with contextlib.suppress(AuditError):
                     self._checkpoint()
             self._close_fd()
-
-
-def _utc_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)

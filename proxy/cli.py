@@ -30,8 +30,8 @@ from proxy.audit import VerifyReport, new_id, record_for, verify_chain
 from proxy.decide import decide
 from proxy.documents import OptionalDoc, OriginDocuments, fetch_optional, load_origin
 from proxy.errors import AuditError, PolicyError
-from proxy.evidence import Decision, Document, Finding, Verdict
-from proxy.fetch import make_client, utc_now
+from proxy.evidence import Decision, Document, Finding, Verdict, utc_now
+from proxy.fetch import make_client
 from proxy.inband import DEFAULT_BODY_CAP, ResponseView, body_findings, body_kind, header_findings
 from proxy.logview import BY, Filter, export, find_record, format_summary, one_line, records, summarize
 from proxy.origin import Origin, path_and_query

@@ -45,8 +45,8 @@ from proxy.cache import OriginCache
 from proxy.decide import decide
 from proxy.documents import OptionalDoc, OriginDocuments, fetch_optional, load_origin
 from proxy.errors import AuditError, PolicyError
-from proxy.evidence import Decision, Document, Finding, Says, Verdict
-from proxy.fetch import Fetched, make_client, utc_now
+from proxy.evidence import Decision, Document, Finding, Says, Verdict, utc_now
+from proxy.fetch import Fetched, make_client
 from proxy.inband import (
     BODY_SIGNALS,
     DEFAULT_BODY_CAP,

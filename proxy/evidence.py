@@ -7,9 +7,15 @@ registry entry, an unreachable origin). `decide()` turns findings into a
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def utc_now() -> str:
+    """Current UTC time, RFC 3339 with milliseconds: how every timestamp in the evidence is written."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Verdict(enum.StrEnum):

@@ -17,7 +17,6 @@ Every answer becomes a `Fetched` with an outcome, never an exception:
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import re
 import ssl
@@ -27,7 +26,7 @@ import certifi
 import httpx
 
 from proxy import __version__
-from proxy.evidence import Document
+from proxy.evidence import Document, utc_now
 
 MAX_REDIRECTS = 5  # RFC 9309 §2.3.1.2: follow at least five
 # RFC 9309 §2.4: do not use a cached copy for more than 24 hours.
@@ -47,11 +46,6 @@ class Fetched:
     body: bytes | None  # ok only; at most max_bytes
     ttl: float  # seconds this answer may be cached (before clamping by the caller)
     headers: tuple[tuple[str, str], ...] = ()  # of the final response, when there was one
-
-
-def utc_now() -> str:
-    """Current UTC time, RFC 3339 with milliseconds."""
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def ttl_from_cache_control(value: str | None) -> float:

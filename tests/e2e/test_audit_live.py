@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -34,6 +35,13 @@ def cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     if check:
         assert done.returncode == 0, done.stderr
     return done
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """One line of a subprocess's output, or "" after `timeout` seconds (never hangs the suite)."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    return proc.stdout.readline() if ready else ""
 
 
 def free_port() -> int:
@@ -156,10 +164,10 @@ def test_tail_follow_sees_new_records(
                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert follower.stdout is not None
-        first = follower.stdout.readline()
+        first = read_line(follower, 20)
         assert "/page/1" in first
         asyncio.run(load(proxy, [site.url("/private/9")]))
-        second = follower.stdout.readline()
+        second = read_line(follower, 20)
         assert "BLOCK" in second and "/private/9" in second
     finally:
         follower.terminate()
@@ -237,3 +245,9 @@ def test_metrics_endpoint(site: Site, make_proxy: Callable[..., ProxyProcess], t
     assert 'optout_cache_events_total{event="hit"} 2.0' in text
     assert "optout_fetch_seconds_count 1.0" in text
     assert "optout_audit_write_failures_total 0.0" in text
+    # a policy change on disk is picked up and counted
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy.read_text().replace("log_allowed: true", "log_allowed: false"))
+    assert proxy.wait_for_log("policy reloaded")
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
+    assert 'optout_policy_reloads_total{result="accepted"} 1.0' in text

@@ -194,7 +194,11 @@ async def body_findings(
         if mode(media.NAME) != "off":
             found += media_found
         reservations, policies = media.tdm_from_xmp(packets)
-        meta = tdmrep.value_channel("metadata", reservations, policies, document, "XMP tdm:reservation")
+        label = "XMP tdm:reservation"
+        if not reservations:
+            reservations, policies = media.epub_tdm(body)
+            label = "EPUB <meta tdm:reservation>"
+        meta = tdmrep.value_channel("metadata", reservations, policies, document, label)
         if meta is not None:
             tdm_late.append(meta)
     if mode(tdmrep.NAME) != "off":

@@ -159,3 +159,23 @@ def pdf_with_xmp(packet: bytes, *, compressed: bool) -> bytes:
 
 def tdm_xmp(reservation: str) -> bytes:
     return xmp(f"<tdm:reservation>{reservation}</tdm:reservation>", f'xmlns:tdm="{TDM_NS}"')
+
+
+def epub(opf_meta: str) -> bytes:
+    """A minimal EPUB (zip) whose package document carries `opf_meta` in its <metadata>."""
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("mimetype", "application/epub+zip", compress_type=zipfile.ZIP_STORED)
+        z.writestr(
+            "META-INF/container.xml",
+            '<container><rootfiles><rootfile full-path="OEBPS/content.opf"/></rootfiles></container>',
+        )
+        z.writestr(
+            "OEBPS/content.opf",
+            '<package xmlns="http://www.idpf.org/2007/opf" prefix="tdm: http://www.w3.org/ns/tdmrep#">'
+            f"<metadata>{opf_meta}</metadata></package>",
+        )
+        z.writestr("OEBPS/ch1.xhtml", "<html><body>chapter</body></html>")
+    return out.getvalue()

@@ -339,3 +339,26 @@ def test_zip_bomb_in_pdf_is_bounded() -> None:
     bomb = zlib.compress(b"\x00" * (64 * 1024 * 1024), 9)
     pdf = b"%PDF-1.7\n1 0 obj << /Filter /FlateDecode >> stream\n" + bomb + b"\nendstream"
     assert media.xmp_packets(pdf) == []
+
+
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [
+        (
+            '<meta property="tdm:reservation">1</meta><meta property="tdm:policy">https://p.example/p.json</meta>',
+            Verdict.BLOCK,
+        ),  # EPUB 3
+        ('<meta name="tdm:reservation" content="1"/>', Verdict.BLOCK),  # EPUB 2
+        ('<meta property="tdm:reservation">0</meta>', Verdict.ALLOW),
+        ("", Verdict.ALLOW),
+    ],
+)
+async def test_epub_tdmrep(policy: Policy, meta: str, expected: Verdict) -> None:
+    book = m.epub(meta)
+    assert (await verdict(policy, [("Content-Type", "application/epub+zip")], book))[0] is expected
+
+
+async def test_broken_epub_is_no_signal(policy: Policy) -> None:
+    assert (await verdict(policy, [("Content-Type", "application/epub+zip")], b"PK\x03\x04broken"))[
+        0
+    ] is Verdict.ALLOW

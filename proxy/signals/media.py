@@ -29,9 +29,11 @@ recorded, not fetched.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import struct
+import zipfile
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -220,6 +222,43 @@ def tdm_from_xmp(packets: list[bytes]) -> tuple[list[str], list[str]]:
         reservations += _xmp_values(packet, TDM_NS, "reservation") or []
         policies += _xmp_values(packet, TDM_NS, "policy") or []
     return reservations, policies
+
+
+def epub_tdm(body: bytes) -> tuple[list[str], list[str]]:
+    """(tdm:reservation values, tdm:policy values) of an EPUB's package documents (TDMRep §4.4).
+
+    EPUB 3 writes `<meta property="tdm:reservation">1</meta>`, EPUB 2
+    `<meta name="tdm:reservation" content="1"/>`. A broken archive gives nothing.
+    """
+    if not body.startswith(b"PK"):
+        return [], []
+    reservations: list[str] = []
+    policies: list[str] = []
+    try:
+        with zipfile.ZipFile(io.BytesIO(body)) as archive:
+            for info in archive.infolist()[:1000]:
+                if not info.filename.lower().endswith(".opf") or info.file_size > _MAX_INFLATE:
+                    continue
+                with archive.open(info) as f:
+                    opf = f.read(_MAX_INFLATE).decode("utf-8", "replace")
+                for kind, target in (("reservation", reservations), ("policy", policies)):
+                    target += _EPUB3_META.get(kind, re.compile("$^")).findall(opf)
+                    target += [m.group(1) for m in _EPUB2_META[kind].finditer(opf)]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError):
+        return [], []
+    return [v.strip() for v in reservations], [v.strip() for v in policies]
+
+
+_EPUB3_META = {
+    kind: re.compile(rf'<meta[^>]*property\s*=\s*["\']tdm:{kind}["\'][^>]*>([^<]*)</meta>', re.IGNORECASE)
+    for kind in ("reservation", "policy")
+}
+_EPUB2_META = {
+    kind: re.compile(
+        rf'<meta(?=[^>]*name\s*=\s*["\']tdm:{kind}["\'])[^>]*content\s*=\s*["\']([^"\']*)["\']', re.IGNORECASE
+    )
+    for kind in ("reservation", "policy")
+}
 
 
 # -- C2PA / CAWG -------------------------------------------------------------

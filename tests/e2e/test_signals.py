@@ -255,6 +255,14 @@ HTML_NOAI = b'<html><head><meta name="robots" content="noai"></head><body>' + SE
         (
             Reply(
                 200,
+                m.epub('<meta property="tdm:reservation">1</meta>') + SECRET,
+                {"Content-Type": "application/epub+zip"},
+            ),
+            "tdmrep",
+        ),
+        (
+            Reply(
+                200,
                 m.pdf_with_xmp(m.tdm_xmp("1"), compressed=True) + SECRET,
                 {"Content-Type": "application/pdf"},
             ),

@@ -225,6 +225,13 @@ class Enforcer:
             self.cache.resize(ctx.options.optout_cache_size)
         if "optout_fetch_timeout" in updated and ctx.options.optout_fetch_timeout < 1:
             raise exceptions.OptionsError("optout_fetch_timeout must be at least 1 second")
+        if self.audit is not None and updated & {"optout_audit_max_bytes", "optout_audit_checkpoint_every"}:
+            if ctx.options.optout_audit_max_bytes < 0 or ctx.options.optout_audit_checkpoint_every < 1:
+                raise exceptions.OptionsError(
+                    "optout_audit_max_bytes must be 0 or more, optout_audit_checkpoint_every 1 or more"
+                )
+            self.audit.max_bytes = ctx.options.optout_audit_max_bytes
+            self.audit.checkpoint_every = ctx.options.optout_audit_checkpoint_every
         if "optout_body_cap" in updated and ctx.options.optout_body_cap < 1:
             raise exceptions.OptionsError("optout_body_cap must be at least 1 byte")
         if ctx.options.stream_large_bodies and self.policy is not None:

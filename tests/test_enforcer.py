@@ -75,3 +75,14 @@ def test_options_are_checked(tmp_path: Path) -> None:
             tctx.configure(enforcer, optout_cache_size=0)
         tctx.configure(enforcer, optout_cache_size=5)
         assert enforcer.cache.max_size == 5
+
+
+def test_audit_options_apply_at_runtime(tmp_path: Path) -> None:
+    enforcer = Enforcer()
+    with taddons.context(enforcer) as tctx:
+        tctx.configure(enforcer, optout_policy=str(write_policy(tmp_path)))
+        tctx.configure(enforcer, optout_audit_max_bytes=1234, optout_audit_checkpoint_every=7)
+        assert enforcer.audit is not None
+        assert (enforcer.audit.max_bytes, enforcer.audit.checkpoint_every) == (1234, 7)
+        with pytest.raises(exceptions.OptionsError):
+            tctx.configure(enforcer, optout_audit_checkpoint_every=0)

@@ -23,6 +23,8 @@ from typing import Any
 
 from proxy.errors import AuditError
 
+_SEEN_LIMIT = 100_000
+
 
 def store_dir(audit_path: Path) -> Path:
     """Where the evidence of the log at `audit_path` lives."""
@@ -68,6 +70,8 @@ class EvidenceStore:
                     }  # fmt: skip
                     with open(self.root / "fetches.jsonl", "a", encoding="utf-8") as f:
                         f.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n")
+                    if len(self._seen) >= _SEEN_LIMIT:
+                        self._seen.clear()  # bounded memory; at worst a fetch is logged twice
                     self._seen.add(key)
             except OSError as e:
                 raise AuditError(f"cannot write evidence to {self.root}: {e.strerror or e}") from e

@@ -15,6 +15,8 @@ Two ways to replace a response:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mitmproxy import http
 
 from proxy.evidence import Decision
@@ -24,7 +26,6 @@ ID_HEADER = "X-Optout-Id"
 BLOCK_STATUS = 451  # RFC 7725: Unavailable For Legal Reasons
 AUDIT_DOWN_STATUS = 503
 _REASONS = {BLOCK_STATUS: "Unavailable For Legal Reasons", AUDIT_DOWN_STATUS: "Service Unavailable"}
-ANSWERED = "optout_answered"  # flow.metadata key: this response is ours, not the origin's
 
 
 def make_response(status: int, body: str, reason_code: str, record_id: str) -> http.Response:
@@ -58,14 +59,29 @@ def block_body(decision: Decision, record_id: str, *, withheld: bool = False) ->
     return "\n".join(lines) + "\n"
 
 
+@dataclass(slots=True)
+class Withholding:
+    """A response being withheld in place: what to answer, and whether streaming has sent it."""
+
+    status: int
+    body: str
+    reason_code: str
+    record_id: str
+    ended: bool = False
+
+
 def answer(flow: http.HTTPFlow, status: int, body: str, reason_code: str, record_id: str) -> None:
     """Replace the flow's response with one of ours (request or response hook only)."""
     flow.response = make_response(status, body, reason_code, record_id)
-    flow.metadata[ANSWERED] = True
 
 
-def withhold_in_place(flow: http.HTTPFlow, status: int, body: str, reason_code: str, record_id: str) -> None:
-    """In `responseheaders`: turn the origin's response into ours before anything is sent."""
+def withhold_in_place(
+    flow: http.HTTPFlow, status: int, body: str, reason_code: str, record_id: str
+) -> Withholding:
+    """In `responseheaders`: turn the origin's response into ours before anything is sent.
+
+    Returns the withholding, which `finish_withheld` completes in the `response` hook.
+    """
     response = flow.response
     assert response is not None
     ours = make_response(status, body, reason_code, record_id)
@@ -74,28 +90,25 @@ def withhold_in_place(flow: http.HTTPFlow, status: int, body: str, reason_code: 
     response.reason = ours.reason
     response.headers = ours.headers.copy()
     response.headers["content-length"] = str(len(payload))
-    state = {"ended": False}
+    withholding = Withholding(status, body, reason_code, record_id)
 
     def drain(chunk: bytes) -> bytes:
         # mitmproxy calls this with each origin chunk and once with b"" at the end.
-        if chunk == b"" and not state["ended"]:
-            state["ended"] = True
+        if chunk == b"" and not withholding.ended:
+            withholding.ended = True
             return payload
         return b""
 
     response.stream = drain
-    flow.metadata[ANSWERED] = True
-    # If the origin's response has no body at all, mitmproxy skips streaming; the
-    # response hook then finds this and sets the whole response (see `finish_withheld`).
-    flow.metadata["optout_withheld"] = (status, body, reason_code, record_id, state)
+    return withholding
 
 
-def finish_withheld(flow: http.HTTPFlow) -> None:
-    """In `response`: complete a withholding that streaming did not carry out."""
-    withheld = flow.metadata.get("optout_withheld")
-    if withheld is None or flow.response is None:
-        return
-    status, body, reason_code, record_id, state = withheld
-    if state["ended"]:
+def finish_withheld(flow: http.HTTPFlow, withholding: Withholding) -> None:
+    """In `response`: complete a withholding that streaming did not carry out.
+
+    If the origin's response had no body at all, mitmproxy skipped streaming and
+    copied the (empty) body into the response; set our whole answer instead.
+    """
+    if flow.response is None or withholding.ended:
         return  # streamed: the crawler got our headers and our body already
-    answer(flow, status, body, reason_code, record_id)
+    answer(flow, withholding.status, withholding.body, withholding.reason_code, withholding.record_id)

@@ -19,7 +19,9 @@ import asyncio
 import hashlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,10 +32,10 @@ from mitmproxy.addonmanager import Loader
 
 from proxy import __version__
 from proxy.answers import (
-    ANSWERED,
     AUDIT_DOWN_STATUS,
     BLOCK_STATUS,
     ID_HEADER,
+    Withholding,
     answer,
     block_body,
     finish_withheld,
@@ -98,6 +100,29 @@ def _host_of(host_header: str | None) -> str | None:
         return host_header
 
 
+@dataclass(slots=True)
+class FlowState:
+    """What the addon knows about one flow. Kept beside the flow, not in `flow.metadata`,
+    because mitmproxy serialises metadata when flows are saved and these objects are not
+    serialisable; metadata gets a plain summary instead (`optout`)."""
+
+    policy: Policy | None
+    decision: Decision | None = None
+    request_id: str | None = None
+    last_id: str | None = None
+    answered: bool = False  # the response is ours, not the origin's
+    inspect: tuple[Any, ...] | None = None  # a body to judge in the response hook
+    withholding: Withholding | None = None
+
+
+def _summary(decision: Decision, record_id: str) -> dict[str, Any]:
+    """The serialisable summary other addons (and saved flows) see in flow.metadata["optout"]."""
+    return {
+        "decision": str(decision.verdict), "enforced": decision.enforced, "signal": decision.signal,
+        "reason": decision.reason, "id": record_id,
+    }  # fmt: skip
+
+
 class Enforcer:
     """Decides every request against the policy, answers blocks, and audits each decision."""
 
@@ -112,6 +137,8 @@ class Enforcer:
         self.metrics = Metrics(lambda: self.cache.stats, lambda: len(self.cache))
         self._watch: asyncio.Task[None] | None = None
         self._signature: tuple[tuple[str, int, int, int], ...] = ()  # policy files as last seen
+        # Dropped with the flow itself: no clean-up hook can be missed.
+        self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()
 
     # -- options -----------------------------------------------------------
 
@@ -416,42 +443,45 @@ class Enforcer:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return  # answered by another addon (or replayed); nothing goes upstream
-        policy = self.policy  # one policy for the whole flow, even if a reload lands meanwhile
-        flow.metadata["optout_policy"] = policy
+        # One policy for the whole flow, even if a reload lands meanwhile.
+        state = self._flows[flow] = FlowState(self.policy)
         try:
-            if policy is None:
+            if state.policy is None:
                 raise RuntimeError("no policy loaded")
-            await self._request(flow, policy)
+            await self._request(flow, state, state.policy)
         except Exception:
             logger.exception("optout: internal error deciding %s", flow.request.pretty_url)
-            self._internal_error(flow, policy, phase="request")
+            self._internal_error(flow, state, phase="request")
 
-    async def _request(self, flow: http.HTTPFlow, policy: Policy) -> None:
+    async def _request(self, flow: http.HTTPFlow, state: FlowState, policy: Policy) -> None:
         req = flow.request
         origin = Origin.of(req.scheme, req.host, req.port)
         hosts = [req.host, _host_of(req.host_header) or ""]
         decision = await assess(
             policy, origin, req.path or "/", hosts, self.documents, mode=ctx.options.optout_mode or None
         )
-        flow.metadata["optout"] = decision
         record_id = new_id()
-        flow.metadata["optout_id"] = record_id
+        state.decision, state.request_id, state.last_id = decision, record_id, record_id
+        flow.metadata["optout"] = _summary(decision, record_id)
         status = BLOCK_STATUS if decision.blocks else None
         if decision.verdict is Verdict.BLOCK or policy.audit.log_allowed:
             record = self._record(flow, decision, policy, record_id, phase="request", status=status)
-            if not self._write(record, flow, record_id, in_place=False):
+            if not self._write(record, flow, state, record_id, in_place=False):
                 return
         if decision.blocks:
-            answer(
-                flow, BLOCK_STATUS, block_body(decision, record_id), decision.signal or "blocked", record_id
+            body = block_body(decision, record_id)
+            self._answer(
+                flow, state, BLOCK_STATUS, body, decision.signal or "blocked", record_id, in_place=False
             )
 
     # -- response phase ----------------------------------------------------
 
-    def _ours(self, flow: http.HTTPFlow) -> bool:
-        """True when the flow's response is one we answered, or the request was never decided."""
-        decision = flow.metadata.get("optout")
-        return bool(flow.metadata.get(ANSWERED)) or decision is None or decision.blocks
+    def _judgeable(self, flow: http.HTTPFlow) -> FlowState | None:
+        """The flow's state if its response is the origin's and the request was allowed, else None."""
+        state = self._flows.get(flow)
+        if state is None or state.answered or state.decision is None or state.decision.blocks:
+            return None
+        return state
 
     def responseheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Judge the response headers as they arrive.
@@ -460,38 +490,38 @@ class Enforcer:
         mitmproxy awaits a hook's result only when it is awaitable, so the
         coroutine is made only when there is something to judge.
         """
-        if flow.response is None or self._ours(flow):
+        state = self._judgeable(flow)
+        if flow.response is None or state is None or state.policy is None:
             return None
-        policy: Policy = flow.metadata["optout_policy"]
         try:
             names = {name.lower() for name, _ in flow.response.headers.fields}
             quiet = (
                 names.isdisjoint(SIGNAL_HEADERS)
-                and body_kind_of(flow.response.headers.get("content-type", ""), policy) is None
+                and body_kind_of(flow.response.headers.get("content-type", ""), state.policy) is None
                 and self._tdm_file(flow) is None
             )
         except Exception:
             quiet = False
         if quiet:
-            self._stamp(flow)
+            self._stamp(flow, state)
             return None
-        return self._judge_headers(flow, policy)
+        return self._judge_headers(flow, state, state.policy)
 
-    async def _judge_headers(self, flow: http.HTTPFlow, policy: Policy) -> None:
+    async def _judge_headers(self, flow: http.HTTPFlow, state: FlowState, policy: Policy) -> None:
         try:
-            await self._responseheaders(flow, policy)
+            await self._responseheaders(flow, state, policy)
         except Exception:
             logger.exception("optout: internal error judging the response of %s", flow.request.pretty_url)
-            self._internal_error(flow, policy, phase="response", in_place=True)
-        self._stamp(flow)
+            self._internal_error(flow, state, phase="response", in_place=True)
+        self._stamp(flow, state)
 
-    def _stamp(self, flow: http.HTTPFlow) -> None:
+    def _stamp(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Name the flow's last audit record on a response we forward."""
-        if flow.response is not None and not flow.metadata.get(ANSWERED):
+        if flow.response is not None and not state.answered and state.last_id:
             # Lets the crawler (and the tests) tie each response to its audit record.
-            flow.response.headers[ID_HEADER] = flow.metadata.get("optout_last_id", flow.metadata["optout_id"])
+            flow.response.headers[ID_HEADER] = state.last_id
 
-    async def _responseheaders(self, flow: http.HTTPFlow, policy: Policy) -> None:
+    async def _responseheaders(self, flow: http.HTTPFlow, state: FlowState, policy: Policy) -> None:
         assert flow.response is not None
         view = ResponseView(
             flow.request.pretty_url, flow.response.status_code, tuple(flow.response.headers.items(True))
@@ -503,42 +533,46 @@ class Enforcer:
             view, policy, document, tdm_file, self.license, body_follows=kind is not None
         )
         decision = decide(found, policy, mode=ctx.options.optout_mode or None)
-        if decision.blocks:
-            self._respond(flow, decision, policy, inspected="headers", in_place=True)
-            return
-        if kind is None:
-            self._respond(flow, decision, policy, inspected="headers", in_place=True)
+        if decision.blocks or kind is None:
+            self._respond(flow, state, decision, policy, inspected="headers", in_place=True)
             return
         cap = ctx.options.optout_body_cap
         length = view.content_length
         if length is not None and length > cap:
-            self._over_cap(flow, found, policy, document, length, in_place=True)
+            self._over_cap(flow, state, found, policy, document, length, in_place=True)
             return
         # Buffer the whole body before anything is delivered, even if
         # stream_large_bodies asked mitmproxy to stream this one.
         flow.response.stream = False
-        flow.metadata["optout_inspect"] = (kind, view, found, tdm_file)
+        state.inspect = (kind, view, found, tdm_file)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Judge a buffered body before delivery (a coroutine only when there is one to judge)."""
-        finish_withheld(flow)
-        inspect = flow.metadata.pop("optout_inspect", None)
-        if inspect is None or flow.response is None:
+        state = self._flows.get(flow)
+        if state is None:
             return None
-        return self._judge_body(flow, inspect)
+        if state.withholding is not None:
+            finish_withheld(flow, state.withholding)
+            return None
+        inspect, state.inspect = state.inspect, None
+        if inspect is None or flow.response is None or state.policy is None:
+            return None
+        return self._judge_body(flow, state, state.policy, inspect)
 
-    async def _judge_body(self, flow: http.HTTPFlow, inspect: tuple[Any, ...]) -> None:
-        policy: Policy = flow.metadata["optout_policy"]
+    async def _judge_body(
+        self, flow: http.HTTPFlow, state: FlowState, policy: Policy, inspect: tuple[Any, ...]
+    ) -> None:
         try:
-            await self._inspect_body(flow, policy, *inspect)
+            await self._inspect_body(flow, state, policy, *inspect)
         except Exception:
             logger.exception("optout: internal error inspecting the body of %s", flow.request.pretty_url)
-            self._internal_error(flow, policy, phase="response")
-        self._stamp(flow)
+            self._internal_error(flow, state, phase="response")
+        self._stamp(flow, state)
 
     async def _inspect_body(
         self,
         flow: http.HTTPFlow,
+        state: FlowState,
         policy: Policy,
         kind: str,
         view: ResponseView,
@@ -550,7 +584,7 @@ class Enforcer:
         raw = flow.response.raw_content or b""
         document = Document(view.url, view.status, None, utc_now())
         if len(raw) > cap:
-            self._over_cap(flow, found, policy, document, len(raw), in_place=False)
+            self._over_cap(flow, state, found, policy, document, len(raw), in_place=False)
             return
         try:
             body = flow.response.get_content(strict=False) or b""
@@ -560,11 +594,11 @@ class Enforcer:
         document = Document(view.url, view.status, hashlib.sha256(body).hexdigest(), document.fetched_at)
         found = found + await body_findings(view, body, kind, policy, document, tdm_file, self.license)
         decision = decide(found, policy, mode=ctx.options.optout_mode or None)
-        self._respond(flow, decision, policy, inspected=f"headers+{kind}", in_place=False)
+        self._respond(flow, state, decision, policy, inspected=f"headers+{kind}", in_place=False)
 
     def _over_cap(
-        self, flow: http.HTTPFlow, found: list[Finding], policy: Policy, document: Document, size: int,
-        *, in_place: bool,
+        self, flow: http.HTTPFlow, state: FlowState, found: list[Finding], policy: Policy, document: Document,
+        size: int, *, in_place: bool,
     ) -> None:  # fmt: skip
         """A body too large to inspect: withheld or forwarded uninspected, as the policy says."""
         cap = ctx.options.optout_body_cap
@@ -573,18 +607,19 @@ class Enforcer:
         says = Says.DISALLOW if withhold else Says.UNKNOWN
         finding = Finding(OVER_CAP, says, detail + ("; withheld" if withhold else "; forwarded"), document)
         decision = decide([*found, finding], policy, mode=ctx.options.optout_mode or None)
-        self._respond(flow, decision, policy, inspected="over-cap", in_place=in_place)
+        self._respond(flow, state, decision, policy, inspected="over-cap", in_place=in_place)
 
     def _respond(
-        self, flow: http.HTTPFlow, decision: Decision, policy: Policy, *, inspected: str, in_place: bool
-    ) -> None:
+        self, flow: http.HTTPFlow, state: FlowState, decision: Decision, policy: Policy, *, inspected: str,
+        in_place: bool,
+    ) -> None:  # fmt: skip
         """Record a response-phase decision when there is something to record; withhold if it blocks."""
         if decision.verdict is not Verdict.BLOCK and not (decision.findings and policy.audit.log_allowed):
             return
         record_id = new_id()
         status = BLOCK_STATUS if decision.blocks else None
         record = self._record(flow, decision, policy, record_id, phase="response", status=status)
-        record["request_id"] = flow.metadata.get("optout_id")
+        record["request_id"] = state.request_id
         record["inspected"] = inspected
         record["withheld"] = decision.blocks
         if decision.verdict is Verdict.BLOCK and self.store is not None and flow.response is not None:
@@ -598,13 +633,15 @@ class Enforcer:
                 )  # fmt: skip
             except AuditError as e:
                 logger.error("optout: %s", e)
-        if not self._write(record, flow, record_id, in_place=in_place):
+        if not self._write(record, flow, state, record_id, in_place=in_place):
             return
-        flow.metadata["optout_last_id"] = record_id
+        state.last_id = record_id
+        flow.metadata["optout_response"] = _summary(decision, record_id)
         if decision.blocks:
             body = block_body(decision, record_id, withheld=True)
-            respond = withhold_in_place if in_place else answer
-            respond(flow, BLOCK_STATUS, body, decision.signal or "blocked", record_id)
+            self._answer(
+                flow, state, BLOCK_STATUS, body, decision.signal or "blocked", record_id, in_place=in_place
+            )
 
     def _tdm_file(self, flow: http.HTTPFlow) -> tdmrep.Channel | None:
         """The origin's tdmrep.json statement for this URL, from the cache (None if not at hand)."""
@@ -613,6 +650,17 @@ class Enforcer:
         return docs.tdm_file(req.path or "/") if docs is not None else None
 
     # -- recording and failing closed ---------------------------------------
+
+    def _answer(
+        self, flow: http.HTTPFlow, state: FlowState, status: int, body: str, reason_code: str, record_id: str,
+        *, in_place: bool,
+    ) -> None:  # fmt: skip
+        """Answer the flow ourselves: a whole new response, or the origin's rewritten in place."""
+        if in_place:
+            state.withholding = withhold_in_place(flow, status, body, reason_code, record_id)
+        else:
+            answer(flow, status, body, reason_code, record_id)
+        state.answered = True
 
     def _record(
         self, flow: http.HTTPFlow, decision: Decision, policy: Policy | None, record_id: str, *,
@@ -633,7 +681,9 @@ class Enforcer:
             policy_path=str(policy.path) if policy is not None else None,
         )
 
-    def _write(self, record: dict[str, Any], flow: http.HTTPFlow, record_id: str, *, in_place: bool) -> bool:
+    def _write(
+        self, record: dict[str, Any], flow: http.HTTPFlow, state: FlowState, record_id: str, *, in_place: bool
+    ) -> bool:
         """Write the record; on failure answer 503 so nothing passes unrecorded."""
         try:
             if self.audit is None:
@@ -651,14 +701,16 @@ class Enforcer:
                 f"{AUDIT_DOWN_STATUS}: optout-proxy cannot write its audit log, so it forwards "
                 f"nothing.\nrecord: {record_id}\n"
             )
-            respond = withhold_in_place if in_place else answer
-            respond(flow, AUDIT_DOWN_STATUS, body, "audit-unavailable", record_id)
+            self._answer(
+                flow, state, AUDIT_DOWN_STATUS, body, "audit-unavailable", record_id, in_place=in_place
+            )
             return False
 
     def _internal_error(
-        self, flow: http.HTTPFlow, policy: Policy | None, *, phase: str, in_place: bool = False
+        self, flow: http.HTTPFlow, state: FlowState, *, phase: str, in_place: bool = False
     ) -> None:
         """Block a flow whose decision failed: never forward what we could not judge."""
+        policy = state.policy
         record_id = new_id()
         decision = Decision(
             Verdict.BLOCK,
@@ -670,15 +722,19 @@ class Enforcer:
             findings=(),
             policy_sha256=policy.digest if policy else "",
         )
-        flow.metadata.setdefault("optout", decision)
-        respond = withhold_in_place if in_place else answer
+        if state.decision is None:
+            state.decision = decision
+        flow.metadata["optout"] = _summary(decision, record_id)
         try:
             record = self._record(flow, decision, policy, record_id, phase=phase, status=BLOCK_STATUS)
-            if not self._write(record, flow, record_id, in_place=in_place):
+            if not self._write(record, flow, state, record_id, in_place=in_place):
                 return
         except Exception:
             logger.exception("optout: cannot record an internal error; blocking anyway")
-        respond(flow, BLOCK_STATUS, block_body(decision, record_id), "internal-error", record_id)
+        self._answer(
+            flow, state, BLOCK_STATUS, block_body(decision, record_id), "internal-error", record_id,
+            in_place=in_place,
+        )  # fmt: skip
 
     def _close_later(self, client: httpx.AsyncClient) -> None:
         """Close a replaced client without blocking configure (which is synchronous)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 from mitmproxy import exceptions
+from mitmproxy.io import FlowWriter
 from mitmproxy.test import taddons, tflow
 
 from proxy.enforcer import Enforcer
@@ -51,9 +53,13 @@ async def test_registry_block_in_the_request_hook(tmp_path: Path) -> None:
         await enforcer.request(flow)
         assert flow.response is not None and flow.response.status_code == 451
         assert flow.response.headers["X-Optout-Reason"] == "registry"
-        decision = flow.metadata["optout"]
-        assert decision.signal == "registry"
+        summary = flow.metadata["optout"]
+        assert (summary["decision"], summary["signal"], summary["enforced"]) == ("block", "registry", True)
         assert (tmp_path / "a.jsonl").read_text().count("\n") == 1
+        # mitmproxy can still save the flow: what we leave in metadata is serialisable
+        buffer = io.BytesIO()
+        FlowWriter(buffer).add(flow)
+        assert buffer.getvalue()
 
 
 async def test_request_without_a_policy_is_not_forwarded(tmp_path: Path) -> None:

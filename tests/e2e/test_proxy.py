@@ -344,3 +344,22 @@ def test_optout_proxy_run_on_the_shipped_policy(tmp_path: Path, make_site: Calla
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_flows_can_still_be_saved(
+    make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], policy: Path, tmp_path: Path
+) -> None:
+    """mitmproxy serialises flow.metadata when saving flows; ours must not break that."""
+    site = content_site(make_site)
+    saved = tmp_path / "flows.mitm"
+    proxy = make_proxy(policy, save_stream_file=str(saved))
+    with client(proxy) as c:
+        assert c.get(site.url("/page")).status_code == 200
+        assert c.get(site.url("/private/x")).status_code == 451
+    proxy.stop()
+    assert "unserializable" not in proxy.log()
+    from mitmproxy.io import FlowReader
+
+    with open(saved, "rb") as f:
+        flows = list(FlowReader(f).stream())
+    assert [fl.metadata["optout"]["decision"] for fl in flows] == ["allow", "block"]

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from proxy.errors import AuditError
 from proxy.evidence import Decision, utc_now
 
@@ -97,21 +99,23 @@ CHECKPOINT_SUFFIX = ".checkpoints"
 _TAIL_BYTES = 4 * 1024 * 1024  # a record is far smaller than this
 
 
-def _dump(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+def _dump(record: dict[str, Any]) -> bytes:
+    # orjson: compact, UTF-8, keys in insertion order, deterministic; verify re-serialises with
+    # the same library, so a record's hash can be recomputed from the parsed line.
+    return orjson.dumps(record)
 
 
-def seal(record: dict[str, Any]) -> tuple[str, str]:
+def seal(record: dict[str, Any]) -> tuple[bytes, str]:
     """(line without newline, hash) of a record that already holds `seq` and `prev`."""
     body = _dump(record)
-    digest = hashlib.sha256(body.encode()).hexdigest()
-    return body[:-1] + f',"hash":"{digest}"}}', digest
+    digest = hashlib.sha256(body).hexdigest()
+    return body[:-1] + b',"hash":"' + digest.encode() + b'"}', digest
 
 
 def recompute_hash(record: dict[str, Any]) -> str:
     """The hash a parsed record should carry: SHA-256 of its line as written without `hash`."""
     without = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(_dump(without).encode()).hexdigest()
+    return hashlib.sha256(_dump(without)).hexdigest()
 
 
 def log_files(path: Path) -> list[Path]:
@@ -207,7 +211,7 @@ class AuditLog:
             record["seq"] = self._seq + 1
             record["prev"] = self._head
             text, digest = seal(record)
-            line = (text + "\n").encode()
+            line = text + b"\n"
             if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:
                 self._rotate()
                 fd = self._open()
@@ -231,8 +235,8 @@ class AuditLog:
             return
         entry = {"ts": utc_now(), "seq": self._seq, "head": self._head, "file": self.path.name}
         try:
-            with open(checkpoint_path(self.path), "a", encoding="utf-8") as f:
-                f.write(_dump(entry) + "\n")
+            with open(checkpoint_path(self.path), "ab") as f:
+                f.write(_dump(entry) + b"\n")
         except OSError as e:
             raise AuditError(
                 f"cannot write checkpoint {checkpoint_path(self.path)}: {e.strerror or e}"
@@ -305,7 +309,7 @@ def verify_chain(path: Path) -> VerifyReport:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = orjson.loads(line)
                     seq, claimed, link = int(record["seq"]), str(record["hash"]), str(record["prev"])
                 except (ValueError, KeyError, TypeError):
                     return broken("not a chained audit record (damaged, or edited by hand)", where)

@@ -60,7 +60,7 @@ from proxy.inband import (
     header_findings,
 )
 from proxy.metrics import Metrics
-from proxy.origin import Origin
+from proxy.origin import Origin, canonical_host
 from proxy.policy import Policy, load_policy
 from proxy.signals import rsl, tdmrep
 from proxy.store import EvidenceStore, headers_bytes, store_dir
@@ -524,7 +524,7 @@ class Enforcer:
     async def _responseheaders(self, flow: http.HTTPFlow, state: FlowState, policy: Policy) -> None:
         assert flow.response is not None
         view = ResponseView(
-            flow.request.pretty_url, flow.response.status_code, tuple(flow.response.headers.items(True))
+            flow.request.url, flow.response.status_code, tuple(flow.response.headers.items(True))
         )
         kind = body_kind(view, policy)
         document = Document(view.url, view.status, None, utc_now())
@@ -627,7 +627,7 @@ class Enforcer:
             fields = tuple(flow.response.headers.items(True))
             try:
                 record["response_headers_sha256"] = self.store.put(
-                    headers_bytes(flow.response.status_code, fields), url=flow.request.pretty_url,
+                    headers_bytes(flow.response.status_code, fields), url=flow.request.url,
                     status=flow.response.status_code, headers=(), fetched_at=record["ts"],
                     kind="response-headers",
                 )  # fmt: skip
@@ -672,8 +672,10 @@ class Enforcer:
             record_id=record_id,
             ts=utc_now(),
             method=req.method,
-            url=req.pretty_url,
-            host=Origin.of(req.scheme, req.host, req.port).host,
+            # The URL the proxy connects to (not the Host header's view of it): a
+            # Host header that names another site is visible in `evidence`.
+            url=req.url,
+            host=canonical_host(req.host),
             agent=policy.agent if policy is not None else "",
             phase=phase,
             status=status,

@@ -74,12 +74,23 @@ def site(make_site: Callable[..., Site]) -> Site:
 def test_rotation_under_load_loses_nothing_and_verifies(
     site: Site, make_proxy: Callable[..., ProxyProcess], tmp_path: Path
 ) -> None:
-    proxy = make_proxy(
-        write_policy(tmp_path), optout_audit_max_bytes=30_000, optout_audit_checkpoint_every=25
-    )
+    policy = write_policy(tmp_path)
+    proxy = make_proxy(policy, optout_audit_max_bytes=30_000, optout_audit_checkpoint_every=25)
     urls = [site.url(f"/page/{i % 50}") if i % 3 else site.url(f"/private/{i % 50}") for i in range(600)]
-    responses = asyncio.run(load(proxy, urls))
+
+    async def load_while_reloading() -> list[httpx.Response]:
+        first = asyncio.create_task(load(proxy, urls[:300]))
+        await asyncio.sleep(0.3)
+        # A policy change lands in the middle of the load (it changes no decision here).
+        text = policy.read_text().replace("honor_agents:", "# edited under load\nhonor_agents:")
+        await asyncio.to_thread(policy.write_text, text)
+        done = await first
+        await asyncio.sleep(1.5)  # past the reload interval
+        return done + await load(proxy, urls[300:])
+
+    responses = asyncio.run(load_while_reloading())
     assert proxy.audit is not None
+    assert proxy.wait_for_log("policy reloaded")
     files = log_files(proxy.audit)
     assert len(files) > 3, "the load should have rotated the log several times"
     records = [json.loads(line) for f in files for line in f.read_text().splitlines()]
@@ -89,6 +100,10 @@ def test_rotation_under_load_loses_nothing_and_verifies(
     assert (
         sum(r.status_code == 451 for r in responses) == sum(r["decision"] == "block" for r in records) == 200
     )
+    digests = [r["policy_sha256"] for r in records]
+    assert (
+        len(set(digests)) == 2 and digests[-1] != digests[0]
+    )  # records after the reload name the new policy
     done = cli("audit", "verify", str(proxy.audit), check=True)
     assert f"chain intact: {len(records)} records in {len(files)} file(s)" in done.stdout
 

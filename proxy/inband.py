@@ -9,6 +9,7 @@ C2PA, PDF metadata).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -189,6 +190,13 @@ async def body_findings(
                 found += license_findings(
                     view.url, "inline <script type=application/rsl+xml>", inline, policy
                 )
+        if mode(media.NAME) != "off":
+            for script in head.c2pa_scripts[:4]:
+                try:
+                    manifest = base64.b64decode("".join(script.split()), validate=False)
+                except ValueError:
+                    continue
+                found += media.c2pa_findings(manifest, purpose, document)
     else:
         media_found, packets = media.findings_from_body(body, purpose, document)
         if mode(media.NAME) != "off":

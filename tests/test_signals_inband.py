@@ -362,3 +362,13 @@ async def test_broken_epub_is_no_signal(policy: Policy) -> None:
     assert (await verdict(policy, [("Content-Type", "application/epub+zip")], b"PK\x03\x04broken"))[
         0
     ] is Verdict.ALLOW
+
+
+async def test_c2pa_manifest_embedded_in_html(policy: Policy) -> None:
+    import base64
+
+    store = m.manifest_store("cawg.training-mining", {"cawg.ai_training": {"use": "notAllowed"}})
+    page = f'<html><head><script type="application/c2pa">{base64.b64encode(store).decode()}</script></head></html>'
+    assert await verdict(policy, HTML, page.encode()) == (Verdict.BLOCK, "media-metadata")
+    broken = b'<html><head><script type="application/c2pa">!!not base64!!</script></head></html>'
+    assert (await verdict(policy, HTML, broken))[0] is Verdict.ALLOW

@@ -19,6 +19,7 @@ class HtmlHead:
     metas: list[tuple[str, str]] = field(default_factory=list)  # (name, content)
     links: list[dict[str, str]] = field(default_factory=list)  # attributes, names lower-case
     rsl_scripts: list[str] = field(default_factory=list)
+    c2pa_scripts: list[str] = field(default_factory=list)  # base64 manifests (C2PA 2.4 Annex A.7)
 
     def meta(self, name: str) -> list[str]:
         """Contents of the meta tags called `name` (case-insensitive), in order."""
@@ -30,6 +31,7 @@ class _Reader(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.head = HtmlHead()
         self._in_rsl: list[str] | None = None
+        self._in_c2pa: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k.lower(): (v or "") for k, v in attrs}
@@ -39,15 +41,21 @@ class _Reader(HTMLParser):
             self.head.links.append(a)
         elif tag == "script" and a.get("type", "").strip().lower() == "application/rsl+xml":
             self._in_rsl = []
+        elif tag == "script" and a.get("type", "").strip().lower() == "application/c2pa":
+            self._in_c2pa = []
 
     def handle_data(self, data: str) -> None:
-        if self._in_rsl is not None and sum(map(len, self._in_rsl)) < MAX_SCRIPT:
-            self._in_rsl.append(data)
+        for buffer in (self._in_rsl, self._in_c2pa):
+            if buffer is not None and sum(map(len, buffer)) < MAX_SCRIPT:
+                buffer.append(data)
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "script" and self._in_rsl is not None:
             self.head.rsl_scripts.append("".join(self._in_rsl))
             self._in_rsl = None
+        if tag == "script" and self._in_c2pa is not None:
+            self.head.c2pa_scripts.append("".join(self._in_c2pa))
+            self._in_c2pa = None
 
 
 def read(body: bytes, charset: str | None = None) -> HtmlHead:

@@ -8,7 +8,8 @@ Implements signals.md §10 (and §4.4 for PDF). Where the data lives:
   metadata streams (plain or FlateDecode), and any other container that
   carries an `<x:xmpmeta>` packet as text (WebP, GIF, TIFF, MP4).
 * C2PA: JUMBF boxes in JPEG APP11 segments (reassembled in sequence) or
-  anywhere in the file (PNG `caBX`, BMFF `uuid`); the assertion labelled
+  anywhere in the file (PNG `caBX`, BMFF `uuid`), or base64 in an HTML
+  `<script type="application/c2pa">` (read by `inband.py`); the assertion labelled
   `c2pa.training-mining` or `cawg.training-mining` is CBOR (or JSON).
 
 PLUS `plus:DataMining` (namespace `http://ns.useplus.org/ldf/xmp/1.0/`, matched

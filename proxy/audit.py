@@ -32,7 +32,6 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,11 +164,6 @@ class AuditLog:
         self._head = GENESIS
         self._since_checkpoint = 0
         self._lock = threading.Lock()  # the CLI may write from threads; mitmdump has one
-
-    @property
-    def head(self) -> tuple[int, str]:
-        """(seq, hash) of the last record written."""
-        return self._seq or 0, self._head
 
     def _resume(self) -> None:
         """Find where the chain stands: the last record of the newest file."""
@@ -352,27 +346,3 @@ def verify_chain(path: Path) -> VerifyReport:
                     problem = f"record {seq} differs from the one the checkpoint of {cp.get('ts')} saw"
                     return VerifyReport(False, last, names, prev, checkpoints, problem, where)
     return VerifyReport(True, last, names, prev, checkpoints)
-
-
-def iter_log(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(file name, raw line) of every record of the log, rotated files first."""
-    for file in log_files(path):
-        with open(file, "rb") as f:
-            for line in f:
-                if line.strip():
-                    yield file.name, line
-
-
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The records of an audit log, in order; raises AuditError on a line that is not a record."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise AuditError(f"{path}:{number}: not a JSON record ({e.msg})") from e
-    except OSError as e:
-        raise AuditError(f"cannot read audit log {path}: {e.strerror or e}") from e

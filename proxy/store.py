@@ -17,9 +17,8 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from proxy.errors import AuditError
 
@@ -82,18 +81,6 @@ class EvidenceStore:
         with contextlib.suppress(OSError):
             return self.object_path(sha256).read_bytes()
         return None
-
-    def fetches(self, sha256: str) -> Iterator[dict[str, Any]]:
-        """Every recorded fetch of the object `sha256`."""
-        log = self.root / "fetches.jsonl"
-        if not log.exists():
-            return
-        with open(log, encoding="utf-8") as f:
-            for line in f:
-                with contextlib.suppress(ValueError):
-                    entry = json.loads(line)
-                    if entry.get("sha256") == sha256:
-                        yield entry
 
 
 def headers_bytes(status: int, headers: Sequence[tuple[str, str]]) -> bytes:

@@ -28,10 +28,10 @@ from proxy import __version__
 from proxy.assess import assess
 from proxy.audit import VerifyReport, new_id, record_for, verify_chain
 from proxy.decide import decide
-from proxy.documents import OptionalDoc, OriginDocuments, fetch_optional, load_origin
+from proxy.documents import OptionalDoc, OriginDocuments, fetch_license, load_origin
 from proxy.errors import AuditError, PolicyError
 from proxy.evidence import Decision, Document, Finding, Verdict, utc_now
-from proxy.fetch import make_client
+from proxy.fetch import answer_deadline, make_client
 from proxy.inband import DEFAULT_BODY_CAP, ResponseView, body_findings, body_kind, header_findings
 from proxy.logview import BY, Filter, export, find_record, format_summary, one_line, records, summarize
 from proxy.origin import Origin, path_and_query
@@ -47,7 +47,6 @@ from proxy.policyedit import (
     tokens_from_robots_json,
 )
 from proxy.report import gather, render
-from proxy.signals import rsl
 from proxy.store import EvidenceStore, store_dir
 
 DEFAULT_POLICY = "policies/default.yaml"
@@ -179,8 +178,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_problems(error: PolicyError, out: TextIO) -> None:
-    for problem in error.problems:
-        print(problem, file=out)
+    print(error.report(), file=out)
 
 
 # -- run -------------------------------------------------------------------
@@ -296,20 +294,20 @@ async def check_url(
         timeout=timeout,
         verify=verify,
         ca_file=ca_file,
-        user_agent=f"{policy.agent} (optout-proxy/{__version__})",
+        agent=policy.agent,
     )
     async with client:
         docs_seen: list[OriginDocuments] = []
 
         async def documents(o: Origin) -> OriginDocuments:
-            docs, _ = await load_origin(client, o, None, total_timeout=2 * timeout, unreachable_retry=0)
+            docs, _ = await load_origin(
+                client, o, None, total_timeout=answer_deadline(timeout), unreachable_retry=0
+            )
             docs_seen.append(docs)
             return docs
 
         async def get_license(target: str) -> OptionalDoc:
-            return await fetch_optional(
-                client, target, rsl.parse, max_bytes=rsl.MAX_BYTES, total_timeout=2 * timeout
-            )
+            return await fetch_license(client, target, total_timeout=answer_deadline(timeout))
 
         path = path_and_query(url)
         before = await assess(policy, origin, path, [origin.host], documents)

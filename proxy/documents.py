@@ -163,6 +163,21 @@ async def fetch_optional(
     return OptionalDoc("ok" if parsed is not None else "invalid", got.document, parsed)
 
 
+async def fetch_license(
+    client: httpx.AsyncClient, url: str, *, total_timeout: float, keep: Keep = _no_keep
+) -> OptionalDoc:
+    """Fetch and parse an RSL licence document, wherever it was named (robots.txt, Link, HTML)."""
+    return await fetch_optional(
+        client,
+        url,
+        rsl.parse,
+        max_bytes=rsl.MAX_BYTES,
+        total_timeout=total_timeout,
+        keep=keep,
+        kind="rsl-licence",
+    )
+
+
 async def load_origin(
     client: httpx.AsyncClient,
     origin: Origin,
@@ -193,9 +208,7 @@ async def load_origin(
         parsed = robots.parse(fetched.body or b"")
         sources = [r.value for r in parsed.file_records("license") if r.value][:MAX_LICENSES]
         licenses = await asyncio.gather(
-            *(fetch_optional(client, src, rsl.parse, max_bytes=rsl.MAX_BYTES, total_timeout=total_timeout,
-                             keep=keep, kind="rsl-licence")
-              for src in sources)
+            *(fetch_license(client, src, total_timeout=total_timeout, keep=keep) for src in sources)
         )  # fmt: skip
         docs = OriginDocuments(
             origin, "ok", fetched.document, parsed, ai_txt=ai, tdm_json=tdm,

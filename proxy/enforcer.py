@@ -30,7 +30,6 @@ import httpx
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
-from proxy import __version__
 from proxy.answers import (
     AUDIT_DOWN_STATUS,
     BLOCK_STATUS,
@@ -45,10 +44,10 @@ from proxy.assess import assess
 from proxy.audit import AuditLog, new_id, record_for
 from proxy.cache import OriginCache
 from proxy.decide import decide
-from proxy.documents import OptionalDoc, OriginDocuments, fetch_optional, load_origin
+from proxy.documents import OptionalDoc, OriginDocuments, fetch_license, load_origin
 from proxy.errors import AuditError, PolicyError
 from proxy.evidence import Decision, Document, Finding, Says, Verdict, utc_now
-from proxy.fetch import Fetched, make_client
+from proxy.fetch import MAX_TTL, Fetched, answer_deadline, make_client
 from proxy.inband import (
     BODY_SIGNALS,
     DEFAULT_BODY_CAP,
@@ -62,7 +61,7 @@ from proxy.inband import (
 from proxy.metrics import Metrics
 from proxy.origin import Origin, canonical_host
 from proxy.policy import Policy, load_policy
-from proxy.signals import rsl, tdmrep
+from proxy.signals import tdmrep
 from proxy.store import EvidenceStore, headers_bytes, store_dir
 
 logger = logging.getLogger(__name__)
@@ -228,8 +227,7 @@ class Enforcer:
             try:
                 policy = load_policy(path)
             except PolicyError as e:
-                details = "\n".join(str(p) for p in e.problems)
-                raise exceptions.OptionsError(f"invalid policy:\n{details}") from e
+                raise exceptions.OptionsError(f"invalid policy:\n{e.report()}") from e
             self._install(policy)
             self._signature = _signature(policy)
         if "optout_metrics" in updated:
@@ -307,13 +305,12 @@ class Enforcer:
         """The policy-document client, built from the current TLS and timeout options."""
         if self._client is None:
             o = ctx.options
-            agent = self.policy.agent if self.policy is not None else "optout-proxy"
             self._client = make_client(
                 timeout=float(o.optout_fetch_timeout),
                 verify=not o.ssl_insecure,
                 ca_file=o.ssl_verify_upstream_trusted_ca,
                 ca_path=o.ssl_verify_upstream_trusted_confdir,
-                user_agent=f"{agent} (optout-proxy/{__version__})",
+                agent=self.policy.agent if self.policy is not None else None,
             )
         return self._client
 
@@ -336,11 +333,10 @@ class Enforcer:
                 policy = load_policy(Path(ctx.options.optout_policy))
             except PolicyError as e:
                 self.metrics.reloads.labels("refused").inc()
-                details = "\n".join(str(p) for p in e.problems)
                 logger.error(
                     "optout: policy change refused; still enforcing sha256 %s:\n%s",
                     current.digest[:12],
-                    details,
+                    e.report(),
                 )
                 continue
             except Exception:
@@ -380,8 +376,7 @@ class Enforcer:
                 origin,
                 previous,
                 keep=self._keep,
-                # headers plus a slow body: never wait more than twice the timeout in all
-                total_timeout=2 * timeout,
+                total_timeout=answer_deadline(timeout),
                 unreachable_retry=float(ctx.options.optout_unreachable_retry),
             )
             self.metrics.fetch_seconds.observe(time.monotonic() - started)
@@ -404,12 +399,9 @@ class Enforcer:
         """An RSL licence named in a response (Link header, HTML link), fetched once and cached."""
 
         async def load(previous: OptionalDoc | None) -> tuple[OptionalDoc, float]:
-            timeout = float(ctx.options.optout_fetch_timeout)
-            lic = await fetch_optional(
-                self.client(), url, rsl.parse, max_bytes=rsl.MAX_BYTES, total_timeout=2 * timeout,
-                keep=self._keep, kind="rsl-licence",
-            )  # fmt: skip
-            ttl = 24 * 3600.0 if lic.outcome == "ok" else float(ctx.options.optout_unreachable_retry)
+            deadline = answer_deadline(float(ctx.options.optout_fetch_timeout))
+            lic = await fetch_license(self.client(), url, total_timeout=deadline, keep=self._keep)
+            ttl = MAX_TTL if lic.outcome == "ok" else float(ctx.options.optout_unreachable_retry)
             return lic, ttl
 
         return await self.licenses.get(url, load)

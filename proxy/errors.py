@@ -42,6 +42,10 @@ class PolicyError(OptOutError):
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         super().__init__(f"{first}{more}")
 
+    def report(self) -> str:
+        """Every problem, one `path:line: message` line each."""
+        return "\n".join(str(p) for p in self.problems)
+
     @property
     def path(self) -> Path:
         return self.problems[0].path

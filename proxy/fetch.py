@@ -28,6 +28,7 @@ import httpx
 from proxy import __version__
 from proxy.evidence import Document, utc_now
 
+PRODUCT = f"optout-proxy/{__version__}"
 MAX_REDIRECTS = 5  # RFC 9309 §2.3.1.2: follow at least five
 # RFC 9309 §2.4: do not use a cached copy for more than 24 hours.
 MAX_TTL = 24 * 3600.0
@@ -60,15 +61,24 @@ def ttl_from_cache_control(value: str | None) -> float:
     return min(max(float(m.group(1)), MIN_TTL), MAX_TTL)
 
 
+def answer_deadline(timeout: float) -> float:
+    """Seconds a whole policy document may take: headers plus a slow body, never more than
+    twice the per-operation `timeout` (a server dripping bytes cannot hold a fetch open)."""
+    return 2 * timeout
+
+
 def make_client(
     *,
     timeout: float,
     verify: bool = True,
     ca_file: str | None = None,
     ca_path: str | None = None,
-    user_agent: str | None = None,
+    agent: str | None = None,
 ) -> httpx.AsyncClient:
-    """The client for policy documents: never through a proxy, TLS as mitmproxy verifies upstream."""
+    """The client for policy documents: never through a proxy, TLS as mitmproxy verifies upstream.
+
+    It identifies as the crawler's product token `agent`, fetching on the crawler's behalf.
+    """
     context: ssl.SSLContext | bool
     if not verify:
         context = False
@@ -83,7 +93,7 @@ def make_client(
         follow_redirects=True,
         max_redirects=MAX_REDIRECTS,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)),
-        headers={"User-Agent": user_agent or f"optout-proxy/{__version__}"},
+        headers={"User-Agent": f"{agent} ({PRODUCT})" if agent else PRODUCT},
     )
 
 

@@ -12,11 +12,10 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from proxy import __version__
 from proxy.assess import assess
 from proxy.documents import OriginDocuments, load_origin
 from proxy.evidence import Decision
-from proxy.fetch import make_client
+from proxy.fetch import answer_deadline, make_client
 from proxy.origin import Origin, path_and_query
 from proxy.policy import Policy
 
@@ -37,7 +36,7 @@ class Change:
 async def diff(old: Policy, new: Policy, urls: Sequence[str], *, timeout: float = 5.0,
                concurrency: int = 16) -> tuple[list[Change], list[str]]:  # fmt: skip
     """(changed decisions, URLs that could not be judged) for `urls` under `old` and `new`."""
-    client = make_client(timeout=timeout, user_agent=f"{new.agent} (optout-proxy/{__version__})")
+    client = make_client(timeout=timeout, agent=new.agent)
     pending: dict[Origin, asyncio.Task[OriginDocuments]] = {}
     limit = asyncio.Semaphore(concurrency)
 
@@ -47,7 +46,7 @@ async def diff(old: Policy, new: Policy, urls: Sequence[str], *, timeout: float 
             async def fetch() -> OriginDocuments:
                 async with limit:
                     docs, _ = await load_origin(
-                        client, origin, None, total_timeout=2 * timeout, unreachable_retry=0
+                        client, origin, None, total_timeout=answer_deadline(timeout), unreachable_retry=0
                     )
                     return docs
 

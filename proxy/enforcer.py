@@ -288,6 +288,10 @@ class Enforcer:
             self.store = EvidenceStore(store_dir(audit_path))
             if old_audit is not None:
                 old_audit.close()
+        if self._client is not None and (self.policy is None or self.policy.agent != policy.agent):
+            # The client identifies as the crawler's token: a new agent needs a new client.
+            old, self._client = self._client, None
+            self._close_later(old)
         self.policy = policy
         logger.info(
             "optout: policy %s loaded (sha256 %s, agent %s, %d honored agents, %d registry entries, "

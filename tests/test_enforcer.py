@@ -92,3 +92,12 @@ def test_audit_options_apply_at_runtime(tmp_path: Path) -> None:
         assert (enforcer.audit.max_bytes, enforcer.audit.checkpoint_every) == (1234, 7)
         with pytest.raises(exceptions.OptionsError):
             tctx.configure(enforcer, optout_audit_checkpoint_every=0)
+
+
+def test_policy_documents_are_fetched_as_the_current_agent(tmp_path: Path) -> None:
+    enforcer = Enforcer()
+    with taddons.context(enforcer) as tctx:
+        tctx.configure(enforcer, optout_policy=str(write_policy(tmp_path / "a")))
+        assert enforcer.client().headers["User-Agent"].startswith("ExampleBot (optout-proxy/")
+        tctx.configure(enforcer, optout_policy=str(write_policy(tmp_path / "b", agent="OtherBot")))
+        assert enforcer.client().headers["User-Agent"].startswith("OtherBot (optout-proxy/")

@@ -443,20 +443,15 @@ def _show(path: Path, record_id: str) -> int:
 
 
 def _print_document(store: EvidenceStore, sha: str, line: int | None, context: int = 5) -> None:
-    data = store.get(sha)
-    if data is None:
+    excerpt = store.excerpt(sha, line, context=context, head=40)
+    if excerpt is None:
         print(f"       (document {sha[:16]}... is not in the evidence store {store.root})")
         return
-    lines = data.decode("utf-8", "replace").splitlines()
-    lo, hi = (
-        (1, min(len(lines), 40))
-        if line is None
-        else (max(1, line - context), min(len(lines), line + context))
-    )
-    for n in range(lo, hi + 1):
-        print(f"    {'>>' if n == line else '  '} {n:>5} | {lines[n - 1][:200]}")
-    if hi < len(lines):
-        print(f"             ... {len(lines) - hi} more lines")
+    shown, more = excerpt
+    for n, text in shown:
+        print(f"    {'>>' if n == line else '  '} {n:>5} | {text[:200]}")
+    if more:
+        print(f"             ... {more} more lines")
 
 
 def _tail(path: Path, args: argparse.Namespace) -> int:

@@ -64,9 +64,8 @@ class OriginDocuments:
         doc = self.robots_document
         if self.robots_outcome == "ok" and self.robots is not None:
             return robots.findings_for(path, self.robots, agent, honor_agents, doc)
-        if path == robots.PATH:
-            # RFC 9309 §2.3: /robots.txt itself is always allowed, reachable or not.
-            return [Finding(robots.NAME, Says.ALLOW, "/robots.txt is always allowed", doc)]
+        if robots.is_self(path):
+            return [robots.self_allowed(doc)]
         if self.robots_outcome == "unavailable":
             return [Finding(robots.NAME, Says.UNAVAILABLE, f"HTTP {doc.status}: no restrictions", doc)]
         return [Finding(robots.NAME, Says.UNREACHABLE, doc.error or "unreachable", doc)]

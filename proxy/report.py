@@ -119,15 +119,10 @@ def _table(title: str, ident: str, counts: Counter[str], top: int = 15) -> str:
 def _excerpt(store: EvidenceStore | None, sha: str | None, line: int | None) -> str:
     if store is None or not sha:
         return ""
-    data = store.get(sha)
-    if data is None:
+    excerpt = store.excerpt(sha, line, context=EXCERPT_LINES, head=2 * EXCERPT_LINES + 1)
+    if excerpt is None:
         return '<p class="empty">document not in the evidence store</p>'
-    lines = data.decode("utf-8", "replace").splitlines()
-    if line is None or not 1 <= line <= len(lines):
-        shown = list(enumerate(lines[: 2 * EXCERPT_LINES + 1], start=1))
-    else:
-        lo = max(1, line - EXCERPT_LINES)
-        shown = [(n, lines[n - 1]) for n in range(lo, min(len(lines), line + EXCERPT_LINES) + 1)]
+    shown, _ = excerpt
     text = "".join(
         f'<span class="{"hit" if n == line else ""}">{n:>5}  {_e(t[:300])}</span>\n' for n, t in shown
     )

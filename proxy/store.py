@@ -82,6 +82,22 @@ class EvidenceStore:
             return self.object_path(sha256).read_bytes()
         return None
 
+    def excerpt(
+        self, sha256: str, line: int | None, *, context: int, head: int
+    ) -> tuple[list[tuple[int, str]], int] | None:
+        """Numbered lines of a stored document around `line` (`context` either side), or its first
+        `head` lines when `line` is absent or out of range; and how many lines follow the excerpt.
+        None if the store does not hold the document."""
+        data = self.get(sha256)
+        if data is None:
+            return None
+        lines = data.decode("utf-8", "replace").splitlines()
+        if line is None or not 1 <= line <= len(lines):
+            lo, hi = 1, min(len(lines), head)
+        else:
+            lo, hi = max(1, line - context), min(len(lines), line + context)
+        return [(n, lines[n - 1]) for n in range(lo, hi + 1)], len(lines) - hi
+
 
 def headers_bytes(status: int, headers: Sequence[tuple[str, str]]) -> bytes:
     """A response's status and header lines as stored evidence of an in-band signal."""

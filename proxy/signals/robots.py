@@ -339,6 +339,17 @@ def parse(body: bytes | str) -> RobotsTxt:
     return RobotsTxt(tuple(groups), tuple(file_records), skipped)
 
 
+def is_self(path: str) -> bool:
+    """True for a request of /robots.txt itself (path plus ?query)."""
+    return path == PATH or path.startswith(PATH + "?")
+
+
+def self_allowed(document: Document | None, agent: str | None = None) -> Finding:
+    """RFC 9309 §2.3: /robots.txt itself is implicitly allowed, whatever the file says or whether
+    it answered at all."""
+    return Finding(NAME, Says.ALLOW, "/robots.txt is always allowed", document, agent=agent)
+
+
 def findings_for(
     path: str,
     robots: RobotsTxt,
@@ -354,9 +365,8 @@ def findings_for(
     robots.txt that was in force even when it allowed the request. `signal`
     names the source when the same engine reads another file (ai.txt).
     """
-    if signal == NAME and (path == PATH or path.startswith(PATH + "?")):
-        # RFC 9309 §2.3: /robots.txt itself is implicitly allowed.
-        return [Finding(NAME, Says.ALLOW, "/robots.txt is always allowed", document, agent=agent)]
+    if signal == NAME and is_self(path):
+        return [self_allowed(document, agent)]
     findings: list[Finding] = []
     matcher = robots.matcher_for(agent, star_fallback=True)
     rule = matcher.match(path) if matcher is not None else None

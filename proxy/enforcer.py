@@ -490,22 +490,27 @@ class Enforcer:
         if flow.response is None or state is None or state.policy is None:
             return None
         try:
+            tdm_file = self._tdm_file(flow)
             names = {name.lower() for name, _ in flow.response.headers.fields}
             quiet = (
                 names.isdisjoint(SIGNAL_HEADERS)
                 and body_kind_of(flow.response.headers.get("content-type", ""), state.policy) is None
-                and self._tdm_file(flow) is None
+                and tdm_file is None
             )
         except Exception:
-            quiet = False
+            logger.exception("optout: internal error judging the response of %s", flow.request.pretty_url)
+            self._internal_error(flow, state, phase="response", in_place=True)
+            return None
         if quiet:
             self._stamp(flow, state)
             return None
-        return self._judge_headers(flow, state, state.policy)
+        return self._judge_headers(flow, state, state.policy, tdm_file)
 
-    async def _judge_headers(self, flow: http.HTTPFlow, state: FlowState, policy: Policy) -> None:
+    async def _judge_headers(
+        self, flow: http.HTTPFlow, state: FlowState, policy: Policy, tdm_file: tdmrep.Channel | None
+    ) -> None:
         try:
-            await self._responseheaders(flow, state, policy)
+            await self._responseheaders(flow, state, policy, tdm_file)
         except Exception:
             logger.exception("optout: internal error judging the response of %s", flow.request.pretty_url)
             self._internal_error(flow, state, phase="response", in_place=True)
@@ -517,14 +522,15 @@ class Enforcer:
             # Lets the crawler (and the tests) tie each response to its audit record.
             flow.response.headers[ID_HEADER] = state.last_id
 
-    async def _responseheaders(self, flow: http.HTTPFlow, state: FlowState, policy: Policy) -> None:
+    async def _responseheaders(
+        self, flow: http.HTTPFlow, state: FlowState, policy: Policy, tdm_file: tdmrep.Channel | None
+    ) -> None:
         assert flow.response is not None
         view = ResponseView(
             flow.request.url, flow.response.status_code, tuple(flow.response.headers.items(True))
         )
         kind = body_kind(view, policy)
         document = Document(view.url, view.status, None, utc_now())
-        tdm_file = self._tdm_file(flow)
         found = await header_findings(
             view, policy, document, tdm_file, self.license, body_follows=kind is not None
         )

@@ -183,10 +183,23 @@ class ScopedValues:
         return best
 
 
-def path_matches(pattern: str, path: str) -> bool:
-    """True if a robots-style pattern (`*`, `$`, percent rules of RFC 9309 §2.2.2) matches `path`."""
-    quoted = _quote_path(path)
-    return any(p.match(quoted) for p in _patterns_of(pattern))
+class PathPattern:
+    """A robots-style pattern (`*`, `$`, RFC 9309 §2.2.2 percent rules), compiled once.
+
+    Other files reuse robots.txt's matching (tdmrep.json locations, RSL content URLs);
+    they compile their patterns when the file is parsed, not on every request.
+    """
+
+    __slots__ = ("_patterns", "value")
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        self._patterns = tuple(_patterns_of(value))
+
+    def matches(self, path: str) -> bool:
+        """True if the pattern matches `path` (path plus ?query)."""
+        quoted = _quote_path(path)
+        return any(p.match(quoted) for p in self._patterns)
 
 
 def product_token(value: str) -> str:

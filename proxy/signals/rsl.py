@@ -25,12 +25,13 @@ XML is parsed with defusedxml: no entity expansion, no external fetches.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from defusedxml import ElementTree
 
 from proxy.evidence import Document, Finding, Says
-from proxy.signals.robots import path_matches
+from proxy.origin import path_and_query
+from proxy.signals.robots import PathPattern
 
 NAME = "rsl"
 MEDIA_TYPE = "application/rsl+xml"
@@ -55,6 +56,24 @@ class Content:
     url: str
     server: str | None
     offers: tuple[Offer, ...]
+    origin: tuple[str, str, int | None] | None  # scheme, host, port when `url` is absolute
+    path: PathPattern
+
+    @classmethod
+    def of(cls, url: str, server: str | None, offers: tuple[Offer, ...]) -> Content:
+        """A content entry with its URL pattern compiled."""
+        if url.startswith(("http://", "https://")):
+            p = urlsplit(url)
+            return cls(url, server, offers, _origin_key(p), PathPattern(p.path or "/"))
+        return cls(url, server, offers, None, PathPattern(url))
+
+    def covers(self, origin: tuple[str, str, int | None], path: str) -> bool:
+        """True if this entry's URL pattern matches an asset on `origin` at `path` (plus ?query)."""
+        return (self.origin is None or self.origin == origin) and self.path.matches(path)
+
+
+def _origin_key(parts: SplitResult) -> tuple[str, str, int | None]:
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,19 +120,8 @@ def parse(body: bytes | str) -> License | None:
                 {k: frozenset(v) for k, v in prohibits.items()},
                 frozenset(payments),
             ))  # fmt: skip
-        contents.append(Content(content.get("url", ""), content.get("server"), tuple(offers)))
+        contents.append(Content.of(content.get("url", ""), content.get("server"), tuple(offers)))
     return License(tuple(contents))
-
-
-def _matches(pattern: str, url: str) -> bool:
-    if pattern.startswith(("http://", "https://")):
-        p, u = urlsplit(pattern), urlsplit(url)
-        if (p.scheme, (p.hostname or "").lower(), p.port) != (u.scheme, (u.hostname or "").lower(), u.port):
-            return False
-        pattern = p.path or "/"
-    u = urlsplit(url)
-    path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-    return path_matches(pattern, path)
 
 
 def _judge(offer: Offer, server: str | None, purpose: str, user: str) -> tuple[Says, str]:
@@ -139,8 +147,9 @@ def findings_for(
 ) -> list[Finding]:
     """The licence's finding for `url`: most restrictive over matching content entries."""
     results: list[tuple[Says, str]] = []
+    origin, path = _origin_key(urlsplit(url)), path_and_query(url)
     for content in license.contents:
-        if not _matches(content.url, url):
+        if not content.covers(origin, path):
             continue
         judged = [_judge(o, content.server, purpose, user) for o in content.offers] or [
             (Says.DISALLOW, f"licence token required from {content.server}") if content.server

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from proxy.evidence import Document, Finding, Says
-from proxy.signals.robots import path_matches
+from proxy.signals.robots import PathPattern
 
 NAME = "tdmrep"
 PATH = "/.well-known/tdmrep.json"
@@ -40,7 +40,7 @@ BINDS = ("ai-train", "ai-input")
 
 @dataclass(frozen=True, slots=True)
 class TdmRule:
-    location: str
+    location: PathPattern
     reservation: int  # 1 or 0
     policy: str | None
     index: int  # 1-based position in the array
@@ -94,7 +94,9 @@ def parse(body: bytes) -> TdmRules | None:
             continue
         policy = item.get("tdm-policy")
         rules.append(
-            TdmRule(item["location"], reservation, policy if isinstance(policy, str) else None, index)
+            TdmRule(
+                PathPattern(item["location"]), reservation, policy if isinstance(policy, str) else None, index
+            )
         )
     return TdmRules(tuple(rules), skipped)
 
@@ -102,8 +104,10 @@ def parse(body: bytes) -> TdmRules | None:
 def file_channel(path: str, rules: TdmRules, document: Document | None) -> Channel | None:
     """The file's statement for `path`: the first matching entry, or None."""
     for rule in rules.rules:
-        if path_matches(rule.location, path):
-            detail = f'entry {rule.index}: location "{rule.location}", tdm-reservation {rule.reservation}'
+        if rule.location.matches(path):
+            detail = (
+                f'entry {rule.index}: location "{rule.location.value}", tdm-reservation {rule.reservation}'
+            )
             return Channel("file", rule.reservation, rule.policy, detail, document)
     return None
 

@@ -110,6 +110,7 @@ class FlowState:
     request_id: str | None = None
     last_id: str | None = None
     answered: bool = False  # the response is ours, not the origin's
+    docs: OriginDocuments | None = None  # the origin's documents the request was decided on
     inspect: tuple[Any, ...] | None = None  # a body to judge in the response hook
     withholding: Withholding | None = None
 
@@ -453,8 +454,14 @@ class Enforcer:
         req = flow.request
         origin = Origin.of(req.scheme, req.host, req.port)
         hosts = [req.host, _host_of(req.host_header) or ""]
+
+        async def documents(o: Origin) -> OriginDocuments:
+            # Kept for the response phase, which reads the same documents the request was decided on.
+            state.docs = await self.documents(o)
+            return state.docs
+
         decision = await assess(
-            policy, origin, req.path or "/", hosts, self.documents, mode=ctx.options.optout_mode or None
+            policy, origin, req.path or "/", hosts, documents, mode=ctx.options.optout_mode or None
         )
         record_id = new_id()
         state.decision, state.request_id, state.last_id = decision, record_id, record_id
@@ -490,7 +497,7 @@ class Enforcer:
         if flow.response is None or state is None or state.policy is None:
             return None
         try:
-            tdm_file = self._tdm_file(flow)
+            tdm_file = state.docs.tdm_file(flow.request.path or "/") if state.docs is not None else None
             names = {name.lower() for name, _ in flow.response.headers.fields}
             quiet = (
                 names.isdisjoint(SIGNAL_HEADERS)
@@ -644,12 +651,6 @@ class Enforcer:
             self._answer(
                 flow, state, BLOCK_STATUS, body, decision.signal or "blocked", record_id, in_place=in_place
             )
-
-    def _tdm_file(self, flow: http.HTTPFlow) -> tdmrep.Channel | None:
-        """The origin's tdmrep.json statement for this URL, from the cache (None if not at hand)."""
-        req = flow.request
-        docs = self.cache.peek(Origin.of(req.scheme, req.host, req.port))
-        return docs.tdm_file(req.path or "/") if docs is not None else None
 
     # -- recording and failing closed ---------------------------------------
 

@@ -507,3 +507,21 @@ def test_rsl_from_link_header_and_html_link(make_site: Callable[..., Site], prox
         assert status_of(raw) == 451, path
         assert SECRET not in raw and b"x-optout-reason: rsl" in raw.lower()
     assert licence.hits["/l.xml"] == 1  # fetched once, then cached
+
+
+def test_tdmrep_spec_precedence_reads_the_file_in_the_response(
+    make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    """Under `tdmrep_precedence: spec` the file's 1 waits for the response: a header 0 lifts it."""
+    site = make_site({
+        "/robots.txt": Reply(200, ALLOW_ALL),
+        "/.well-known/tdmrep.json": Reply(200, '[{"location":"/","tdm-reservation":1}]'),
+        "/lifted": Reply(200, "free to mine", {"tdm-reservation": "0"}),
+        "/kept": Reply(200, SECRET),
+    })  # fmt: skip
+    proxy = make_proxy(write_policy(tmp_path, tdmrep_precedence="spec"))
+    lifted = get(proxy, site.url("/lifted"))
+    assert (lifted.status_code, lifted.text) == (200, "free to mine")
+    raw = raw_get(proxy, site.url("/kept"))
+    assert status_of(raw) == 451 and SECRET not in raw and b"x-optout-reason: tdmrep" in raw.lower()
+    assert site.hits["/kept"] == 1  # fetched, then withheld: the file alone decides only in the response

@@ -317,7 +317,7 @@ async def check_url(
         found = list(before.findings)
         async with client.stream("GET", url) as response:
             view = ResponseView(url, response.status_code, tuple(response.headers.multi_items()))
-            kind = body_kind(view, policy)
+            kind = body_kind(view.content_type, policy)
             document = Document(url, view.status, None, utc_now())
             found += await header_findings(
                 view, policy, document, tdm_file, get_license, body_follows=kind is not None

@@ -55,7 +55,6 @@ from proxy.inband import (
     ResponseView,
     body_findings,
     body_kind,
-    body_kind_of,
     header_findings,
 )
 from proxy.metrics import Metrics
@@ -501,7 +500,7 @@ class Enforcer:
             names = {name.lower() for name, _ in flow.response.headers.fields}
             quiet = (
                 names.isdisjoint(SIGNAL_HEADERS)
-                and body_kind_of(flow.response.headers.get("content-type", ""), state.policy) is None
+                and body_kind(flow.response.headers.get("content-type", ""), state.policy) is None
                 and tdm_file is None
             )
         except Exception:
@@ -536,7 +535,7 @@ class Enforcer:
         view = ResponseView(
             flow.request.url, flow.response.status_code, tuple(flow.response.headers.items(True))
         )
-        kind = body_kind(view, policy)
+        kind = body_kind(view.content_type, policy)
         document = Document(view.url, view.status, None, utc_now())
         found = await header_findings(
             view, policy, document, tdm_file, self.license, body_follows=kind is not None

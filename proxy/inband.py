@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from urllib.parse import urljoin
 
 from proxy.documents import OptionalDoc, license_findings
 from proxy.evidence import Document, Finding, Says
@@ -70,13 +71,9 @@ SIGNAL_HEADERS = frozenset(
 )  # fmt: skip
 
 
-def body_kind(view: ResponseView, policy: Policy) -> str | None:
-    """'html', 'media' or None: whether the body must be read before it may be delivered."""
-    return body_kind_of(view.content_type, policy)
-
-
-def body_kind_of(content_type: str, policy: Policy) -> str | None:
-    """body_kind() for a bare Content-Type value (parameters allowed)."""
+def body_kind(content_type: str, policy: Policy) -> str | None:
+    """'html', 'media' or None: whether a body of this Content-Type (parameters allowed) must be
+    read before it may be delivered."""
     if not any(policy.signal_mode(s) != "off" for s in BODY_SIGNALS):
         return None
     ctype = content_type.split(";")[0].strip().lower()
@@ -90,8 +87,6 @@ def body_kind_of(content_type: str, policy: Policy) -> str | None:
 async def _link_licenses(
     urls: Sequence[str], base: str, policy: Policy, get_license: GetLicense, how: str
 ) -> list[Finding]:
-    from urllib.parse import urljoin
-
     found: list[Finding] = []
     for href in list(dict.fromkeys(urls))[:4]:
         target = urljoin(base, href)

@@ -44,7 +44,7 @@ async def verdict(
     tdm_file: tdmrep.Channel | None = None,
 ) -> tuple[Verdict, str | None]:
     view = ResponseView("http://a.example/x", 200, tuple(headers))
-    kind = body_kind(view, policy)
+    kind = body_kind(view.content_type, policy)
     found = await header_findings(view, policy, DOC, tdm_file, no_license, body_follows=body is not None)
     if body is not None and kind is not None:
         found += await body_findings(view, body, kind, policy, DOC, tdm_file, no_license)

@@ -531,7 +531,10 @@ def _audit(args: argparse.Namespace) -> int:
                 chain = None
             page = render(data, chain, path, EvidenceStore(store_dir(path)), utc_now())
             Path(args.out).write_text(page, encoding="utf-8")
-            print(f"wrote {args.out}: {data.total} records, {data.outcomes['block']} blocks", file=sys.stderr)
+            print(
+                f"wrote {args.out}: {data.summary.total} records, {data.summary.outcomes['block']} blocks",
+                file=sys.stderr,
+            )
             return ExitStatus.OK
     except (AuditError, ValueError, OSError) as e:
         print(f"optout-proxy audit {args.audit_command}: {e}", file=sys.stderr)

@@ -137,6 +137,20 @@ class Summary:
     first_ts: str | None = None
     last_ts: str | None = None
 
+    def add(self, r: dict[str, Any]) -> str:
+        """Count one record; returns its outcome."""
+        o = outcome(r)
+        self.total += 1
+        self.outcomes[o] += 1
+        self.groups.setdefault(key_of(r, self.by), Counter())[o] += 1
+        ts = r.get("ts")
+        if isinstance(ts, str):
+            if self.first_ts is None or ts < self.first_ts:
+                self.first_ts = ts
+            if self.last_ts is None or ts > self.last_ts:
+                self.last_ts = ts
+        return o
+
 
 def summarize(recs: Iterator[dict[str, Any]], by: str) -> Summary:
     """One pass over the records: totals and per-`by` counts of allow / block / would-block."""
@@ -144,16 +158,7 @@ def summarize(recs: Iterator[dict[str, Any]], by: str) -> Summary:
         raise ValueError(f"--by must be one of {', '.join(BY)}")
     s = Summary(by)
     for r in recs:
-        o = outcome(r)
-        s.total += 1
-        s.outcomes[o] += 1
-        s.groups.setdefault(key_of(r, by), Counter())[o] += 1
-        ts = r.get("ts")
-        if isinstance(ts, str):
-            if s.first_ts is None or ts < s.first_ts:
-                s.first_ts = ts
-            if s.last_ts is None or ts > s.last_ts:
-                s.last_ts = ts
+        s.add(r)
     return s
 
 

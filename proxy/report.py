@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.audit import VerifyReport
-from proxy.logview import deciding, key_of, outcome
+from proxy.logview import Summary, deciding, key_of
 from proxy.store import EvidenceStore
 
 PALETTE = ("#1b6ca8", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d96a3", "#6b4e71", "#c06c84",
@@ -29,39 +29,32 @@ EXCERPT_LINES = 3
 
 @dataclass
 class ReportData:
-    total: int = 0
-    outcomes: Counter[str] = field(default_factory=Counter)
+    summary: Summary = field(default_factory=lambda: Summary("signal"))  # totals, period, per signal
     by_bucket: dict[str, Counter[str]] = field(default_factory=dict)  # day -> signal -> blocks
     hosts: Counter[str] = field(default_factory=Counter)
     holders: Counter[str] = field(default_factory=Counter)
     rules: Counter[str] = field(default_factory=Counter)
-    would_block: Counter[str] = field(default_factory=Counter)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT))
-    first_ts: str | None = None
-    last_ts: str | None = None
+
+    @property
+    def would_block(self) -> Counter[str]:
+        """Monitor-mode blocks per signal."""
+        return Counter({k: c["would-block"] for k, c in self.summary.groups.items() if c["would-block"]})
 
 
 def gather(recs: Iterator[dict[str, Any]]) -> ReportData:
     """One pass over the records."""
     d = ReportData()
     for r in recs:
-        o = outcome(r)
-        d.total += 1
-        d.outcomes[o] += 1
-        ts = str(r.get("ts", ""))
-        d.first_ts = ts if d.first_ts is None or ts < d.first_ts else d.first_ts
-        d.last_ts = ts if d.last_ts is None or ts > d.last_ts else d.last_ts
-        signal = str(r.get("signal") or "-")
-        if o == "block":
-            d.by_bucket.setdefault(ts[:10], Counter())[signal] += 1
+        if d.summary.add(r) == "block":
+            signal = str(r.get("signal") or "-")
+            d.by_bucket.setdefault(str(r.get("ts", ""))[:10], Counter())[signal] += 1
             d.hosts[str(r.get("host") or "-")] += 1
             holder = key_of(r, "holder")
             if holder != "-":
                 d.holders[holder] += 1
             d.rules[key_of(r, "rule")] += 1
             d.recent.append(r)
-        elif o == "would-block":
-            d.would_block[signal] += 1
     return d
 
 
@@ -202,15 +195,16 @@ def render(d: ReportData, verify: VerifyReport | None, log: Path, store: Evidenc
     else:
         chain = (f'<p id="chain" data-ok="false" class="bad">Chain BROKEN at {_e(verify.where)}: '
                  f"{_e(verify.problem)}</p>")  # fmt: skip
-    o = d.outcomes
+    s = d.summary
+    o = s.outcomes
     totals = (
         '<div class="totals">'
-        f'<div>records<b id="total" data-count="{d.total}">{d.total}</b></div>'
+        f'<div>records<b id="total" data-count="{s.total}">{s.total}</b></div>'
         f'<div>blocked<b id="blocked" data-count="{o["block"]}">{o["block"]}</b></div>'
         f'<div>would have blocked (monitor)<b id="would" data-count="{o["would-block"]}">{o["would-block"]}</b></div>'
         f'<div>allowed<b id="allowed" data-count="{o["allow"]}">{o["allow"]}</b></div></div>'
     )
-    period = f"{_e(d.first_ts or '-')} to {_e(d.last_ts or '-')}"
+    period = f"{_e(s.first_ts or '-')} to {_e(s.last_ts or '-')}"
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>optout-proxy audit report</title><style>{CSS}</style></head><body>"

@@ -1,5 +1,15 @@
-"""What `mitmdump -s proxy/addon.py` loads. Install the package first (`pip install -e .`)."""
+"""What `mitmdump -s proxy/addon.py` loads. Install the package first (`pip install -e .`).
 
+The gate is registered with mitmproxy directly, not as one of this script's
+addons, so that it outlives a script whose options fail to apply (proxy.gate).
+"""
+
+from proxy import gate
 from proxy.enforcer import Enforcer
 
-addons = [Enforcer()]
+enforcer = Enforcer()
+try:
+    gate.install(enforcer)
+except AttributeError:  # imported outside a running mitmproxy (tests, tools)
+    pass
+addons = [enforcer]

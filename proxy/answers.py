@@ -28,11 +28,17 @@ AUDIT_DOWN_STATUS = 503
 _REASONS = {BLOCK_STATUS: "Unavailable For Legal Reasons", AUDIT_DOWN_STATUS: "Service Unavailable"}
 
 
-def make_response(status: int, body: str, reason_code: str, record_id: str) -> http.Response:
-    """A response the proxy answers itself, naming why and which audit record says so."""
+def make_response(
+    status: int, body: str, reason_code: str, record_id: str, *, head: bool = False
+) -> http.Response:
+    """A response the proxy answers itself, naming why and which audit record says so.
+
+    `head`: the answer to a HEAD request, which carries no body (RFC 9110 §9.3.2);
+    a body there would be read by a keep-alive client as the next response.
+    """
     response = http.Response.make(
         status,
-        body,
+        b"" if head else body,
         {"Content-Type": "text/plain; charset=utf-8", REASON_HEADER: reason_code, ID_HEADER: record_id},
     )
     response.reason = _REASONS.get(status, "")
@@ -72,7 +78,7 @@ class Withholding:
 
 def answer(flow: http.HTTPFlow, status: int, body: str, reason_code: str, record_id: str) -> None:
     """Replace the flow's response with one of ours (request or response hook only)."""
-    flow.response = make_response(status, body, reason_code, record_id)
+    flow.response = make_response(status, body, reason_code, record_id, head=flow.request.method == "HEAD")
 
 
 def withhold_in_place(
@@ -84,7 +90,7 @@ def withhold_in_place(
     """
     response = flow.response
     assert response is not None
-    ours = make_response(status, body, reason_code, record_id)
+    ours = make_response(status, body, reason_code, record_id, head=flow.request.method == "HEAD")
     payload = ours.content or b""
     response.status_code = ours.status_code
     response.reason = ours.reason

@@ -7,40 +7,83 @@ which the addon backs with its cache and `check` with a direct fetch.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
 
 from proxy.decide import decide
 from proxy.documents import OriginDocuments
-from proxy.evidence import Decision, Finding
+from proxy.evidence import Decision, Finding, Says
 from proxy.origin import Origin
+from proxy.paths import variants
 from proxy.policy import Policy
 
 GetDocuments = Callable[[Origin], Awaitable[OriginDocuments]]
 
+# The finding that says which reading of an ambiguous path decided.
+PATH_FORM = "path-form"
+
+
+def _strictest(decisions: Sequence[tuple[str, Decision]]) -> tuple[str, Decision]:
+    """An enforced block first, then a monitored one, else the first (canonical) form's allow."""
+    for form, decision in decisions:
+        if decision.blocks:
+            return form, decision
+    for form, decision in decisions:
+        if decision.deciding is not None:
+            return form, decision
+    return decisions[0]
+
 
 async def assess(
     policy: Policy,
-    origin: Origin,
+    origins: Sequence[Origin] | Origin,
     path: str,
     hosts: Iterable[str],
     get_documents: GetDocuments,
     *,
     mode: str | None = None,
 ) -> Decision:
-    """The decision for a request to `path` (path plus ?query) on `origin`.
+    """The decision for a request to `path` (path plus ?query, as sent) on `origins`.
 
-    `hosts` are every name the request goes by (target and Host header), all
-    checked against the registry. A registry block that will be enforced
-    skips the origin's documents: a rights holder who wrote to us does not
-    get even its robots.txt fetched.
+    `hosts` are every name the request goes by (target, Host header, CONNECT
+    authority, TLS SNI), all checked against the registry. `origins` are the
+    sites whose documents apply (more than one when the names disagree). The
+    path is judged in every form the origin may serve (`proxy.paths.variants`)
+    and the strictest answer wins. A registry block that will be enforced
+    skips the origins' documents: a rights holder who wrote to us does not get
+    even its robots.txt fetched.
     """
+    if isinstance(origins, Origin):
+        origins = (origins,)
+    hosts = tuple(hosts)
+    forms = variants(path)
     monitor_all = (mode or policy.mode) == "monitor"
-    findings: list[Finding] = []
     registry_mode = policy.signal_mode("registry")
-    if registry_mode != "off":
-        findings.extend(policy.registry.findings_for(hosts, path))
-        if findings and registry_mode == "enforce" and not monitor_all:
-            return decide(findings, policy, mode=mode)
-    docs = await get_documents(origin)
-    findings.extend(docs.prefetch_findings(origin.url(path), path, policy))
-    return decide(findings, policy, mode=mode)
+    by_form: list[tuple[str, list[Finding]]] = []
+    for form in forms:
+        found: list[Finding] = []
+        if registry_mode != "off":
+            found.extend(policy.registry.findings_for(hosts, form))
+            if found and registry_mode == "enforce" and not monitor_all:
+                return _with_form(path, form, decide(found, policy, mode=mode))
+        by_form.append((form, found))
+    if len(origins) == 1:
+        docs = [await get_documents(origins[0])]
+    else:
+        docs = list(await asyncio.gather(*(get_documents(o) for o in origins)))
+    decisions = []
+    for form, found in by_form:
+        for origin, d in zip(origins, docs, strict=True):
+            found.extend(d.prefetch_findings(origin.url(form), form, policy))
+        decisions.append((form, decide(found, policy, mode=mode)))
+    form, decision = _strictest(decisions)
+    return _with_form(path, form, decision)
+
+
+def _with_form(path: str, form: str, decision: Decision) -> Decision:
+    """Name the path form that decided when it is not the path as sent."""
+    if form == path:
+        return decision
+    note = Finding(PATH_FORM, Says.UNKNOWN, f"path {path!r} judged as {form!r}")
+    return replace(decision, findings=(*decision.findings, note))

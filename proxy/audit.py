@@ -26,10 +26,12 @@ One proxy process writes one audit log.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
+import socket
 import threading
 import uuid
 from dataclasses import dataclass
@@ -164,6 +166,7 @@ class AuditLog:
         self._head = GENESIS
         self._since_checkpoint = 0
         self._lock = threading.Lock()  # the CLI may write from threads; mitmdump has one
+        self._holder: int | None = None  # fd of the lock file while this process is the writer
 
     def _resume(self) -> None:
         """Find where the chain stands: the last record of the newest file."""
@@ -181,6 +184,44 @@ class AuditLog:
                 ) from e
             return
         self._seq, self._head = 0, GENESIS
+
+    def claim(self) -> None:
+        """Become the log's only writer, and open it now; raises AuditError naming the holder.
+
+        Two processes appending to one log would interleave two chains. The
+        lock is an `flock` on `<log>.lock`, so the kernel releases it when the
+        holder dies (kill -9 included) and a stale file never locks anyone out.
+        """
+        if self._holder is not None:
+            return
+        lock = lock_path(self.path)
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o640)
+        except OSError as e:
+            raise AuditError(f"cannot create the audit lock {lock}: {e.strerror or e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise AuditError(
+                f"audit log {self.path} is already being written by {holder}; one process writes "
+                "one log (give this one its own --set optout_audit=PATH)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}\n".encode(), 0)
+        self._holder = fd
+        with self._lock:
+            self._open()
+
+    def release(self) -> None:
+        """Close the log and give up being its writer."""
+        self.close()
+        if self._holder is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._holder)
+            self._holder = None
 
     def _open(self) -> int:
         if self._fd is None:
@@ -261,6 +302,26 @@ class AuditLog:
                 with contextlib.suppress(AuditError):
                     self._checkpoint()
             self._close_fd()
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file that names the process writing the log at `path`."""
+    return path.with_name(path.name + ".lock")
+
+
+def writable_problem(path: Path) -> str | None:
+    """Why the audit log at `path` could not be written by this user, or None if it could."""
+    directory = path.parent
+    while not directory.exists():
+        directory = directory.parent
+    if not directory.is_dir():
+        return f"{directory} is not a directory"
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            return f"{path} is not writable"
+    elif not os.access(directory, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {directory} is not writable"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

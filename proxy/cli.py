@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from proxy import __version__
 from proxy.assess import assess
-from proxy.audit import VerifyReport, new_id, record_for, verify_chain
+from proxy.audit import VerifyReport, new_id, record_for, verify_chain, writable_problem
 from proxy.decide import decide
 from proxy.documents import OptionalDoc, OriginDocuments, fetch_license, load_origin
 from proxy.errors import AuditError, PolicyError
@@ -184,12 +184,10 @@ def _print_problems(error: PolicyError, out: TextIO) -> None:
 # -- run -------------------------------------------------------------------
 
 
-def mitmdump_args(args: argparse.Namespace) -> list[str]:
-    """The mitmdump command line that `run` amounts to."""
-    addon = Path(__file__).with_name("addon.py")
-    argv = [
-        "-s",
-        str(addon),
+def mitmdump_args(args: argparse.Namespace, *, script: bool = True) -> list[str]:
+    """The mitmdump command line that `run` amounts to (`script`: load the addon with -s)."""
+    argv = ["-s", str(Path(__file__).with_name("addon.py"))] if script else []
+    argv += [
         "--listen-host",
         args.listen_host,
         "--listen-port",
@@ -207,6 +205,34 @@ def mitmdump_args(args: argparse.Namespace) -> list[str]:
     for option in args.options:
         argv += ["--set", option]
     return argv
+
+
+def serve(argv: Sequence[str]) -> None:
+    """Run mitmdump with the enforcer built in, configured whole before anything listens.
+
+    Unlike `mitmdump -s` (which loads a script after the fact and carries on
+    without it when it fails), the enforcer is added once every option is
+    parsed, and configured with all of them: a bad `--set optout_*` value, a
+    broken policy or an audit log that cannot be claimed makes mitmproxy print
+    the problem and exit 1 before it binds its port.
+    """
+    from mitmproxy import ctx
+    from mitmproxy.tools import cmdline, dump
+    from mitmproxy.tools import main as mitmproxy_main
+
+    from proxy.enforcer import Enforcer
+
+    enforcer = Enforcer()
+
+    def install(ns: argparse.Namespace) -> dict[str, Any]:
+        ctx.master.addons.add(enforcer)  # adds our options and applies the deferred --set values
+        enforcer.configure(set(ctx.options.keys()))
+        if ns.filter_args:
+            v = " ".join(ns.filter_args)
+            return {"save_stream_filter": v, "readfile_filter": v, "dumper_filter": v}
+        return {}
+
+    mitmproxy_main.run(dump.DumpMaster, cmdline.mitmdump, list(argv), install)
 
 
 def _load_or_report(path: str) -> Policy | None:
@@ -230,10 +256,8 @@ def _run(args: argparse.Namespace) -> int:
         "(HTTPS: trust ~/.mitmproxy/mitmproxy-ca-cert.pem)",
         file=sys.stderr,
     )
-    from mitmproxy.tools.main import mitmdump
-
     try:
-        mitmdump(mitmdump_args(args))
+        serve(mitmdump_args(args, script=False))
     except SystemExit as e:
         return int(e.code) if isinstance(e.code, int) else ExitStatus.INVALID
     except KeyboardInterrupt:
@@ -551,6 +575,11 @@ def _validate(args: argparse.Namespace) -> int:
     except PolicyError as e:
         _print_problems(e, sys.stdout)
         print(f"{args.path}: invalid ({len(e.problems)} problem(s))", file=sys.stderr)
+        return ExitStatus.INVALID
+    unwritable = writable_problem(policy.audit.path)
+    if unwritable is not None:
+        print(f"{policy.path}: audit.path: {unwritable}; the proxy would refuse to start", file=sys.stdout)
+        print(f"{args.path}: invalid (1 problem(s))", file=sys.stderr)
         return ExitStatus.INVALID
     print(
         f"{args.path}: valid (sha256 {policy.digest[:12]}; agent {policy.agent}; "

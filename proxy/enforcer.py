@@ -1,72 +1,54 @@
-"""The mitmproxy addon: options, configuration and the hooks that enforce decisions.
+"""The mitmproxy addon: options, configuration and hooks; the thin face of the enforcer.
 
-Request phase: `assess()` decides from the registry and the origin's cached
-policy documents; a block is answered with 451 before anything goes upstream.
-Response phase: the headers are judged as soon as they arrive; HTML and media
-bodies are buffered (up to `optout_body_cap`) and judged before one byte is
-delivered. Content withheld after the fetch gets the same 451.
+The work is done elsewhere, one module each:
 
-It never lets a response through unrecorded or undecided:
+* `proxy.guard`: the connection guard (options that would relay unjudged
+  bytes, raw layers, the names a request goes by, addresses);
+* `proxy.judge_request`: the decision before anything goes upstream;
+* `proxy.judge_response`: in-band signals before anything reaches the crawler;
+* `proxy.outcome`: recording every decision and answering in our name.
 
-* an exception in a hook blocks the flow with reason `internal-error`
-  (mitmproxy would otherwise log it and forward the flow: fail-open);
-* a failed audit write answers 503 `audit-unavailable`.
+Every hook fails closed: an exception blocks the flow with reason
+`internal-error` (mitmproxy would otherwise log it and forward the flow), and
+a failed audit write answers 503 `audit-unavailable`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import weakref
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http, tcp, udp
 from mitmproxy.addonmanager import Loader
+from mitmproxy.proxy import layer, server_hooks
+from mitmproxy.tls import ClientHelloData
 
-from proxy.answers import (
-    AUDIT_DOWN_STATUS,
-    BLOCK_STATUS,
-    ID_HEADER,
-    Withholding,
-    answer,
-    block_body,
-    finish_withheld,
-    withhold_in_place,
-)
-from proxy.assess import assess
+from proxy.addresses import GuardedBackend, Resolver
 from proxy.audit import AuditLog, new_id, record_for
 from proxy.cache import OriginCache
-from proxy.decide import decide
 from proxy.documents import OptionalDoc, OriginDocuments, fetch_license, load_origin
 from proxy.errors import AuditError, PolicyError
-from proxy.evidence import Decision, Document, Finding, Says, Verdict, utc_now
+from proxy.evidence import utc_now
 from proxy.fetch import MAX_TTL, Fetched, answer_deadline, make_client
-from proxy.inband import (
-    BODY_SIGNALS,
-    DEFAULT_BODY_CAP,
-    SIGNAL_HEADERS,
-    ResponseView,
-    body_findings,
-    body_kind,
-    header_findings,
-)
+from proxy.guard import FORCED_OPTIONS, harden_layer, mode_name, option_problems, pin
+from proxy.inband import BODY_SIGNALS, DEFAULT_BODY_CAP
+from proxy.judge_request import RequestJudge
+from proxy.judge_response import ResponseJudge
 from proxy.metrics import Metrics
 from proxy.origin import Origin, canonical_host
+from proxy.outcome import FlowState, Recorder, refusal
 from proxy.policy import Policy, load_policy
-from proxy.signals import tdmrep
-from proxy.store import EvidenceStore, headers_bytes, store_dir
+from proxy.store import EvidenceStore, store_dir
 
 logger = logging.getLogger(__name__)
 
 MODES_OR_POLICY = ("", "enforce", "monitor")
-OVER_CAP = "body-over-cap"
 _CLIENT_OPTIONS = frozenset(
     {
         "optout_fetch_timeout",
@@ -75,6 +57,11 @@ _CLIENT_OPTIONS = frozenset(
         "ssl_verify_upstream_trusted_confdir",
     }
 )
+# mitmproxy options the guard reads; a change to any of them is checked again.
+_GUARDED_OPTIONS = frozenset(
+    {*FORCED_OPTIONS, "ignore_hosts", "allow_hosts", "tcp_hosts", "udp_hosts", "mode", "listen_host",
+     "proxyauth", "optout_trusted_network"}
+)  # fmt: skip
 
 
 def _signature(policy: Policy) -> tuple[tuple[str, int, int, int], ...]:
@@ -89,55 +76,59 @@ def _signature(policy: Policy) -> tuple[tuple[str, int, int, int], ...]:
     return tuple(out)
 
 
-def _host_of(host_header: str | None) -> str | None:
-    if not host_header:
-        return None
-    try:
-        return urlsplit(f"//{host_header}").hostname
-    except ValueError:
-        return host_header
-
-
-@dataclass(slots=True)
-class FlowState:
-    """What the addon knows about one flow. Kept beside the flow, not in `flow.metadata`,
-    because mitmproxy serialises metadata when flows are saved and these objects are not
-    serialisable; metadata gets a plain summary instead (`optout`)."""
-
-    policy: Policy | None
-    decision: Decision | None = None
-    request_id: str | None = None
-    last_id: str | None = None
-    answered: bool = False  # the response is ours, not the origin's
-    docs: OriginDocuments | None = None  # the origin's documents the request was decided on
-    inspect: tuple[Any, ...] | None = None  # a body to judge in the response hook
-    withholding: Withholding | None = None
-
-
-def _summary(decision: Decision, record_id: str) -> dict[str, Any]:
-    """The serialisable summary other addons (and saved flows) see in flow.metadata["optout"]."""
-    return {
-        "decision": str(decision.verdict), "enforced": decision.enforced, "signal": decision.signal,
-        "reason": decision.reason, "id": record_id,
-    }  # fmt: skip
-
-
 class Enforcer:
     """Decides every request against the policy, answers blocks, and audits each decision."""
 
     def __init__(self) -> None:
         self.policy: Policy | None = None  # last good policy; replaced only whole
-        self.audit: AuditLog | None = None
-        self.store: EvidenceStore | None = None
+        self.ready = False  # a policy and an audit log are in force: traffic may be judged
         self.cache: OriginCache[Origin, OriginDocuments] = OriginCache(10_000)
         self.licenses: OriginCache[str, OptionalDoc] = OriginCache(1_000)  # RSL licences named in responses
+        self.resolver = Resolver()
         self._client: httpx.AsyncClient | None = None
         self._closing: set[asyncio.Task[None]] = set()  # replaced clients still closing
         self.metrics = Metrics(lambda: self.cache.stats, lambda: len(self.cache))
+        self.recorder = Recorder(self.metrics)
         self._watch: asyncio.Task[None] | None = None
         self._signature: tuple[tuple[str, int, int, int], ...] = ()  # policy files as last seen
         # Dropped with the flow itself: no clean-up hook can be missed.
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()
+        self._tunnels: dict[str, str] = {}  # client connection id -> CONNECT host
+        self._own_ports: tuple[int, ...] | None = None
+        self.requests = RequestJudge(
+            self.recorder, self.documents, self.resolver, own_ports=self.own_ports,
+            mode=self._mode, direct=self._direct,
+        )  # fmt: skip
+        self.responses = ResponseJudge(
+            self.recorder, self._flows, self.license, mode=self._mode, body_cap=lambda: ctx.options.optout_body_cap
+        )
+
+    @property
+    def audit(self) -> AuditLog | None:
+        return self.recorder.audit
+
+    @property
+    def store(self) -> EvidenceStore | None:
+        return self.recorder.store
+
+    def _mode(self) -> str | None:
+        return ctx.options.optout_mode or None
+
+    def _direct(self) -> bool:
+        """True unless an upstream proxy makes the connections (and resolves the names)."""
+        return all(mode_name(spec) != "upstream" for spec in ctx.options.mode)
+
+    def own_ports(self) -> tuple[int, ...]:
+        """The ports this proxy listens on (proxy and metrics): never reachable through it."""
+        if self._own_ports is None:
+            ports = {int(ctx.options.listen_port or 8080)}
+            server = ctx.master.addons.get("proxyserver") if hasattr(ctx, "master") else None
+            if server is not None:
+                ports.update(addr[1] for addr in server.listen_addrs())
+            if self.metrics.port:
+                ports.add(self.metrics.port)
+            self._own_ports = tuple(sorted(ports))
+        return self._own_ports
 
     # -- options -----------------------------------------------------------
 
@@ -214,6 +205,14 @@ class Enforcer:
             "that cutting records off the end of the log is detected.",
         )
         loader.add_option(
+            "optout_trusted_network",
+            bool,
+            False,
+            "Allow listening on a non-loopback address without proxyauth, because the network in front "
+            "of the proxy is trusted (a private Kubernetes Service, a firewalled host). Off: such a "
+            "listen address refuses to start, since it would be an open proxy.",
+        )
+        loader.add_option(
             "optout_body_cap",
             int,
             DEFAULT_BODY_CAP,
@@ -222,6 +221,18 @@ class Enforcer:
         )
 
     def configure(self, updated: set[str]) -> None:
+        try:
+            self._configure(updated)
+        except exceptions.OptionsError as e:
+            if not self.ready:
+                # At startup this stops mitmdump; through `-s` it may not, and then
+                # the gate (proxy.gate) keeps every request from being forwarded.
+                logger.error("optout: cannot start: %s", e)
+            raise
+        self.ready = self.policy is not None and self.audit is not None
+
+    def _configure(self, updated: set[str]) -> None:
+        self._guard_options(updated)
         if "optout_policy" in updated or "optout_audit" in updated:
             path = Path(ctx.options.optout_policy)
             try:
@@ -277,19 +288,26 @@ class Enforcer:
         """Make `policy` the one in force, with its audit log (opened before the swap)."""
         audit_path = Path(ctx.options.optout_audit) if ctx.options.optout_audit else policy.audit.path
         if self.audit is None or self.audit.path != audit_path:
-            old_audit, self.audit = (
-                self.audit,
-                AuditLog(
-                    audit_path,
-                    max_bytes=ctx.options.optout_audit_max_bytes,
-                    checkpoint_every=ctx.options.optout_audit_checkpoint_every,
-                ),
+            audit = AuditLog(
+                audit_path,
+                max_bytes=ctx.options.optout_audit_max_bytes,
+                checkpoint_every=ctx.options.optout_audit_checkpoint_every,
             )
-            self.store = EvidenceStore(store_dir(audit_path))
+            try:
+                audit.claim()  # one writer per log, and a log we can open, before we serve anything
+            except AuditError as e:
+                raise exceptions.OptionsError(str(e)) from e
+            old_audit, self.recorder.audit = self.audit, audit
+            self.recorder.store = EvidenceStore(store_dir(audit_path))
             if old_audit is not None:
-                old_audit.close()
-        if self._client is not None and (self.policy is None or self.policy.agent != policy.agent):
-            # The client identifies as the crawler's token: a new agent needs a new client.
+                old_audit.release()
+        if self._client is not None and (
+            self.policy is None
+            or self.policy.agent != policy.agent
+            or self.policy.private_addresses != policy.private_addresses
+        ):
+            # The client identifies as the crawler's token and connects only where the policy
+            # allows: a new agent or address rule needs a new client.
             old, self._client = self._client, None
             self._close_later(old)
         self.policy = policy
@@ -309,12 +327,19 @@ class Enforcer:
         """The policy-document client, built from the current TLS and timeout options."""
         if self._client is None:
             o = ctx.options
+            policy = self.policy
+            backend = GuardedBackend(
+                self.resolver,
+                self._fetch_refusal,
+                allow_private=policy is not None and policy.private_addresses == "allow",
+            )
             self._client = make_client(
                 timeout=float(o.optout_fetch_timeout),
                 verify=not o.ssl_insecure,
                 ca_file=o.ssl_verify_upstream_trusted_ca,
                 ca_path=o.ssl_verify_upstream_trusted_confdir,
-                agent=self.policy.agent if self.policy is not None else None,
+                agent=policy.agent if policy is not None else None,
+                backend=backend,
             )
         return self._client
 
@@ -351,7 +376,12 @@ class Enforcer:
                 continue
             if policy.digest == current.digest:
                 continue
-            self._install(policy)
+            try:
+                self._install(policy)
+            except exceptions.OptionsError as e:
+                self.metrics.reloads.labels("refused").inc()
+                logger.error("optout: policy change refused (%s); still enforcing sha256 %s", e, current.digest[:12])
+                continue
             self._signature = _signature(policy)
             self.metrics.reloads.labels("accepted").inc()
             logger.info("optout: policy reloaded: sha256 %s -> %s", current.digest[:12], policy.digest[:12])
@@ -364,8 +394,9 @@ class Enforcer:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        self.ready = False
         if self.audit is not None:
-            self.audit.close()
+            self.audit.release()
 
     # -- documents ---------------------------------------------------------
 
@@ -434,6 +465,95 @@ class Enforcer:
         except AuditError as e:
             logger.error("optout: %s", e)
 
+    # -- the guard -----------------------------------------------------------
+
+    def _guard_options(self, updated: set[str]) -> None:
+        """Force the fail-open defaults shut; refuse options that would relay unjudged bytes."""
+        unsafe = {k: v for k, v in FORCED_OPTIONS.items() if k in updated and getattr(ctx.options, k) != v}
+        if unsafe:
+            if self.ready:
+                raise exceptions.OptionsError(
+                    f"optout-proxy runs with {', '.join(f'{k}={v}' for k, v in FORCED_OPTIONS.items())}: "
+                    "anything else would relay bytes before or without a decision"
+                )
+            logger.info(
+                "optout: %s (mitmproxy's defaults would relay before or without a decision)",
+                ", ".join(f"{k}={v}" for k, v in unsafe.items()),
+            )
+            ctx.options.update(**{k: FORCED_OPTIONS[k] for k in unsafe})
+        if updated & _GUARDED_OPTIONS:
+            problems = option_problems(ctx.options, trusted_network=ctx.options.optout_trusted_network)
+            if problems:
+                raise exceptions.OptionsError("; ".join(problems))
+        if "listen_port" in updated or "optout_metrics" in updated:
+            self._own_ports = None
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        replaced = harden_layer(nextlayer)
+        if replaced is not None:
+            logger.warning(
+                "optout: %s chose %s for %s; parsing it as HTTP instead (nothing is relayed unjudged)",
+                "mitmproxy", replaced, nextlayer.context.client.peername,
+            )  # fmt: skip
+
+    def tls_clienthello(self, data: ClientHelloData) -> None:
+        # Never pass a TLS connection through unintercepted, and never contact the
+        # origin before a request has been decided (the SNI is judged with the request).
+        data.ignore_connection = False
+        data.establish_server_tls_first = False
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        self._kill_raw(flow, "tcp")
+
+    def udp_start(self, flow: udp.UDPFlow) -> None:
+        self._kill_raw(flow, "udp")
+
+    def _kill_raw(self, flow: tcp.TCPFlow | udp.UDPFlow, protocol: str) -> None:
+        """Second line behind `harden_layer`: a raw relay that still starts is killed and recorded."""
+        flow.kill()
+        address = flow.server_conn.address
+        host, port = (str(address[0]), int(address[1])) if address else ("", 0)
+        decision = refusal(
+            "raw-protocol",
+            f"A raw {protocol.upper()} relay to {host}:{port} was refused: only HTTP is judged.",
+            self.policy,
+        )
+        record = record_for(
+            decision, record_id=new_id(), ts=utc_now(), method=protocol.upper(),
+            url=f"{protocol}://{host}:{port}", host=canonical_host(host) if host else "",
+            agent=self.policy.agent if self.policy else "", phase="connect", status=None, user_agent=None,
+            policy_path=str(self.policy.path) if self.policy else None,
+        )  # fmt: skip
+        try:
+            if self.audit is None:
+                raise AuditError("no audit log configured")
+            self.audit.write(record)
+        except AuditError as e:
+            logger.error("optout: %s (the raw relay was killed anyway)", e)
+        logger.warning("optout: killed a raw %s relay to %s:%d", protocol, host, port)
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        """Judge a CONNECT on its authority: registry and addresses, before any upstream contact."""
+        if flow.response is not None:
+            return
+        state = self._flows[flow] = FlowState(self.policy)
+        try:
+            if state.policy is None:
+                raise RuntimeError("no policy loaded")
+            await self.requests.judge_connect(flow, state, state.policy)
+            if flow.response is None:
+                self._tunnels[flow.client_conn.id] = canonical_host(flow.request.host)
+        except Exception:
+            logger.exception("optout: internal error deciding CONNECT %s", flow.request.pretty_host)
+            self.recorder.internal_error(flow, state, phase="connect")
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        # Connect to the address the request was judged on, not a second DNS answer.
+        pin(data.server, self.resolver)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._tunnels.pop(client.id, None)
+
     # -- request phase -----------------------------------------------------
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -442,303 +562,27 @@ class Enforcer:
         # One policy for the whole flow, even if a reload lands meanwhile.
         state = self._flows[flow] = FlowState(self.policy)
         try:
-            if state.policy is None:
+            if state.policy is None or not self.ready:
                 raise RuntimeError("no policy loaded")
-            await self._request(flow, state, state.policy)
+            tunnelled = flow.client_conn.id in self._tunnels
+            await self.requests.judge(flow, state, state.policy, tunnelled=tunnelled)
         except Exception:
             logger.exception("optout: internal error deciding %s", flow.request.pretty_url)
-            self._internal_error(flow, state, phase="request")
-
-    async def _request(self, flow: http.HTTPFlow, state: FlowState, policy: Policy) -> None:
-        req = flow.request
-        origin = Origin.of(req.scheme, req.host, req.port)
-        hosts = [req.host, _host_of(req.host_header) or ""]
-
-        async def documents(o: Origin) -> OriginDocuments:
-            # Kept for the response phase, which reads the same documents the request was decided on.
-            state.docs = await self.documents(o)
-            return state.docs
-
-        decision = await assess(
-            policy, origin, req.path or "/", hosts, documents, mode=ctx.options.optout_mode or None
-        )
-        record_id = new_id()
-        state.decision, state.request_id, state.last_id = decision, record_id, record_id
-        flow.metadata["optout"] = _summary(decision, record_id)
-        status = BLOCK_STATUS if decision.blocks else None
-        if decision.verdict is Verdict.BLOCK or policy.audit.log_allowed:
-            record = self._record(flow, decision, policy, record_id, phase="request", status=status)
-            if not self._write(record, flow, state, record_id, in_place=False):
-                return
-        if decision.blocks:
-            body = block_body(decision, record_id)
-            self._answer(
-                flow, state, BLOCK_STATUS, body, decision.signal or "blocked", record_id, in_place=False
-            )
+            self.recorder.internal_error(flow, state, phase="request")
 
     # -- response phase ----------------------------------------------------
 
-    def _judgeable(self, flow: http.HTTPFlow) -> FlowState | None:
-        """The flow's state if its response is the origin's and the request was allowed, else None."""
-        state = self._flows.get(flow)
-        if state is None or state.answered or state.decision is None or state.decision.blocks:
-            return None
-        return state
-
     def responseheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        """Judge the response headers as they arrive.
-
-        Synchronous on the hot path: most responses carry no signal, and
-        mitmproxy awaits a hook's result only when it is awaitable, so the
-        coroutine is made only when there is something to judge.
-        """
-        state = self._judgeable(flow)
-        if flow.response is None or state is None or state.policy is None:
-            return None
-        try:
-            tdm_file = state.docs.tdm_file(flow.request.path or "/") if state.docs is not None else None
-            names = {name.lower() for name, _ in flow.response.headers.fields}
-            quiet = (
-                names.isdisjoint(SIGNAL_HEADERS)
-                and body_kind(flow.response.headers.get("content-type", ""), state.policy) is None
-                and tdm_file is None
-            )
-        except Exception:
-            logger.exception("optout: internal error judging the response of %s", flow.request.pretty_url)
-            self._internal_error(flow, state, phase="response", in_place=True)
-            return None
-        if quiet:
-            self._stamp(flow, state)
-            return None
-        return self._judge_headers(flow, state, state.policy, tdm_file)
-
-    async def _judge_headers(
-        self, flow: http.HTTPFlow, state: FlowState, policy: Policy, tdm_file: tdmrep.Channel | None
-    ) -> None:
-        try:
-            await self._responseheaders(flow, state, policy, tdm_file)
-        except Exception:
-            logger.exception("optout: internal error judging the response of %s", flow.request.pretty_url)
-            self._internal_error(flow, state, phase="response", in_place=True)
-        self._stamp(flow, state)
-
-    def _stamp(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        """Name the flow's last audit record on a response we forward."""
-        if flow.response is not None and not state.answered and state.last_id:
-            # Lets the crawler (and the tests) tie each response to its audit record.
-            flow.response.headers[ID_HEADER] = state.last_id
-
-    async def _responseheaders(
-        self, flow: http.HTTPFlow, state: FlowState, policy: Policy, tdm_file: tdmrep.Channel | None
-    ) -> None:
-        assert flow.response is not None
-        view = ResponseView(
-            flow.request.url, flow.response.status_code, tuple(flow.response.headers.items(True))
-        )
-        kind = body_kind(view.content_type, policy)
-        document = Document(view.url, view.status, None, utc_now())
-        found = await header_findings(
-            view, policy, document, tdm_file, self.license, body_follows=kind is not None
-        )
-        decision = decide(found, policy, mode=ctx.options.optout_mode or None)
-        if decision.blocks or kind is None:
-            self._respond(flow, state, decision, policy, inspected="headers", in_place=True)
-            return
-        cap = ctx.options.optout_body_cap
-        length = view.content_length
-        if length is not None and length > cap:
-            self._over_cap(flow, state, found, policy, document, length, in_place=True)
-            return
-        # Buffer the whole body before anything is delivered, even if
-        # stream_large_bodies asked mitmproxy to stream this one.
-        flow.response.stream = False
-        state.inspect = (kind, view, found, tdm_file)
+        """Judge the response headers as they arrive (synchronous when there is nothing to judge)."""
+        return self.responses.headers(flow)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Judge a buffered body before delivery (a coroutine only when there is one to judge)."""
-        state = self._flows.get(flow)
-        if state is None:
-            return None
-        if state.withholding is not None:
-            finish_withheld(flow, state.withholding)
-            return None
-        inspect, state.inspect = state.inspect, None
-        if inspect is None or flow.response is None or state.policy is None:
-            return None
-        return self._judge_body(flow, state, state.policy, inspect)
-
-    async def _judge_body(
-        self, flow: http.HTTPFlow, state: FlowState, policy: Policy, inspect: tuple[Any, ...]
-    ) -> None:
-        try:
-            await self._inspect_body(flow, state, policy, *inspect)
-        except Exception:
-            logger.exception("optout: internal error inspecting the body of %s", flow.request.pretty_url)
-            self._internal_error(flow, state, phase="response")
-        self._stamp(flow, state)
-
-    async def _inspect_body(
-        self,
-        flow: http.HTTPFlow,
-        state: FlowState,
-        policy: Policy,
-        kind: str,
-        view: ResponseView,
-        found: list[Finding],
-        tdm_file: tdmrep.Channel | None,
-    ) -> None:
-        assert flow.response is not None
-        cap = ctx.options.optout_body_cap
-        raw = flow.response.raw_content or b""
-        document = Document(view.url, view.status, None, utc_now())
-        if len(raw) > cap:
-            self._over_cap(flow, state, found, policy, document, len(raw), in_place=False)
-            return
-        try:
-            body = flow.response.get_content(strict=False) or b""
-        except ValueError:
-            body = raw
-        body = body[: 4 * cap]  # a decompression bomb stops here
-        document = Document(view.url, view.status, hashlib.sha256(body).hexdigest(), document.fetched_at)
-        found = found + await body_findings(view, body, kind, policy, document, tdm_file, self.license)
-        decision = decide(found, policy, mode=ctx.options.optout_mode or None)
-        self._respond(flow, state, decision, policy, inspected=f"headers+{kind}", in_place=False)
-
-    def _over_cap(
-        self, flow: http.HTTPFlow, state: FlowState, found: list[Finding], policy: Policy, document: Document,
-        size: int, *, in_place: bool,
-    ) -> None:  # fmt: skip
-        """A body too large to inspect: withheld or forwarded uninspected, as the policy says."""
-        cap = ctx.options.optout_body_cap
-        withhold = policy.reading("over_cap") == "withhold"
-        detail = f"body of {size} bytes exceeds optout_body_cap ({cap}); not inspected"
-        says = Says.DISALLOW if withhold else Says.UNKNOWN
-        finding = Finding(OVER_CAP, says, detail + ("; withheld" if withhold else "; forwarded"), document)
-        decision = decide([*found, finding], policy, mode=ctx.options.optout_mode or None)
-        self._respond(flow, state, decision, policy, inspected="over-cap", in_place=in_place)
-
-    def _respond(
-        self, flow: http.HTTPFlow, state: FlowState, decision: Decision, policy: Policy, *, inspected: str,
-        in_place: bool,
-    ) -> None:  # fmt: skip
-        """Record a response-phase decision when there is something to record; withhold if it blocks."""
-        if decision.verdict is not Verdict.BLOCK and not (decision.findings and policy.audit.log_allowed):
-            return
-        record_id = new_id()
-        status = BLOCK_STATUS if decision.blocks else None
-        record = self._record(flow, decision, policy, record_id, phase="response", status=status)
-        record["request_id"] = state.request_id
-        record["inspected"] = inspected
-        record["withheld"] = decision.blocks
-        if decision.verdict is Verdict.BLOCK and self.store is not None and flow.response is not None:
-            # The response headers are the document behind an in-band decision.
-            fields = tuple(flow.response.headers.items(True))
-            try:
-                record["response_headers_sha256"] = self.store.put(
-                    headers_bytes(flow.response.status_code, fields), url=flow.request.url,
-                    status=flow.response.status_code, headers=(), fetched_at=record["ts"],
-                    kind="response-headers",
-                )  # fmt: skip
-            except AuditError as e:
-                logger.error("optout: %s", e)
-        if not self._write(record, flow, state, record_id, in_place=in_place):
-            return
-        state.last_id = record_id
-        flow.metadata["optout_response"] = _summary(decision, record_id)
-        if decision.blocks:
-            body = block_body(decision, record_id, withheld=True)
-            self._answer(
-                flow, state, BLOCK_STATUS, body, decision.signal or "blocked", record_id, in_place=in_place
-            )
-
-    # -- recording and failing closed ---------------------------------------
-
-    def _answer(
-        self, flow: http.HTTPFlow, state: FlowState, status: int, body: str, reason_code: str, record_id: str,
-        *, in_place: bool,
-    ) -> None:  # fmt: skip
-        """Answer the flow ourselves: a whole new response, or the origin's rewritten in place."""
-        if in_place:
-            state.withholding = withhold_in_place(flow, status, body, reason_code, record_id)
-        else:
-            answer(flow, status, body, reason_code, record_id)
-        state.answered = True
-
-    def _record(
-        self, flow: http.HTTPFlow, decision: Decision, policy: Policy | None, record_id: str, *,
-        phase: str, status: int | None,
-    ) -> dict[str, Any]:  # fmt: skip
-        req = flow.request
-        return record_for(
-            decision,
-            record_id=record_id,
-            ts=utc_now(),
-            method=req.method,
-            # The URL the proxy connects to (not the Host header's view of it): a
-            # Host header that names another site is visible in `evidence`.
-            url=req.url,
-            host=canonical_host(req.host),
-            agent=policy.agent if policy is not None else "",
-            phase=phase,
-            status=status,
-            user_agent=req.headers.get("user-agent"),
-            policy_path=str(policy.path) if policy is not None else None,
-        )
-
-    def _write(
-        self, record: dict[str, Any], flow: http.HTTPFlow, state: FlowState, record_id: str, *, in_place: bool
-    ) -> bool:
-        """Write the record; on failure answer 503 so nothing passes unrecorded."""
-        try:
-            if self.audit is None:
-                raise AuditError("no audit log configured")
-            self.audit.write(record)
-            self.metrics.decisions.labels(
-                record.get("phase"), record.get("signal") or "-", record.get("decision"),
-                "true" if record.get("enforced") else "false",
-            ).inc()  # fmt: skip
-            return True
-        except AuditError as e:
-            self.metrics.audit_failures.inc()
-            logger.error("optout: %s; answering %d", e, AUDIT_DOWN_STATUS)
-            body = (
-                f"{AUDIT_DOWN_STATUS}: optout-proxy cannot write its audit log, so it forwards "
-                f"nothing.\nrecord: {record_id}\n"
-            )
-            self._answer(
-                flow, state, AUDIT_DOWN_STATUS, body, "audit-unavailable", record_id, in_place=in_place
-            )
-            return False
-
-    def _internal_error(
-        self, flow: http.HTTPFlow, state: FlowState, *, phase: str, in_place: bool = False
-    ) -> None:
-        """Block a flow whose decision failed: never forward what we could not judge."""
-        policy = state.policy
-        record_id = new_id()
-        decision = Decision(
-            Verdict.BLOCK,
-            enforced=True,
-            signal="internal-error",
-            reason="optout-proxy failed while deciding this request; blocked rather than "
-            "forwarded undecided.",
-            deciding=None,
-            findings=(),
-            policy_sha256=policy.digest if policy else "",
-        )
-        if state.decision is None:
-            state.decision = decision
-        flow.metadata["optout"] = _summary(decision, record_id)
-        try:
-            record = self._record(flow, decision, policy, record_id, phase=phase, status=BLOCK_STATUS)
-            if not self._write(record, flow, state, record_id, in_place=in_place):
-                return
-        except Exception:
-            logger.exception("optout: cannot record an internal error; blocking anyway")
-        self._answer(
-            flow, state, BLOCK_STATUS, block_body(decision, record_id), "internal-error", record_id,
-            in_place=in_place,
-        )  # fmt: skip
+        if flow.response is not None and flow.response.trailers is not None and not flow.request.is_http2:
+            # mitmproxy 11.0 cannot send HTTP/1 trailers to the client (the client hangs);
+            # they are metadata, never the content, so they are dropped.
+            flow.response.trailers = None
+        return self.responses.body(flow)
 
     def _close_later(self, client: httpx.AsyncClient) -> None:
         """Close a replaced client without blocking configure (which is synchronous)."""
@@ -749,3 +593,10 @@ class Enforcer:
         task = loop.create_task(client.aclose())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    def _fetch_refusal(self, host: str) -> str | None:
+        """Why our own fetches may not go to `host`: a rights holder in the registry is never contacted."""
+        policy = self.policy
+        if policy is not None and policy.registry.names(host):
+            return "a rights holder in the registry"
+        return None

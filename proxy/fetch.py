@@ -26,6 +26,7 @@ import certifi
 import httpx
 
 from proxy import __version__
+from proxy.addresses import GuardedBackend, guard_transport
 from proxy.evidence import Document, utc_now
 
 PRODUCT = f"optout-proxy/{__version__}"
@@ -74,10 +75,12 @@ def make_client(
     ca_file: str | None = None,
     ca_path: str | None = None,
     agent: str | None = None,
+    backend: GuardedBackend | None = None,
 ) -> httpx.AsyncClient:
     """The client for policy documents: never through a proxy, TLS as mitmproxy verifies upstream.
 
     It identifies as the crawler's product token `agent`, fetching on the crawler's behalf.
+    With `backend`, every connection (redirects included) goes only where it allows.
     """
     context: ssl.SSLContext | bool
     if not verify:
@@ -86,10 +89,13 @@ def make_client(
         context = ssl.create_default_context(cafile=ca_file or None, capath=ca_path or None)
     else:
         context = ssl.create_default_context(cafile=certifi.where())
+    transport = httpx.AsyncHTTPTransport(verify=context)
+    if backend is not None:
+        guard_transport(transport, backend)
     return httpx.AsyncClient(
+        transport=transport,  # carries `verify`
         # Our own fetches must never loop back through the proxy via HTTP(S)_PROXY.
         trust_env=False,
-        verify=context,
         follow_redirects=True,
         max_redirects=MAX_REDIRECTS,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)),

@@ -73,6 +73,11 @@ class Metrics:
         bound = self._server.server_address
         return f"http://{bound[0]}:{bound[1]}/metrics"
 
+    @property
+    def port(self) -> int | None:
+        """The port the endpoint listens on, while it does."""
+        return int(self._server.server_address[1]) if self._server is not None else None
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()

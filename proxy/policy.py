@@ -8,6 +8,7 @@ broken file never leaves the proxy half-configured. Example:
     mode: enforce                # enforce | monitor
     on_unreachable: block        # block (RFC 9309 §2.3.1.4) | allow
     on_robots_forbidden: allow   # robots.txt 401/403: allow (RFC 9309 §2.3.1.3) | block
+    private_addresses: block     # loopback, private, link-local, metadata: block | allow
     registries: [registry.yaml]  # relative to this file
     signals: {robots-txt: enforce, registry: enforce}
     audit: {path: ../audit/decisions.jsonl, log_allowed: true}
@@ -60,6 +61,7 @@ POLICY_KEYS = (
     "mode",
     "on_unreachable",
     "on_robots_forbidden",
+    "private_addresses",
     "registries",
     "signals",
     "audit",
@@ -97,6 +99,9 @@ class Policy:
     audit: AuditSettings
     digest: str  # SHA-256 over the policy file's bytes and each registry's bytes
     purpose: str = "ai-train"
+    # block: neither the crawler nor our own fetches reach loopback, private,
+    # link-local or metadata addresses; allow: for tests and intranet crawls.
+    private_addresses: str = "block"
     interpretations: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({k: v[1] for k, v in INTERPRETATIONS.items()})
     )
@@ -183,6 +188,7 @@ def load_policy(path: Path) -> Policy:
     mode = choice("mode", MODES, "enforce")
     on_unreachable = choice("on_unreachable", ("block", "allow"), "block")
     on_forbidden = choice("on_robots_forbidden", ("allow", "block"), "allow")
+    private_addresses = choice("private_addresses", ("block", "allow"), "block")
 
     signals: dict[str, str] = {}
     if "signals" in fields:
@@ -242,5 +248,6 @@ def load_policy(path: Path) -> Policy:
         audit=AuditSettings(audit_path.resolve(), log_allowed),
         digest=digest.hexdigest(),
         purpose=purpose,
+        private_addresses=private_addresses,
         interpretations=MappingProxyType(interpretations),
     )

@@ -20,6 +20,7 @@ from yaml.nodes import Node
 
 from proxy.evidence import Finding, Says
 from proxy.origin import canonical_host
+from proxy.paths import normalize
 from proxy.yamldoc import Reader, line_of
 
 NAME = "registry"
@@ -44,8 +45,10 @@ class Entry:
         """The path prefix of this entry that covers `path`, "" for a whole-site entry, else None."""
         if not self.paths:
             return ""
+        # Both sides canonical (proxy.paths), so /%77orks/ and /x/../works/ are /works/.
+        canonical = normalize(path)
         for prefix in self.paths:
-            if path.startswith(prefix):
+            if canonical.startswith(normalize(prefix)):
                 return prefix
         return None
 
@@ -91,6 +94,17 @@ class Registry:
             dot = h.find(".")
             if dot < 0:
                 return None
+            h = h[dot + 1 :]
+
+    def names(self, host: str) -> bool:
+        """True if any entry covers `host` (or a domain above it), whatever its paths."""
+        h = canonical_host(host)
+        while True:
+            if h in self._by_domain:
+                return True
+            dot = h.find(".")
+            if dot < 0:
+                return False
             h = h[dot + 1 :]
 
     def findings_for(self, hosts: Iterable[str], path: str) -> list[Finding]:

@@ -61,7 +61,9 @@ def make_proxy(tmp_path: Path, ca_pem: Path) -> Iterator[Callable[..., ProxyProc
         audit = Path(options.pop("optout_audit", tmp_path / f"audit-{len(procs)}.jsonl"))
         options.setdefault("ssl_verify_upstream_trusted_ca", str(ca_pem))
         options = {k: v for k, v in options.items() if v is not None}  # None: leave mitmproxy's default
-        extra = {"addon": addon} if addon is not None else {}
+        extra: dict[str, Any] = {"addon": addon} if addon is not None else {}
+        if "fsize_limit" in options:
+            extra["fsize_limit"] = options.pop("fsize_limit")
         proc = ProxyProcess(policy, confdir=confdir, audit=audit, options=options, **extra)
         procs.append(proc)
         return proc

@@ -24,6 +24,8 @@ def write_policy(
         "honor_agents": ["GPTBot", "CCBot"],
         "mode": "enforce",
         "on_unreachable": "block",
+        # every origin in the tests is on 127.0.0.1
+        "private_addresses": "allow",
         "registries": [reg_path.name],
         "signals": {"robots-txt": "enforce", "registry": "enforce"},
         "audit": {"path": "audit.jsonl", "log_allowed": True},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -37,6 +38,7 @@ class ProxyProcess:
         options: dict[str, Any] | None = None,
         timeout: float = 30.0,
         addon: Path = ADDON,
+        fsize_limit: int | None = None,
     ) -> None:
         self.policy = policy
         self.audit = audit
@@ -46,9 +48,15 @@ class ProxyProcess:
             args += ["--set", f"optout_audit={audit}"]
         for key, value in (options or {}).items():
             args += ["--set", f"{key}={value}"]
+        def limit() -> None:
+            if fsize_limit is not None:
+                # A full disk, for this process only (Python ignores SIGXFSZ: writes fail with EFBIG).
+                resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
-        )
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+            preexec_fn=limit if fsize_limit is not None else None,
+        )  # fmt: skip
         self.output: list[str] = []
         self._port: int | None = None
         self._ready = threading.Event()
@@ -109,8 +117,10 @@ class ProxyProcess:
                 self.proc.wait()
 
 
-def run_mitmdump_expecting_exit(policy: Path, confdir: Path, timeout: float = 30.0) -> tuple[int, str]:
+def run_mitmdump_expecting_exit(
+    policy: Path, confdir: Path, timeout: float = 30.0, extra: list[str] | None = None
+) -> tuple[int, str]:
     """Start mitmdump on a policy that should make it refuse to start; returns (code, output)."""
-    args = mitmdump_command(policy, confdir)
+    args = [*mitmdump_command(policy, confdir), *(extra or [])]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     return proc.returncode, proc.stdout + proc.stderr

@@ -28,9 +28,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from protego._urlpattern import _URLPattern
-from protego._utils import _hexescape, _quote_path, _quote_pattern
+from protego._utils import _hexescape, _quote_pattern
 
 from proxy.evidence import Document, Finding, Says
+from proxy.paths import normalize
 
 NAME = "robots-txt"
 PATH = "/robots.txt"
@@ -120,7 +121,7 @@ class RuleMatcher:
 
     def match(self, path: str) -> Rule | None:
         """Return the deciding rule for `path` (path plus ?query), or None if none matches."""
-        quoted = _quote_path(path)
+        quoted = normalize(path)
         entries = self._entries if quoted.startswith(self._plain_prefixes) else self._special
         for pattern, rule in entries:
             if pattern.match(quoted):
@@ -165,7 +166,7 @@ class ScopedValues:
 
     def best(self, path: str) -> list[Record]:
         """The records whose path matches `path` with the greatest length."""
-        quoted = _quote_path(path)
+        quoted = normalize(path)
         best_len = -1
         best: list[Record] = []
         for patterns, record in self._entries:
@@ -198,7 +199,7 @@ class PathPattern:
 
     def matches(self, path: str) -> bool:
         """True if the pattern matches `path` (path plus ?query)."""
-        quoted = _quote_path(path)
+        quoted = normalize(path)
         return any(p.match(quoted) for p in self._patterns)
 
 

@@ -269,21 +269,34 @@ def test_invalid_policy_refuses_to_start(tmp_path: Path) -> None:
     assert f"{bad}:2: mode must be one of enforce | monitor" in output
 
 
+def test_an_audit_log_that_cannot_be_opened_refuses_to_start(policy: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the audit directory should be")
+    code, out = run_mitmdump_expecting_exit(
+        policy, tmp_path / "conf", extra=["--set", f"optout_audit={blocker / 'audit.jsonl'}"]
+    )
+    assert code != 0
+    assert "cannot create the audit lock" in out and "not-a-dir" in out
+
+
 def test_audit_write_failure_answers_503(
     make_site: Callable[..., Site],
     make_proxy: Callable[..., ProxyProcess],
     policy: Path,
-    tmp_path: Path,
 ) -> None:
     site = content_site(make_site)
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("a file where the audit directory should be")
-    proxy = make_proxy(policy, optout_audit=str(blocker / "audit.jsonl"))
+    # The process may not grow any file past 6 kB: the audit log fills "the disk" after a few records.
+    proxy = make_proxy(policy, fsize_limit=6000)
+    statuses = []
     with client(proxy) as c:
-        r = c.get(site.url("/page"))
-    assert r.status_code == 503 and r.headers["X-Optout-Reason"] == "audit-unavailable"
-    assert site.hits["/page"] == 0
-    assert proxy.wait_for_log("cannot open audit log")
+        for i in range(40):
+            statuses.append(c.get(site.url(f"/page?{i}")).status_code)
+    assert statuses[0] == 200
+    assert 503 in statuses
+    first = statuses.index(503)
+    assert set(statuses[first:]) == {503}  # once the log cannot grow, nothing is forwarded
+    assert site.hits["/page"] == first
+    assert proxy.wait_for_log("answering 503")
 
 
 def test_an_exception_in_our_hook_blocks_the_request(
@@ -336,10 +349,12 @@ def test_optout_proxy_run_on_the_shipped_policy(tmp_path: Path, make_site: Calla
             private = c.get(site.url("/private/x"))
             ok = c.get(site.url("/page"))
         assert ghibli.status_code == 451 and "Studio Ghibli" in ghibli.text
-        assert private.status_code == 451
-        assert ok.status_code == 200
+        # The shipped policy keeps the crawler off loopback and private networks.
+        assert private.status_code == 451 and private.headers["X-Optout-Reason"] == "private-address"
+        assert ok.status_code == 451 and ok.headers["X-Optout-Reason"] == "private-address"
+        assert site.hits == {}  # not even its robots.txt was fetched
         records = [json.loads(x) for x in audit.read_text().splitlines()]
-        assert [r["decision"] for r in records] == ["block", "block", "allow"]
+        assert [r["decision"] for r in records] == ["block", "block", "block"]
         assert records[0]["evidence"][0]["entry"]["holder"] == "Studio Ghibli"
     finally:
         proc.terminate()

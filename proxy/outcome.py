@@ -1,0 +1,199 @@
+"""What happens to a flow once it is decided: it is recorded, and answered when it is not forwarded.
+
+Shared by the connection guard, the request judgement and the response
+judgement, so every path to the crawler goes through the same two rules:
+
+* nothing passes unrecorded: a failed audit write answers 503
+  `audit-unavailable` instead of forwarding;
+* nothing passes undecided: a failure while deciding answers 451
+  `internal-error`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import http
+
+from proxy.answers import (
+    AUDIT_DOWN_STATUS,
+    BLOCK_STATUS,
+    ID_HEADER,
+    Withholding,
+    answer,
+    block_body,
+    withhold_in_place,
+)
+from proxy.audit import AuditLog, new_id, record_for
+from proxy.documents import OriginDocuments
+from proxy.errors import AuditError
+from proxy.evidence import Decision, Finding, Says, Verdict, utc_now
+from proxy.metrics import Metrics
+from proxy.origin import canonical_host
+from proxy.policy import Policy
+from proxy.store import EvidenceStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class FlowState:
+    """What the addon knows about one flow. Kept beside the flow, not in `flow.metadata`,
+    because mitmproxy serialises metadata when flows are saved and these objects are not
+    serialisable; metadata gets a plain summary instead (`optout`)."""
+
+    policy: Policy | None
+    decision: Decision | None = None
+    request_id: str | None = None
+    last_id: str | None = None
+    answered: bool = False  # the response is ours, not the origin's
+    docs: OriginDocuments | None = None  # the origin's documents the request was decided on
+    inspect: tuple[Any, ...] | None = None  # a body to judge in the response hook
+    withholding: Withholding | None = None
+
+
+def summary(decision: Decision, record_id: str) -> dict[str, Any]:
+    """The serialisable summary other addons (and saved flows) see in flow.metadata["optout"]."""
+    return {
+        "decision": str(decision.verdict), "enforced": decision.enforced, "signal": decision.signal,
+        "reason": decision.reason, "id": record_id,
+    }  # fmt: skip
+
+
+def refusal(code: str, sentence: str, policy: Policy | None, *, detail: str = "") -> Decision:
+    """An enforced block that no signal made: the guard's, whatever the mode (monitor included).
+
+    Monitor mode forwards what opt-out signals would block; it never relays
+    what the proxy cannot judge (a raw tunnel, an ambiguous Host, a private address).
+    """
+    finding = Finding(code, Says.DISALLOW, detail or sentence)
+    return Decision(
+        Verdict.BLOCK,
+        enforced=True,
+        signal=code,
+        reason=sentence,
+        deciding=finding,
+        findings=(finding,),
+        policy_sha256=policy.digest if policy else "",
+    )
+
+
+class Recorder:
+    """Writes audit records and answers flows in the proxy's name."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.audit: AuditLog | None = None
+        self.store: EvidenceStore | None = None
+        self.metrics = metrics
+
+    def record(
+        self, flow: http.HTTPFlow, decision: Decision, policy: Policy | None, record_id: str, *,
+        phase: str, status: int | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The audit record of one decision about `flow`."""
+        req = flow.request
+        return record_for(
+            decision,
+            record_id=record_id,
+            ts=utc_now(),
+            method=req.method,
+            # The URL the proxy connects to (not the Host header's view of it): a
+            # Host header that names another site is visible in `evidence`.
+            url=req.url,
+            host=canonical_host(req.host),
+            agent=policy.agent if policy is not None else "",
+            phase=phase,
+            status=status,
+            user_agent=req.headers.get("user-agent"),
+            policy_path=str(policy.path) if policy is not None else None,
+        )
+
+    def write(
+        self, record: dict[str, Any], flow: http.HTTPFlow, state: FlowState, record_id: str, *, in_place: bool
+    ) -> bool:
+        """Write the record; on failure answer 503 so nothing passes unrecorded."""
+        try:
+            if self.audit is None:
+                raise AuditError("no audit log configured")
+            self.audit.write(record)
+            self.metrics.decisions.labels(
+                record.get("phase"), record.get("signal") or "-", record.get("decision"),
+                "true" if record.get("enforced") else "false",
+            ).inc()  # fmt: skip
+            return True
+        except AuditError as e:
+            self.metrics.audit_failures.inc()
+            logger.error("optout: %s; answering %d", e, AUDIT_DOWN_STATUS)
+            body = (
+                f"{AUDIT_DOWN_STATUS}: optout-proxy cannot write its audit log, so it forwards "
+                f"nothing.\nrecord: {record_id}\n"
+            )
+            self.answer(flow, state, AUDIT_DOWN_STATUS, body, "audit-unavailable", record_id, in_place=in_place)
+            return False
+
+    def answer(
+        self, flow: http.HTTPFlow, state: FlowState, status: int, body: str, reason_code: str, record_id: str,
+        *, in_place: bool,
+    ) -> None:  # fmt: skip
+        """Answer the flow ourselves: a whole new response, or the origin's rewritten in place."""
+        if in_place:
+            state.withholding = withhold_in_place(flow, status, body, reason_code, record_id)
+        else:
+            answer(flow, status, body, reason_code, record_id)
+        state.answered = True
+
+    def block(
+        self, flow: http.HTTPFlow, state: FlowState, decision: Decision, *, phase: str,
+        status: int = BLOCK_STATUS, in_place: bool = False,
+    ) -> str:  # fmt: skip
+        """Record an enforced block and answer it with `status`; returns the record id."""
+        record_id = new_id()
+        if state.decision is None:
+            state.decision, state.request_id = decision, record_id
+        state.last_id = record_id
+        flow.metadata["optout"] = summary(decision, record_id)
+        record = self.record(flow, decision, state.policy, record_id, phase=phase, status=status)
+        if self.write(record, flow, state, record_id, in_place=in_place):
+            self.answer(
+                flow, state, status, block_body(decision, record_id), decision.signal or "blocked", record_id,
+                in_place=in_place,
+            )  # fmt: skip
+        return record_id
+
+    def internal_error(
+        self, flow: http.HTTPFlow, state: FlowState, *, phase: str, in_place: bool = False
+    ) -> None:
+        """Block a flow whose decision failed: never forward what we could not judge."""
+        policy = state.policy
+        record_id = new_id()
+        decision = Decision(
+            Verdict.BLOCK,
+            enforced=True,
+            signal="internal-error",
+            reason="optout-proxy failed while deciding this request; blocked rather than "
+            "forwarded undecided.",
+            deciding=None,
+            findings=(),
+            policy_sha256=policy.digest if policy else "",
+        )
+        if state.decision is None:
+            state.decision = decision
+        flow.metadata["optout"] = summary(decision, record_id)
+        try:
+            record = self.record(flow, decision, policy, record_id, phase=phase, status=BLOCK_STATUS)
+            if not self.write(record, flow, state, record_id, in_place=in_place):
+                return
+        except Exception:
+            logger.exception("optout: cannot record an internal error; blocking anyway")
+        self.answer(
+            flow, state, BLOCK_STATUS, block_body(decision, record_id), "internal-error", record_id,
+            in_place=in_place,
+        )  # fmt: skip
+
+    def stamp(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Name the flow's last audit record on a response we forward."""
+        if flow.response is not None and not state.answered and state.last_id:
+            # Lets the crawler (and the tests) tie each response to its audit record.
+            flow.response.headers[ID_HEADER] = state.last_id

@@ -217,6 +217,7 @@ def serve(argv: Sequence[str]) -> None:
     the problem and exit 1 before it binds its port.
     """
     from mitmproxy import ctx
+    from mitmproxy.exceptions import OptionsError
     from mitmproxy.tools import cmdline, dump
     from mitmproxy.tools import main as mitmproxy_main
 
@@ -226,6 +227,8 @@ def serve(argv: Sequence[str]) -> None:
 
     def install(ns: argparse.Namespace) -> dict[str, Any]:
         ctx.master.addons.add(enforcer)  # adds our options and applies the deferred --set values
+        if ctx.options.deferred:
+            raise OptionsError(f"unknown option(s): {', '.join(sorted(ctx.options.deferred))} (misspelled?)")
         enforcer.configure(set(ctx.options.keys()))
         if ns.filter_args:
             v = " ".join(ns.filter_args)

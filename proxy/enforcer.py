@@ -21,7 +21,6 @@ import time
 import weakref
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
 
 import httpx
 from mitmproxy import connection, ctx, exceptions, http, tcp, udp
@@ -45,6 +44,7 @@ from proxy.origin import Origin, canonical_host
 from proxy.outcome import FlowState, Recorder, refusal
 from proxy.policy import Policy, load_policy
 from proxy.store import EvidenceStore, store_dir
+from proxy.trailers import install as drop_trailers
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ _CLIENT_OPTIONS = frozenset(
 # mitmproxy options the guard reads; a change to any of them is checked again.
 _GUARDED_OPTIONS = frozenset(
     {*FORCED_OPTIONS, "ignore_hosts", "allow_hosts", "tcp_hosts", "udp_hosts", "mode", "listen_host",
-     "proxyauth", "optout_trusted_network"}
+     "proxyauth", "optout_trusted_network", "map_remote", "modify_headers"}
 )  # fmt: skip
 
 
@@ -80,6 +80,7 @@ class Enforcer:
     """Decides every request against the policy, answers blocks, and audits each decision."""
 
     def __init__(self) -> None:
+        drop_trailers()
         self.policy: Policy | None = None  # last good policy; replaced only whole
         self.ready = False  # a policy and an audit log are in force: traffic may be judged
         self.cache: OriginCache[Origin, OriginDocuments] = OriginCache(10_000)
@@ -100,7 +101,11 @@ class Enforcer:
             mode=self._mode, direct=self._direct,
         )  # fmt: skip
         self.responses = ResponseJudge(
-            self.recorder, self._flows, self.license, mode=self._mode, body_cap=lambda: ctx.options.optout_body_cap
+            self.recorder,
+            self._flows,
+            self.license,
+            mode=self._mode,
+            body_cap=lambda: ctx.options.optout_body_cap,
         )
 
     @property
@@ -116,12 +121,12 @@ class Enforcer:
 
     def _direct(self) -> bool:
         """True unless an upstream proxy makes the connections (and resolves the names)."""
-        return all(mode_name(spec) != "upstream" for spec in ctx.options.mode)
+        return all(mode_name(spec) != "upstream" for spec in getattr(ctx.options, "mode", ()))
 
     def own_ports(self) -> tuple[int, ...]:
         """The ports this proxy listens on (proxy and metrics): never reachable through it."""
         if self._own_ports is None:
-            ports = {int(ctx.options.listen_port or 8080)}
+            ports = {int(getattr(ctx.options, "listen_port", None) or 8080)}
             server = ctx.master.addons.get("proxyserver") if hasattr(ctx, "master") else None
             if server is not None:
                 ports.update(addr[1] for addr in server.listen_addrs())
@@ -270,7 +275,7 @@ class Enforcer:
             self.audit.checkpoint_every = ctx.options.optout_audit_checkpoint_every
         if "optout_body_cap" in updated and ctx.options.optout_body_cap < 1:
             raise exceptions.OptionsError("optout_body_cap must be at least 1 byte")
-        if ctx.options.stream_large_bodies and self.policy is not None:
+        if getattr(ctx.options, "stream_large_bodies", None) and self.policy is not None:
             inspecting = [s for s in BODY_SIGNALS if self.policy.signal_mode(s) != "off"]
             if inspecting:
                 # A chunked body that outgrows stream_large_bodies is streamed by
@@ -380,7 +385,9 @@ class Enforcer:
                 self._install(policy)
             except exceptions.OptionsError as e:
                 self.metrics.reloads.labels("refused").inc()
-                logger.error("optout: policy change refused (%s); still enforcing sha256 %s", e, current.digest[:12])
+                logger.error(
+                    "optout: policy change refused (%s); still enforcing sha256 %s", e, current.digest[:12]
+                )
                 continue
             self._signature = _signature(policy)
             self.metrics.reloads.labels("accepted").inc()
@@ -469,7 +476,7 @@ class Enforcer:
 
     def _guard_options(self, updated: set[str]) -> None:
         """Force the fail-open defaults shut; refuse options that would relay unjudged bytes."""
-        unsafe = {k: v for k, v in FORCED_OPTIONS.items() if k in updated and getattr(ctx.options, k) != v}
+        unsafe = {k: v for k, v in FORCED_OPTIONS.items() if k in updated and getattr(ctx.options, k, v) != v}
         if unsafe:
             if self.ready:
                 raise exceptions.OptionsError(
@@ -489,6 +496,11 @@ class Enforcer:
             self._own_ports = None
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        # Scripts run before mitmproxy's own layer chooser: let it choose now, then
+        # check its choice (it leaves a layer that is already set alone).
+        chooser = ctx.master.addons.get("nextlayer")
+        if nextlayer.layer is None and chooser is not None:
+            chooser.next_layer(nextlayer)
         replaced = harden_layer(nextlayer)
         if replaced is not None:
             logger.warning(

@@ -78,7 +78,7 @@ def install(enforcer: Ready) -> Gate:
     load step: script loading is synchronous from import to `configure`, so
     by then the enforcer has been configured or has failed.
     """
-    gate = ctx.master.addons.get(NAME)
+    gate: Gate | None = ctx.master.addons.get(NAME)
     if gate is None:
         gate = Gate(enforcer)
         ctx.master.addons.add(gate)
@@ -93,12 +93,17 @@ def install(enforcer: Ready) -> Gate:
 
 
 def _exit_unless_ready(enforcer: Ready) -> None:
-    if enforcer.ready:
+    unknown = sorted(ctx.options.deferred)
+    if enforcer.ready and not unknown:
         return
+    enforcer.ready = False
     message = (
+        f"optout-proxy: unknown option(s) {', '.join(unknown)} (misspelled?); refusing to run on "
+        "settings other than those asked for"
+        if unknown else
         "optout-proxy: the addon could not be configured (a bad --set optout_* value, or a policy or "
         "audit problem logged above); refusing to run a proxy that would forward unjudged traffic"
-    )
+    )  # fmt: skip
     logger.error(message)
     print(message, file=sys.stderr, flush=True)
     # mitmproxy keeps running after a failed script load; nothing short of

@@ -78,14 +78,25 @@ def option_problems(options: Any, *, trusted_network: bool) -> list[str]:
     for name, what in _RELAYING_OPTIONS.items():
         if getattr(options, name, None):
             problems.append(f"{name} {what}: optout-proxy must judge every request; unset it")
-    for spec in options.mode:
+    if getattr(options, "map_remote", None):
+        problems.append("map_remote rewrites requests after they are judged: unset it")
+    for spec in getattr(options, "modify_headers", None) or ():
+        parts = spec[1:].split(spec[0]) if spec else []
+        if len(parts) >= 2 and parts[1].strip().lower() in ("host", ":authority"):
+            problems.append(f"modify_headers {spec!r} changes the Host after it is judged: unset it")
+    for spec in getattr(options, "mode", ()):
         if mode_name(spec) not in SAFE_MODES:
             problems.append(
                 f"mode {spec!r}: only {' and '.join(SAFE_MODES)} proxy modes are judged request by "
                 "request; other modes relay raw TCP, UDP or DNS"
             )
-    if not trusted_network and not options.proxyauth and not is_loopback_host(options.listen_host or ""):
-        where = options.listen_host or "every interface"
+    listen_host = getattr(options, "listen_host", "127.0.0.1")
+    if (
+        not trusted_network
+        and not getattr(options, "proxyauth", None)
+        and not is_loopback_host(listen_host or "")
+    ):
+        where = listen_host or "every interface"
         problems.append(
             f"listen_host {where!r} without proxyauth makes an open proxy (it would also reach this "
             "machine's loopback services): set proxyauth=USER:PASS (or an htpasswd file), listen on "
@@ -231,5 +242,7 @@ def pin(server: connection.Server, resolver: Resolver) -> str | None:
     cached = resolver.cached(host)
     if not cached:
         return None
+    if server.sni is None and server.tls:
+        server.sni = host  # keep the name for TLS: the address is now an IP
     server.address = (cached[0], port)
     return cached[0]

@@ -112,7 +112,9 @@ class RequestJudge:
         """
         host = flow.request.host
         if policy.signal_mode("registry") != "off":
-            found = [f for f in policy.registry.findings_for((host,), "/") if not (f.entry or {}).get("paths")]
+            found = [
+                f for f in policy.registry.findings_for((host,), "/") if not (f.entry or {}).get("paths")
+            ]
             if found:
                 decision = Decision(
                     Verdict.BLOCK, enforced=True, signal="registry",
@@ -120,8 +122,10 @@ class RequestJudge:
                     "rights-holder registry; the tunnel is refused before any contact.",
                     deciding=found[0], findings=tuple(found), policy_sha256=policy.digest,
                 )  # fmt: skip
-                if decision.enforced and (self.mode() or policy.mode) != "monitor" and (
-                    policy.signal_mode("registry") == "enforce"
+                if (
+                    decision.enforced
+                    and (self.mode() or policy.mode) != "monitor"
+                    and (policy.signal_mode("registry") == "enforce")
                 ):
                     self.recorder.block(flow, state, decision, phase="connect")
                     return
@@ -129,7 +133,9 @@ class RequestJudge:
         if self.direct():
             await self._addresses_ok(flow, state, policy, names)
 
-    async def _ambiguous(self, flow: http.HTTPFlow, state: FlowState, policy: Policy, names: RequestNames) -> None:
+    async def _ambiguous(
+        self, flow: http.HTTPFlow, state: FlowState, policy: Policy, names: RequestNames
+    ) -> None:
         """Several Host fields: 451 if any name is a registry block, else 400; never forwarded."""
         found = policy.registry.findings_for(names.all, flow.request.path or "/")
         if found and policy.signal_mode("registry") != "off":

@@ -95,12 +95,6 @@ class ResponseJudge:
             self.recorder.internal_error(flow, state, phase="response", in_place=True)
         self.recorder.stamp(flow, state)
 
-    def _stamp(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        """Name the flow's last audit record on a response we forward."""
-        if flow.response is not None and not state.answered and state.last_id:
-            # Lets the crawler (and the tests) tie each response to its audit record.
-            flow.response.headers[ID_HEADER] = state.last_id
-
     async def _responseheaders(
         self, flow: http.HTTPFlow, state: FlowState, policy: Policy, tdm_file: tdmrep.Channel | None
     ) -> None:
@@ -203,7 +197,11 @@ class ResponseJudge:
         record["request_id"] = state.request_id
         record["inspected"] = inspected
         record["withheld"] = decision.blocks
-        if decision.verdict is Verdict.BLOCK and self.recorder.store is not None and flow.response is not None:
+        if (
+            decision.verdict is Verdict.BLOCK
+            and self.recorder.store is not None
+            and flow.response is not None
+        ):
             # The response headers are the document behind an in-band decision.
             fields = tuple(flow.response.headers.items(True))
             try:

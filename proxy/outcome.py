@@ -130,7 +130,9 @@ class Recorder:
                 f"{AUDIT_DOWN_STATUS}: optout-proxy cannot write its audit log, so it forwards "
                 f"nothing.\nrecord: {record_id}\n"
             )
-            self.answer(flow, state, AUDIT_DOWN_STATUS, body, "audit-unavailable", record_id, in_place=in_place)
+            self.answer(
+                flow, state, AUDIT_DOWN_STATUS, body, "audit-unavailable", record_id, in_place=in_place
+            )
             return False
 
     def answer(

@@ -48,6 +48,7 @@ class ProxyProcess:
             args += ["--set", f"optout_audit={audit}"]
         for key, value in (options or {}).items():
             args += ["--set", f"{key}={value}"]
+
         def limit() -> None:
             if fsize_limit is not None:
                 # A full disk, for this process only (Python ignores SIGXFSZ: writes fail with EFBIG).

@@ -1,0 +1,140 @@
+"""Raw sockets for the adversarial tests: an origin that counts connections, a client that sends bytes as written.
+
+Clients such as httpx normalise what they send (paths, Host, framing); an
+attacker does not. These helpers put exact bytes on the wire and give back
+every byte the proxy sent, so a test can assert that a marker never appears.
+"""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from collections.abc import Callable
+
+MARKER = b"OPTED-OUT-MARKER-7f3a"
+
+
+class CountingOrigin:
+    """An HTTP/1.1 origin on 127.0.0.1 that counts accepted connections and requests.
+
+    `respond(path, head)` returns the whole response (bytes); the default serves
+    `robots` at /robots.txt and the marker everywhere else.
+    """
+
+    def __init__(
+        self,
+        robots: str = "User-agent: *\nDisallow: /private\n",
+        respond: Callable[[str, bytes], bytes] | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.connections = 0
+        self.requests: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        origin = self
+
+        def default(path: str, head: bytes) -> bytes:
+            body = robots.encode() if path == "/robots.txt" else b"content " + MARKER + b"\n"
+            return (
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\n\r\n" + body
+            )  # fmt: skip
+
+        answer = respond or default
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with origin.lock:
+                    origin.connections += 1
+                sock = self.request
+                if tls is not None:
+                    try:
+                        sock = tls.wrap_socket(sock, server_side=True)
+                    except (ssl.SSLError, OSError):
+                        return
+                sock.settimeout(10)
+                buf = b""
+                while True:
+                    try:
+                        data = sock.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    buf += data
+                    while b"\r\n\r\n" in buf:
+                        head, buf = buf.split(b"\r\n\r\n", 1)
+                        line = head.split(b"\r\n", 1)[0].decode("latin-1")
+                        parts = line.split(" ")
+                        path = parts[1] if len(parts) > 1 else ""
+                        with origin.lock:
+                            origin.requests.append((path, head))
+                        try:
+                            sock.sendall(answer(path, head))
+                        except OSError:
+                            return
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def paths(self) -> list[str]:
+        with self.lock:
+            return [p for p, _ in self.requests]
+
+    def content_requests(self) -> list[str]:
+        """Requests for anything but the policy documents."""
+        docs = ("/robots.txt", "/ai.txt", "/.well-known/tdmrep.json", "/.well-known/ai.txt")
+        return [p for p in self.paths() if p not in docs]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def exchange(port: int, chunks: list[bytes], *, wait: float = 3.0, pause: float = 0.2) -> bytes:
+    """Send `chunks` to the proxy at 127.0.0.1:`port` (pausing between them); every byte received."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        for chunk in chunks:
+            s.sendall(chunk)
+            time.sleep(pause)
+        return read_all(s, wait)
+
+
+def read_all(s: socket.socket | ssl.SSLSocket, wait: float) -> bytes:
+    """Read until the peer closes or `wait` seconds pass without a byte."""
+    s.settimeout(wait)
+    out = b""
+    while True:
+        try:
+            data = s.recv(65536)
+        except (TimeoutError, ssl.SSLError, OSError):
+            return out
+        if not data:
+            return out
+        out += data
+
+
+def tunnel(
+    port: int, authority: str, *, sni: str | None = None, ca: str | None = None
+) -> socket.socket | ssl.SSLSocket:
+    """CONNECT through the proxy; with `ca`, TLS inside the tunnel (SNI `sni`). Raises on a refused CONNECT."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = s.recv(1)
+        if not data:
+            break
+        head += data
+    if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
+        s.close()
+        raise ConnectionRefusedError(head.decode("latin-1"))
+    if ca is None:
+        return s
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.check_hostname = False
+    return ctx.wrap_socket(s, server_hostname=sni)

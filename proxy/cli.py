@@ -226,7 +226,13 @@ def serve(argv: Sequence[str]) -> None:
     enforcer = Enforcer()
 
     def install(ns: argparse.Namespace) -> dict[str, Any]:
-        ctx.master.addons.add(enforcer)  # adds our options and applies the deferred --set values
+        pending = sorted(ctx.options.deferred)
+        try:
+            ctx.master.addons.add(enforcer)  # adds our options and applies the deferred --set values
+        except OptionsError as e:
+            # mitmproxy's parse errors do not name the option; name the candidates.
+            given = ", ".join(f"{k}={ctx.options.deferred[k].val[0]}" for k in pending if k in ctx.options.deferred)
+            raise OptionsError(f"{e} (in --set {given})") from e
         if ctx.options.deferred:
             raise OptionsError(f"unknown option(s): {', '.join(sorted(ctx.options.deferred))} (misspelled?)")
         enforcer.configure(set(ctx.options.keys()))

@@ -54,8 +54,8 @@ def start(kind: str, policy: Path, confdir: Path, key: str, value: str) -> tuple
         args = [sys.executable, "-m", "proxy", "run", "--policy", str(policy)]
     args += ["--listen-host", "127.0.0.1", "--listen-port", "0", "--set", f"confdir={confdir}",
              "--set", f"{key}={value}"]  # fmt: skip
-    if key == "optout_audit":
-        pass
+    if key != "optout_audit":
+        args += ["--set", f"optout_audit={confdir.with_name(confdir.name + '-audit.jsonl')}"]  # one log each
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=20)

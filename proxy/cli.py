@@ -231,7 +231,9 @@ def serve(argv: Sequence[str]) -> None:
             ctx.master.addons.add(enforcer)  # adds our options and applies the deferred --set values
         except OptionsError as e:
             # mitmproxy's parse errors do not name the option; name the candidates.
-            given = ", ".join(f"{k}={ctx.options.deferred[k].val[0]}" for k in pending if k in ctx.options.deferred)
+            given = ", ".join(
+                f"{k}={ctx.options.deferred[k].val[0]}" for k in pending if k in ctx.options.deferred
+            )
             raise OptionsError(f"{e} (in --set {given})") from e
         if ctx.options.deferred:
             raise OptionsError(f"unknown option(s): {', '.join(sorted(ctx.options.deferred))} (misspelled?)")

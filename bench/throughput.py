@@ -154,6 +154,8 @@ def main() -> int:
         policy.write_text(
             "agent: ExampleBot\nhonor_agents: [GPTBot, CCBot]\nregistries: [registry.yaml]\n"
             "audit: {path: audit.jsonl, log_allowed: true}\n"
+            # the origin is on loopback, which the shipped policy keeps crawlers away from
+            "private_addresses: allow\n"
         )
         (t / "bare").mkdir()
         (t / "ours").mkdir()

@@ -89,7 +89,8 @@ def make_client(
         context = ssl.create_default_context(cafile=ca_file or None, capath=ca_path or None)
     else:
         context = ssl.create_default_context(cafile=certifi.where())
-    transport = httpx.AsyncHTTPTransport(verify=context)
+    # HTTP/2 where the origin offers it: some answer nothing else (h2 is a dependency of mitmproxy).
+    transport = httpx.AsyncHTTPTransport(verify=context, http2=True)
     if backend is not None:
         guard_transport(transport, backend)
     return httpx.AsyncClient(

@@ -138,3 +138,119 @@ def tunnel(
     ctx = ssl.create_default_context(cafile=ca)
     ctx.check_hostname = False
     return ctx.wrap_socket(s, server_hostname=sni)
+
+
+class H2Origin:
+    """An HTTPS origin that speaks only HTTP/2 (ALPN h2), counting connections and requests.
+
+    Serves `robots` at /robots.txt and the marker elsewhere; records (path, :authority).
+    """
+
+    def __init__(
+        self, tls_cert: Callable[[ssl.SSLContext], None], robots: str = "User-agent: *\nDisallow: /private\n"
+    ) -> None:
+        import h2.config
+        import h2.connection
+        import h2.events
+
+        self.connections = 0
+        self.requests: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls_cert(ctx)
+        ctx.set_alpn_protocols(["h2"])
+        origin = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with origin.lock:
+                    origin.connections += 1
+                try:
+                    sock = ctx.wrap_socket(self.request, server_side=True)
+                except (ssl.SSLError, OSError):
+                    return
+                if sock.selected_alpn_protocol() != "h2":
+                    sock.close()
+                    return
+                conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+                conn.initiate_connection()
+                sock.sendall(conn.data_to_send())
+                sock.settimeout(10)
+                while True:
+                    try:
+                        data = sock.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.RequestReceived):
+                            headers = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+                                       for k, v in event.headers}  # fmt: skip
+                            path = headers.get(":path", "")
+                            with origin.lock:
+                                origin.requests.append((path, headers.get(":authority", "")))
+                            body = robots.encode() if path == "/robots.txt" else b"content " + MARKER + b"\n"
+                            conn.send_headers(event.stream_id, [(":status", "200"), ("content-type", "text/plain"),
+                                                                ("content-length", str(len(body)))])  # fmt: skip
+                            conn.send_data(event.stream_id, body, end_stream=True)
+                    sock.sendall(conn.data_to_send())
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def paths(self) -> list[str]:
+        with self.lock:
+            return [p for p, _ in self.requests]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def h2_get(proxy_port: int, authority: str, path: str, ca: str, *, sni: str = "localhost",
+           header_authority: str | None = None) -> tuple[int, bytes, str]:  # fmt: skip
+    """One HTTP/2 GET through a CONNECT tunnel; returns (status, body, ALPN the proxy chose)."""
+    import h2.connection
+    import h2.events
+
+    s = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
+    s.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert b" 200" in head.split(b"\r\n", 1)[0], head
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.check_hostname = False
+    ctx.set_alpn_protocols(["h2"])
+    tls = ctx.wrap_socket(s, server_hostname=sni)
+    alpn = tls.selected_alpn_protocol() or ""
+    conn = h2.connection.H2Connection()
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "https"),
+                          (":authority", header_authority or authority)], end_stream=True)  # fmt: skip
+    tls.sendall(conn.data_to_send())
+    status, body = 0, b""
+    tls.settimeout(10)
+    try:
+        while True:
+            data = tls.recv(65536)
+            if not data:
+                break
+            done = False
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    done = True
+            tls.sendall(conn.data_to_send())
+            if done:
+                break
+    finally:
+        tls.close()
+    return status, body, alpn

@@ -14,8 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+import trustme
 
-from tests.adversarial.rawnet import MARKER, CountingOrigin, exchange, read_all, tunnel
+from tests.adversarial.rawnet import MARKER, CountingOrigin, H2Origin, exchange, h2_get, read_all, tunnel
 from tests.policies import entry, write_policy
 from tests.proxyproc import ProxyProcess
 
@@ -388,3 +389,29 @@ def test_a_client_offering_http2_gets_every_check(
         assert "/private/x" not in o.paths()
     finally:
         o.close()
+
+
+@pytest.fixture
+def h2_origin(ca: trustme.CA) -> Iterator[H2Origin]:
+    o = H2Origin(ca.issue_cert("localhost", "127.0.0.1").configure_cert)
+    yield o
+    o.close()
+
+
+def test_http2_on_both_sides_gets_every_check(
+    h2_origin: H2Origin, make_proxy: Callable[..., ProxyProcess], policy: Path
+) -> None:
+    proxy = make_proxy(policy)
+    a = f"localhost:{h2_origin.port}"
+    ok = h2_get(proxy.port, a, "/page", str(proxy.ca_cert))
+    assert ok[2] == "h2" and ok[0] == 200 and MARKER in ok[1], ok[1][:400]  # h2 both ways
+    for path in ("/private/x", "/x/../private", "//private", "/%70rivate"):
+        status, body, alpn = h2_get(proxy.port, a, path, str(proxy.ca_cert))
+        assert (alpn, status) == ("h2", 451) and MARKER not in body, (path, status)
+    # :authority naming a registry host inside the tunnel, and an SNI naming one
+    fronted = h2_get(proxy.port, a, "/page", str(proxy.ca_cert), header_authority="www.holder.test")
+    sni = h2_get(proxy.port, a, "/page", str(proxy.ca_cert), sni="holder.test")
+    assert fronted[0] == 451 and MARKER not in fronted[1]
+    assert sni[0] == 451 and MARKER not in sni[1]
+    docs = ("/robots.txt", "/ai.txt", "/.well-known/tdmrep.json")
+    assert [p for p in h2_origin.paths() if p not in docs] == ["/page"]

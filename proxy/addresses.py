@@ -7,10 +7,13 @@ cloud metadata services answer, 169.254.169.254 and fd00:ec2::254), shared
 address they resolve to must be public, so `127.0.0.1.nip.io`, `2130706433`
 and `0x7f.1` are caught like `127.0.0.1` (getaddrinfo reads them all).
 
-The address that was checked is the one connected to: the proxy pins the
-crawler's upstream connection to it, and our own document fetches connect
-through `GuardedBackend`, so a name that resolves differently a moment later
-(DNS rebinding) gains nothing.
+Our own document fetches connect through `GuardedBackend`, to the very
+address that was checked, so a name that resolves differently a moment later
+(DNS rebinding) gains nothing there. The crawler's upstream connections are
+checked twice: when the request is judged, and in `server_connect` right
+before mitmproxy connects (mitmproxy resolves the name once more itself; a
+resolver that answers differently within those milliseconds is the residual
+window, since pinning the address breaks mitmproxy's connection reuse).
 """
 
 from __future__ import annotations

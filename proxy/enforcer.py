@@ -35,7 +35,7 @@ from proxy.documents import OptionalDoc, OriginDocuments, fetch_license, load_or
 from proxy.errors import AuditError, PolicyError
 from proxy.evidence import utc_now
 from proxy.fetch import MAX_TTL, Fetched, answer_deadline, make_client
-from proxy.guard import FORCED_OPTIONS, harden_layer, mode_name, option_problems, pin
+from proxy.guard import FORCED_OPTIONS, address_refusal, harden_layer, mode_name, option_problems
 from proxy.inband import BODY_SIGNALS, DEFAULT_BODY_CAP
 from proxy.judge_request import RequestJudge
 from proxy.judge_response import ResponseJudge
@@ -559,9 +559,28 @@ class Enforcer:
             logger.exception("optout: internal error deciding CONNECT %s", flow.request.pretty_host)
             self.recorder.internal_error(flow, state, phase="connect")
 
-    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        # Connect to the address the request was judged on, not a second DNS answer.
-        pin(data.server, self.resolver)
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """Check the address mitmproxy is about to connect to (a redirect, a map, a second DNS answer).
+
+        The request was judged on its names; this is the last look before any
+        contact. A refused address kills the connection before it is opened.
+        """
+        policy = self.policy
+        if policy is None or not self._direct() or data.server.address is None:
+            return
+        host, port = str(data.server.address[0]), int(data.server.address[1])
+        allow_private = policy.private_addresses == "allow"
+        if allow_private and port not in self.own_ports():
+            return
+        try:
+            why = await address_refusal(
+                host, port, self.resolver, allow_private=allow_private, own_ports=self.own_ports(),
+            )  # fmt: skip
+        except OSError as e:
+            why = ("unresolvable", f"{host} does not resolve ({e})")
+        if why is not None:
+            data.server.error = f"optout-proxy: {why[1]}"
+            logger.warning("optout: refused to connect: %s", why[1])
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnels.pop(client.id, None)

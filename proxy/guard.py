@@ -20,8 +20,8 @@ closed here:
   (RFC 9112 §3.2.2), so the origin serves what was decided on.
 * **Addresses.** The crawler may not reach loopback, private, link-local or
   metadata addresses (policy key `private_addresses`), nor the proxy's own
-  listening and metrics ports in any case; the address checked is the one
-  connected to (`pin`).
+  listening and metrics ports in any case; the address mitmproxy is about
+  to connect to is checked again in `server_connect`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from mitmproxy import connection, http
+from mitmproxy import http
 from mitmproxy.proxy import layer, layers
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.layers.quic import RawQuicLayer
@@ -232,17 +232,3 @@ async def address_refusal(
                 "private_addresses is block",
             )
     return None
-
-
-def pin(server: connection.Server, resolver: Resolver) -> str | None:
-    """Connect to the address the request was judged on (no second DNS answer); returns it."""
-    if server.address is None or server.via is not None:
-        return None
-    host, port = server.address[0], server.address[1]
-    cached = resolver.cached(host)
-    if not cached:
-        return None
-    if server.sni is None and server.tls:
-        server.sni = host  # keep the name for TLS: the address is now an IP
-    server.address = (cached[0], port)
-    return cached[0]

@@ -29,6 +29,7 @@ class CountingOrigin:
         robots: str = "User-agent: *\nDisallow: /private\n",
         respond: Callable[[str, bytes], bytes] | None = None,
         tls: ssl.SSLContext | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.connections = 0
         self.requests: list[tuple[str, bytes]] = []
@@ -76,7 +77,7 @@ class CountingOrigin:
                         except OSError:
                             return
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server = socketserver.ThreadingTCPServer((host, 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()

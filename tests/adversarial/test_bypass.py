@@ -290,14 +290,17 @@ def test_the_proxy_itself_is_never_reachable_through_it(
 def test_licences_named_by_sites_are_not_fetched_from_registry_or_odd_places(
     make_proxy: Callable[..., ProxyProcess], tmp_path: Path
 ) -> None:
-    licence_host = CountingOrigin(respond=lambda p, h: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")
+    def licence(path: str, head: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno"
+
+    allowed = CountingOrigin(respond=licence)
+    registered = CountingOrigin(respond=licence, host="127.0.0.9")  # a registry host
     try:
         lines = [
-            f"License: http://127.0.0.9:{licence_host.port}/l1.xml",
-            f"License: http://www.holder.test:{licence_host.port}/l2.xml",
+            f"License: http://127.0.0.1:{allowed.port}/ok.xml",  # the control: fetched
+            f"License: http://127.0.0.9:{registered.port}/l1.xml",
+            f"License: http://www.127.0.0.9.nip.invalid:{registered.port}/l2.xml",
             "License: file:///etc/passwd",
-            "License: ftp://127.0.0.1/l3.xml",
-            f"License: gopher://127.0.0.1:{licence_host.port}/l4",
         ]
         site = CountingOrigin(robots="User-agent: *\nAllow: /\n" + "\n".join(lines) + "\n")
         pol = write_policy(
@@ -306,10 +309,13 @@ def test_licences_named_by_sites_are_not_fetched_from_registry_or_odd_places(
         )  # fmt: skip
         proxy = make_proxy(pol)
         exchange(proxy.port, [get(f"http://127.0.0.1:{site.port}/page", f"127.0.0.1:{site.port}")])
-        assert licence_host.connections == 0
+        assert allowed.paths() == ["/ok.xml"]
+        assert registered.connections == 0
+        assert len(proxy.records()) == 1
         site.close()
     finally:
-        licence_host.close()
+        allowed.close()
+        registered.close()
 
 
 # -- exposure ----------------------------------------------------------------------

@@ -168,9 +168,19 @@ class AuditLog:
         self._lock = threading.Lock()  # the CLI may write from threads; mitmdump has one
         self._holder: int | None = None  # fd of the lock file while this process is the writer
 
-    def _resume(self) -> None:
-        """Find where the chain stands: the last record of the newest file."""
+    def _resume(self) -> list[dict[str, Any]]:
+        """Find where the chain stands: the last complete record of the newest file.
+
+        A torn tail (a line without its newline, or one that does not parse: a
+        write cut short by a full disk or a crash) is cut off first. Returns the
+        repairs to record, each saying what was cut, so `audit verify` can tell
+        a repair from tampering.
+        """
+        repairs: list[dict[str, Any]] = []
         for file in reversed(log_files(self.path)):
+            cut = _cut_torn_tail(file)
+            if cut is not None:
+                repairs.append(cut)
             last = _last_line(file)
             if last is None:
                 continue
@@ -182,8 +192,9 @@ class AuditLog:
                     f"{file}: the last record is damaged or not chained ({type(e).__name__}); "
                     "run `optout-proxy audit verify` and move the file aside before writing more"
                 ) from e
-            return
+            return repairs
         self._seq, self._head = 0, GENESIS
+        return repairs
 
     def claim(self) -> None:
         """Become the log's only writer, and open it now; raises AuditError naming the holder.
@@ -225,45 +236,69 @@ class AuditLog:
 
     def _open(self) -> int:
         if self._fd is None:
+            repairs: list[dict[str, Any]] = []
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 if self._seq is None:
-                    self._resume()
+                    repairs = self._resume()
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
                 self._size = os.fstat(self._fd).st_size
             except OSError as e:
                 raise AuditError(f"cannot open audit log {self.path}: {e.strerror or e}") from e
+            for repair in repairs:
+                self._append(repair_record(repair))
         return self._fd
 
     def write(self, record: dict[str, Any]) -> None:
         """Chain and append one record as one line; raises AuditError if it is not fully written.
 
-        `record` gains `seq`, `prev` and `hash`.
+        `record` gains `seq`, `prev` and `hash`. A failed or short write is rolled
+        back to the last complete record before anything else is written.
         """
         with self._lock:
-            fd = self._open()
-            assert self._seq is not None
+            self._open()
+            self._append(record)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        assert self._fd is not None and self._seq is not None
+        record["seq"] = self._seq + 1
+        record["prev"] = self._head
+        text, digest = seal(record)
+        line = text + b"\n"
+        if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:
+            self._rotate()
+            self._open()
+            assert self._fd is not None
             record["seq"] = self._seq + 1
             record["prev"] = self._head
             text, digest = seal(record)
             line = text + b"\n"
-            if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:
-                self._rotate()
-                fd = self._open()
-            try:
-                written = os.write(fd, line)
-            except OSError as e:
-                self._close_fd()
-                raise AuditError(f"cannot write audit log {self.path}: {e.strerror or e}") from e
-            if written != len(line):
-                self._close_fd()
-                raise AuditError(f"short write to audit log {self.path}: {written}/{len(line)} bytes")
-            record["hash"] = digest
-            self._seq, self._head = record["seq"], digest
-            self._size += written
-            self._since_checkpoint += 1
-            if self._since_checkpoint >= self.checkpoint_every:
-                self._checkpoint()
+        fd = self._fd
+        try:
+            written = os.write(fd, line)
+        except OSError as e:
+            self._roll_back(fd)
+            raise AuditError(f"cannot write audit log {self.path}: {e.strerror or e}") from e
+        if written != len(line):
+            self._roll_back(fd)
+            raise AuditError(f"short write to audit log {self.path}: {written}/{len(line)} bytes")
+        record["hash"] = digest
+        self._seq, self._head = record["seq"], digest
+        self._size += written
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= self.checkpoint_every:
+            self._checkpoint()
+
+    def _roll_back(self, fd: int) -> None:
+        """Cut a partly written record off, so the next one starts on a clean line.
+
+        If even that fails, the next open cuts the torn tail and records a repair.
+        """
+        try:
+            os.ftruncate(fd, self._size)
+        except OSError:
+            self._seq = None  # find the chain's end (and cut the tail) again on the next open
+        self._close_fd()
 
     def _checkpoint(self) -> None:
         if not self._seq:
@@ -304,6 +339,57 @@ class AuditLog:
             self._close_fd()
 
 
+REPAIR_PHASE = "repair"
+
+
+def _cut_torn_tail(file: Path) -> dict[str, Any] | None:
+    """Cut a torn last line off `file`; returns what was cut (for the repair record), or None.
+
+    A line is torn when it lacks its newline (every record is written with
+    one, in one write) or does not parse; only the tail is looked at.
+    """
+    size = file.stat().st_size
+    if size == 0:
+        return None
+    with open(file, "r+b") as f:
+        f.seek(max(0, size - _TAIL_BYTES))
+        start = f.tell()
+        tail = f.read()
+        keep = len(tail)
+        if not tail.endswith(b"\n"):
+            keep = tail.rfind(b"\n") + 1
+        else:
+            last_start = tail.rfind(b"\n", 0, len(tail) - 1) + 1
+            try:
+                record = json.loads(tail[last_start:])
+                int(record["seq"]), str(record["hash"])
+            except (ValueError, KeyError, TypeError):
+                keep = last_start
+        if keep == len(tail):
+            return None
+        cut = tail[keep:]
+        f.truncate(start + keep)
+    return {
+        "file": file.name,
+        "offset": start + keep,
+        "cut_bytes": len(cut),
+        "cut_sha256": hashlib.sha256(cut).hexdigest(),
+        "cut_head": cut[:80].decode("utf-8", "replace"),
+    }
+
+
+def repair_record(cut: dict[str, Any]) -> dict[str, Any]:
+    """The chained record that says a torn tail was cut off, and what it was."""
+    return {
+        "v": SCHEMA_VERSION, "ts": utc_now(), "id": new_id(), "phase": REPAIR_PHASE, "decision": "repair",
+        "reason": (
+            f"a torn record ({cut['cut_bytes']} bytes at offset {cut['offset']} of {cut['file']}: a write "
+            "cut short by a full disk or a crash) was cut off before writing resumed"
+        ),
+        "repair": cut,
+    }  # fmt: skip
+
+
 def lock_path(path: Path) -> Path:
     """The lock file that names the process writing the log at `path`."""
     return path.with_name(path.name + ".lock")
@@ -335,6 +421,7 @@ class VerifyReport:
     checkpoints: int
     problem: str | None = None
     where: str | None = None  # file:line of the first break
+    repairs: tuple[str, ...] = ()  # "file:line: what was cut", for each chained repair record
 
 
 def verify_chain(path: Path) -> VerifyReport:
@@ -353,9 +440,10 @@ def verify_chain(path: Path) -> VerifyReport:
                     wanted.add(int(json.loads(line)["seq"]))
     hashes: dict[int, str] = {}
     names = tuple(str(f) for f in files)
+    repairs: list[str] = []
 
     def broken(problem: str, where: str) -> VerifyReport:
-        return VerifyReport(False, expected_seq - 1, names, prev, 0, problem, where)
+        return VerifyReport(False, expected_seq - 1, names, prev, 0, problem, where, tuple(repairs))
 
     for file in files:
         with open(file, encoding="utf-8", errors="replace") as f:
@@ -382,6 +470,8 @@ def verify_chain(path: Path) -> VerifyReport:
                     return broken(f"record {seq} does not follow record {seq - 1} (chain broken)", where)
                 if seq in wanted:
                     hashes[seq] = claimed
+                if record.get("phase") == REPAIR_PHASE:
+                    repairs.append(f"{where}: {record.get('reason', 'repair')}")
                 prev, expected_seq = claimed, seq + 1
     last = expected_seq - 1
     checkpoints = 0
@@ -395,15 +485,17 @@ def verify_chain(path: Path) -> VerifyReport:
                     cp = json.loads(line)
                     seq, head = int(cp["seq"]), str(cp["head"])
                 except (ValueError, KeyError, TypeError):
-                    return VerifyReport(False, last, names, prev, checkpoints, "damaged checkpoint", where)
+                    return VerifyReport(
+                        False, last, names, prev, checkpoints, "damaged checkpoint", where, tuple(repairs)
+                    )
                 checkpoints += 1
                 if seq > last:
                     problem = (
                         f"the log was truncated: checkpoint of {cp.get('ts')} saw record {seq}, "
                         f"the log ends at record {last}"
                     )
-                    return VerifyReport(False, last, names, prev, checkpoints, problem, where)
+                    return VerifyReport(False, last, names, prev, checkpoints, problem, where, tuple(repairs))
                 if hashes.get(seq) != head:
                     problem = f"record {seq} differs from the one the checkpoint of {cp.get('ts')} saw"
-                    return VerifyReport(False, last, names, prev, checkpoints, problem, where)
-    return VerifyReport(True, last, names, prev, checkpoints)
+                    return VerifyReport(False, last, names, prev, checkpoints, problem, where, tuple(repairs))
+    return VerifyReport(True, last, names, prev, checkpoints, repairs=tuple(repairs))

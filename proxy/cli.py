@@ -531,6 +531,9 @@ def _audit(args: argparse.Namespace) -> int:
     try:
         if args.audit_command == "verify":
             report = verify_chain(path)
+            for repair in report.repairs:
+                # A repair is chained like any record: written by the proxy, not an edit.
+                print(f"{repair} (a repair, not tampering)")
             if report.ok:
                 print(f"{path}: chain intact: {report.records} records in {len(report.files)} file(s), "
                       f"{report.checkpoints} checkpoint(s); head {report.head}")  # fmt: skip

@@ -23,6 +23,21 @@ from pathlib import Path
 from proxy.errors import AuditError
 
 _SEEN_LIMIT = 100_000
+# The log's permissions (audit.py opens it 0640): evidence is as private as the log.
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+# Credentials an origin sends are not evidence of any signal, and must not sit in a store
+# that auditors read: they are replaced by a marker that says they were there.
+SECRET_HEADERS = frozenset(
+    {"set-cookie", "set-cookie2", "cookie", "authorization", "proxy-authorization", "www-authenticate-info",
+     "x-api-key", "x-amz-security-token"}
+)  # fmt: skip
+REDACTED = "(withheld by optout-proxy: a credential)"
+
+
+def redact(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`headers` with every credential's value replaced by REDACTED."""
+    return [(k, REDACTED if k.lower() in SECRET_HEADERS else v) for k, v in headers]
 
 
 def store_dir(audit_path: Path) -> Path:
@@ -57,17 +72,25 @@ class EvidenceStore:
         with self._lock:
             try:
                 if not target.exists():
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    for directory in (self.root, self.root / "objects", target.parent):
+                        if not directory.exists():
+                            directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                            os.chmod(directory, DIR_MODE)  # mkdir's mode is masked by the umask
                     temp = target.with_name(f".{sha}.{os.getpid()}.tmp")
-                    temp.write_bytes(data)
+                    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+                    with os.fdopen(fd, "wb") as out:
+                        out.write(data)
+                    os.chmod(temp, FILE_MODE)
                     os.replace(temp, target)
                 key = (sha, url, status)
                 if key not in self._seen:
                     entry = {
                         "sha256": sha, "url": url, "status": status, "fetched_at": fetched_at,
-                        "kind": kind, "headers": [list(h) for h in headers], "size": len(data),
+                        "kind": kind, "headers": [list(h) for h in redact(headers)], "size": len(data),
                     }  # fmt: skip
-                    with open(self.root / "fetches.jsonl", "a", encoding="utf-8") as f:
+                    fetches = self.root / "fetches.jsonl"
+                    fd = os.open(fetches, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+                    with os.fdopen(fd, "a", encoding="utf-8") as f:
                         f.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n")
                     if len(self._seen) >= _SEEN_LIMIT:
                         self._seen.clear()  # bounded memory; at worst a fetch is logged twice
@@ -101,5 +124,5 @@ class EvidenceStore:
 
 def headers_bytes(status: int, headers: Sequence[tuple[str, str]]) -> bytes:
     """A response's status and header lines as stored evidence of an in-band signal."""
-    lines = [f"HTTP {status}"] + [f"{k}: {v}" for k, v in headers]
+    lines = [f"HTTP {status}"] + [f"{k}: {v}" for k, v in redact(headers)]
     return ("\n".join(lines) + "\n").encode("utf-8", "replace")

@@ -113,13 +113,66 @@ def test_rewritten_chain_does_not_match_the_checkpoints(tmp_path: Path) -> None:
     assert not report.ok and "checkpoint" in (report.problem or "")
 
 
-def test_damaged_tail_refuses_to_write(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "torn",
+    [
+        b'{"half a rec',  # a write cut short: no newline
+        b'{"v":1,"seq":4,"prev":"',  # cut inside the chain fields
+        b"\x00\x00\x00\x00",  # zeros after a crash on some filesystems
+        b'{"not": "a chained record"}\n',  # a whole line that is not a record
+        b"\n\n{",
+    ],
+)
+def test_a_torn_tail_is_cut_and_recorded_as_a_repair(torn: bytes, tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     write_log(path, 3)
-    with open(path, "a") as f:
-        f.write('{"half a rec')
-    with pytest.raises(AuditError, match="damaged"):
-        AuditLog(path).write({"id": "x"})
+    intact = path.read_bytes()
+    with open(path, "ab") as f:
+        f.write(torn)
+    log = AuditLog(path)
+    log.write({"id": "after"})
+    log.close()
+    records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    assert [r.get("phase") for r in records[3:]] == ["repair", None]
+    repair = records[3]["repair"]
+    cut = torn.lstrip(b"\n") if torn.startswith(b"\n\n") else torn
+    assert repair["cut_bytes"] == len(cut) and repair["offset"] == len(intact) + len(torn) - len(cut)
+    assert path.read_bytes().startswith(intact)
+    report = verify_chain(path)
+    assert report.ok and report.records == 5
+    line = 4 + torn[: len(torn) - len(cut)].count(b"\n")  # blank lines left before it still count
+    assert len(report.repairs) == 1 and f"{path}:{line}: a torn record ({len(cut)} bytes" in report.repairs[0]
+
+
+def test_a_failed_write_is_rolled_back_before_the_next(tmp_path: Path) -> None:
+    import resource
+    import subprocess
+    import sys
+
+    path = tmp_path / "full.jsonl"
+    script = f"""
+import resource
+from proxy.audit import AuditLog
+from proxy.errors import AuditError
+resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))  # the disk is full at 3 kB
+log = AuditLog({str(path)!r}, checkpoint_every=1000)
+ok = failed = 0
+for i in range(60):
+    try:
+        log.write({{"id": "r%d" % i, "pad": "x" * (i % 7) * 10}})
+        ok += 1
+    except AuditError:
+        failed += 1
+print(ok, failed)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    ok, failed = map(int, done.stdout.split())
+    assert ok > 0 and failed > 0
+    data = path.read_bytes()
+    assert data.endswith(b"\n") and len(data) <= 3000  # no torn line left behind
+    report = verify_chain(path)
+    assert report.ok and report.records == ok and report.repairs == ()
+    del resource
 
 
 def test_no_log(tmp_path: Path) -> None:

@@ -260,7 +260,8 @@ class AuditLog:
             self._append(record)
 
     def _append(self, record: dict[str, Any]) -> None:
-        assert self._fd is not None and self._seq is not None
+        assert self._fd is not None
+        assert self._seq is not None
         record["seq"] = self._seq + 1
         record["prev"] = self._head
         text, digest = seal(record)

@@ -42,13 +42,15 @@ from proxy.judge_response import ResponseJudge
 from proxy.metrics import Metrics
 from proxy.origin import Origin, canonical_host
 from proxy.outcome import FlowState, Recorder, refusal
-from proxy.policy import Policy, load_policy
+from proxy.policy import Policy, load_policy, registry_shrinkage
 from proxy.store import EvidenceStore, store_dir
 from proxy.trailers import install as drop_trailers
 
 logger = logging.getLogger(__name__)
 
 MODES_OR_POLICY = ("", "enforce", "monitor")
+# A changed policy file is read only once none of its files was modified for this long.
+SETTLE_NS = 1_000_000_000
 _CLIENT_OPTIONS = frozenset(
     {
         "optout_fetch_timeout",
@@ -353,7 +355,16 @@ class Enforcer:
             self._watch = asyncio.get_running_loop().create_task(self._watch_policy())
 
     async def _watch_policy(self) -> None:
-        """Poll the policy and registry files; apply a valid change whole, refuse an invalid one."""
+        """Poll the policy and registry files; apply a settled, valid change whole, refuse an invalid one.
+
+        A file caught mid-write can be valid YAML that says less (a policy cut
+        before `registries:`, a registry cut after its first entry). So a change
+        is applied only once it has settled: the files looked the same on two
+        polls a full interval apart and none was modified in the last second.
+        The files are read off the event loop, and read again if they changed
+        while being read.
+        """
+        pending: tuple[tuple[str, int, int, int], ...] | None = None
         while True:
             await asyncio.sleep(max(1, ctx.options.optout_reload_interval))
             current = self.policy
@@ -361,11 +372,17 @@ class Enforcer:
                 continue
             seen = _signature(current)
             if seen == self._signature:
+                pending = None
                 continue
-            self._signature = seen
+            newest = max((mtime for _, mtime, _, _ in seen), default=0)
+            if seen != pending or time.time_ns() - newest < SETTLE_NS:
+                pending = seen  # still being written, perhaps: look again next time
+                continue
+            pending = None
             try:
-                policy = load_policy(Path(ctx.options.optout_policy))
+                policy = await asyncio.to_thread(load_policy, Path(ctx.options.optout_policy))
             except PolicyError as e:
+                self._signature = seen
                 self.metrics.reloads.labels("refused").inc()
                 logger.error(
                     "optout: policy change refused; still enforcing sha256 %s:\n%s",
@@ -374,13 +391,19 @@ class Enforcer:
                 )
                 continue
             except Exception:
+                self._signature = seen
                 self.metrics.reloads.labels("refused").inc()
                 logger.exception(
                     "optout: policy reload failed; still enforcing sha256 %s", current.digest[:12]
                 )
                 continue
+            if _signature(policy) != seen:
+                continue  # written to while we read it: wait for it to settle again
+            self._signature = seen
             if policy.digest == current.digest:
                 continue
+            for warning in registry_shrinkage(current, policy):
+                logger.warning("optout: RELOAD SHRINKS THE REGISTRY: %s", warning)
             try:
                 self._install(policy)
             except exceptions.OptionsError as e:
@@ -389,7 +412,6 @@ class Enforcer:
                     "optout: policy change refused (%s); still enforcing sha256 %s", e, current.digest[:12]
                 )
                 continue
-            self._signature = _signature(policy)
             self.metrics.reloads.labels("accepted").inc()
             logger.info("optout: policy reloaded: sha256 %s -> %s", current.digest[:12], policy.digest[:12])
 

@@ -251,3 +251,26 @@ def load_policy(path: Path) -> Policy:
         private_addresses=private_addresses,
         interpretations=MappingProxyType(interpretations),
     )
+
+
+def registry_shrinkage(old: Policy, new: Policy) -> list[str]:
+    """What a change from `old` to `new` drops from the registries, when it drops a lot.
+
+    A whole registry file gone, or a file that lost at least half its entries,
+    is said with the counts: such an edit is more often a mistake than a decision.
+    """
+
+    def counts(policy: Policy) -> dict[str, int]:
+        out = {str(path): 0 for path in policy.registries}
+        for entry in policy.registry.entries:
+            out[entry.file] = out.get(entry.file, 0) + 1
+        return out
+
+    before, after = counts(old), counts(new)
+    warnings = []
+    for file, n in before.items():
+        if file not in after:
+            warnings.append(f"registry {file} ({n} entries) is no longer in the policy")
+        elif n and after[file] * 2 <= n:
+            warnings.append(f"registry {file} drops from {n} to {after[file]} entries")
+    return warnings

@@ -40,12 +40,13 @@ def test_a_registry_written_slowly_in_place_is_never_half_loaded(
     crawler.start()
     try:
         text = registry_text(HOLDERS)  # all five: holder4 stays, holder5 is new
+        # Cut at entry boundaries: every state of the file on disk is valid YAML with fewer entries.
+        pieces = text.replace("\n- holder:", "\n\0- holder:").split("\0")
         with open(registry, "w") as f:  # rewritten in place, not replaced atomically
-            step = max(1, len(text) // 8)
-            for i in range(0, len(text), step):
-                f.write(text[i : i + step])
+            for piece in pieces:
+                f.write(piece)
                 f.flush()
-                time.sleep(0.3)  # a slow writer: each cut so far is valid YAML with fewer entries
+                time.sleep(0.4)  # a slow writer
         deadline = time.monotonic() + 15
         with httpx.Client(proxy=proxy.url, trust_env=False, timeout=10) as c:
             while time.monotonic() < deadline:

@@ -149,7 +149,10 @@ async def fetch_optional(
     keep: Keep = _no_keep,
     kind: str = "document",
 ) -> OptionalDoc:
-    """Fetch and parse an optional document; never raises, never blocks on failure."""
+    """Fetch and parse an optional document; never blocks on failure.
+
+    Raises LocalLimit only when the failure was ours (the origin said nothing).
+    """
     got: Fetched = await fetch_document(client, url, max_bytes=max_bytes, total_timeout=total_timeout)
     if got.outcome == "ok":
         keep(got, kind)

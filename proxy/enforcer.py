@@ -32,7 +32,7 @@ from proxy.addresses import GuardedBackend, Resolver
 from proxy.audit import AuditLog, new_id, record_for
 from proxy.cache import OriginCache
 from proxy.documents import OptionalDoc, OriginDocuments, fetch_license, load_origin
-from proxy.errors import AuditError, PolicyError
+from proxy.errors import AuditError, LocalLimit, PolicyError
 from proxy.evidence import utc_now
 from proxy.fetch import MAX_TTL, Fetched, answer_deadline, make_client
 from proxy.guard import FORCED_OPTIONS, address_refusal, harden_layer, mode_name, option_problems
@@ -98,6 +98,8 @@ class Enforcer:
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()
         self._tunnels: dict[str, str] = {}  # client connection id -> CONNECT host
         self._own_ports: tuple[int, ...] | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._slots_limit = 0
         self.requests = RequestJudge(
             self.recorder, self.documents, self.resolver, own_ports=self.own_ports,
             mode=self._mode, direct=self._direct,
@@ -136,6 +138,13 @@ class Enforcer:
                 ports.add(self.metrics.port)
             self._own_ports = tuple(sorted(ports))
         return self._own_ports
+
+    def _fetch_slots(self) -> asyncio.Semaphore:
+        """The bound on origins whose documents are fetched at once (optout_fetch_concurrency)."""
+        limit = int(getattr(ctx.options, "optout_fetch_concurrency", 64))
+        if self._slots is None or self._slots_limit != limit:
+            self._slots, self._slots_limit = asyncio.Semaphore(limit), limit
+        return self._slots
 
     # -- options -----------------------------------------------------------
 
@@ -212,6 +221,14 @@ class Enforcer:
             "that cutting records off the end of the log is detected.",
         )
         loader.add_option(
+            "optout_fetch_concurrency",
+            int,
+            64,
+            "Origins whose policy documents are fetched at the same time; requests for further new "
+            "origins queue (their fetch deadline starts when their turn comes). A limit of ours is "
+            "never recorded as the origin being unreachable.",
+        )
+        loader.add_option(
             "optout_trusted_network",
             bool,
             False,
@@ -266,6 +283,8 @@ class Enforcer:
             if ctx.options.optout_cache_size < 1:
                 raise exceptions.OptionsError("optout_cache_size must be at least 1")
             self.cache.resize(ctx.options.optout_cache_size)
+        if "optout_fetch_concurrency" in updated and ctx.options.optout_fetch_concurrency < 1:
+            raise exceptions.OptionsError("optout_fetch_concurrency must be at least 1")
         if "optout_fetch_timeout" in updated and ctx.options.optout_fetch_timeout < 1:
             raise exceptions.OptionsError("optout_fetch_timeout must be at least 1 second")
         if self.audit is not None and updated & {"optout_audit_max_bytes", "optout_audit_checkpoint_every"}:
@@ -434,6 +453,12 @@ class Enforcer:
 
         async def load(previous: OriginDocuments | None) -> tuple[OriginDocuments, float]:
             timeout = float(ctx.options.optout_fetch_timeout)
+            # Queued here, outside the fetch's own deadline: a burst of new origins waits its
+            # turn instead of timing out against our own limits.
+            async with self._fetch_slots():
+                return await fetched(previous, timeout)
+
+        async def fetched(previous: OriginDocuments | None, timeout: float) -> tuple[OriginDocuments, float]:
             started = time.monotonic()
             docs, ttl = await load_origin(
                 self.client(),
@@ -619,6 +644,9 @@ class Enforcer:
                 raise RuntimeError("no policy loaded")
             tunnelled = flow.client_conn.id in self._tunnels
             await self.requests.judge(flow, state, state.policy, tunnelled=tunnelled)
+        except LocalLimit as e:
+            logger.warning("optout: %s; answering 503", e)
+            self.recorder.busy(flow, state, e, phase="request")
         except Exception:
             logger.exception("optout: internal error deciding %s", flow.request.pretty_url)
             self.recorder.internal_error(flow, state, phase="request")

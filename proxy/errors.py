@@ -2,10 +2,14 @@
 
     OptOutError            base class; never raised itself
      ├── PolicyError       a policy or registry file is invalid (carries every problem, with path:line)
-     └── AuditError        the audit log cannot be written or read
+     ├── AuditError        the audit log cannot be written or read
+     └── LocalLimit        a policy document could not be fetched for a reason of ours
 
 Failures to fetch a policy document are not exceptions: an unreachable
-robots.txt is a fact about the origin and becomes a Finding.
+robots.txt is a fact about the origin and becomes a Finding. A failure of
+ours (a full connection pool, a resolver that is busy, no file descriptors
+left) says nothing about the origin: it is `LocalLimit`, never recorded as
+the origin being unreachable and never cached.
 """
 
 from __future__ import annotations
@@ -57,3 +61,7 @@ class PolicyError(OptOutError):
 
 class AuditError(OptOutError):
     """The audit log could not be written (or read)."""
+
+
+class LocalLimit(OptOutError):
+    """A policy document could not be fetched because of a limit of ours, not the origin's answer."""

@@ -17,8 +17,10 @@ Every answer becomes a `Fetched` with an outcome, never an exception:
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import re
+import socket
 import ssl
 from dataclasses import dataclass
 
@@ -27,6 +29,7 @@ import httpx
 
 from proxy import __version__
 from proxy.addresses import GuardedBackend, guard_transport
+from proxy.errors import LocalLimit
 from proxy.evidence import Document, utc_now
 
 PRODUCT = f"optout-proxy/{__version__}"
@@ -90,7 +93,10 @@ def make_client(
     else:
         context = ssl.create_default_context(cafile=certifi.where())
     # HTTP/2 where the origin offers it: some answer nothing else (h2 is a dependency of mitmproxy).
-    transport = httpx.AsyncHTTPTransport(verify=context, http2=True)
+    # No pool limit: concurrency is bounded before a fetch starts (optout_fetch_concurrency),
+    # so a burst of new origins queues there instead of timing out in the pool.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=200)
+    transport = httpx.AsyncHTTPTransport(verify=context, http2=True, limits=limits)
     if backend is not None:
         guard_transport(transport, backend)
     return httpx.AsyncClient(
@@ -107,7 +113,10 @@ def make_client(
 async def fetch_document(
     client: httpx.AsyncClient, url: str, *, max_bytes: int, total_timeout: float
 ) -> Fetched:
-    """GET `url`, reading at most max_bytes + 1 of the body, within total_timeout seconds."""
+    """GET `url`, reading at most max_bytes + 1 of the body, within total_timeout seconds.
+
+    Raises LocalLimit when the failure was ours (see `is_local`), not the origin's.
+    """
     fetched_at = utc_now()
     try:
         async with asyncio.timeout(total_timeout):
@@ -148,10 +157,38 @@ async def fetch_document(
         error = f"no complete answer within {total_timeout:g} s"
     except httpx.TooManyRedirects:
         error = f"more than {MAX_REDIRECTS} redirects"
+    except httpx.PoolTimeout as e:
+        raise LocalLimit(f"no connection free for {url}") from e
     except httpx.TimeoutException as e:
         error = f"timed out ({type(e).__name__})"
     except httpx.HTTPError as e:
+        if is_local(e):
+            raise LocalLimit(f"{url}: {e}") from e
         error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
     except (ssl.SSLError, OSError) as e:
+        if is_local(e):
+            raise LocalLimit(f"{url}: {e}") from e
         error = f"{type(e).__name__}: {e}"
     return Fetched("unreachable", Document(url, None, None, fetched_at, None, error[:300]), None, 0.0)
+
+
+# errno values that mean this machine ran out of something, not that the origin failed.
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
+# getaddrinfo: the resolver is busy or failed ("try again"); NXDOMAIN is the origin's fact.
+_LOCAL_EAI = frozenset({socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", -11), socket.EAI_MEMORY})
+
+
+def is_local(error: BaseException) -> bool:
+    """True if `error` (or what caused it) is a limit of this machine, not an answer of the origin."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, httpx.PoolTimeout):
+            return True
+        if isinstance(e, socket.gaierror) and e.errno in _LOCAL_EAI:
+            return True
+        if isinstance(e, OSError) and e.errno in _LOCAL_ERRNOS:
+            return True
+        e = e.__cause__ or e.__context__
+    return False

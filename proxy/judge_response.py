@@ -20,7 +20,7 @@ from proxy.answers import BLOCK_STATUS, block_body, finish_withheld
 from proxy.audit import new_id
 from proxy.decide import decide
 from proxy.documents import OptionalDoc
-from proxy.errors import AuditError
+from proxy.errors import AuditError, LocalLimit
 from proxy.evidence import Decision, Document, Finding, Says, Verdict, utc_now
 from proxy.inband import SIGNAL_HEADERS, ResponseView, body_findings, body_kind, header_findings
 from proxy.outcome import FlowState, Recorder, summary
@@ -90,6 +90,8 @@ class ResponseJudge:
     ) -> None:
         try:
             await self._responseheaders(flow, state, policy, tdm_file)
+        except LocalLimit as e:
+            self.recorder.busy(flow, state, e, phase="response", in_place=True)
         except Exception:
             logger.exception("optout: internal error judging the response of %s", flow.request.pretty_url)
             self.recorder.internal_error(flow, state, phase="response", in_place=True)
@@ -139,6 +141,8 @@ class ResponseJudge:
     ) -> None:
         try:
             await self._inspect_body(flow, state, policy, *inspect)
+        except LocalLimit as e:
+            self.recorder.busy(flow, state, e, phase="response")
         except Exception:
             logger.exception("optout: internal error inspecting the body of %s", flow.request.pretty_url)
             self.recorder.internal_error(flow, state, phase="response")

@@ -37,6 +37,10 @@ from proxy.store import EvidenceStore
 
 logger = logging.getLogger(__name__)
 
+# A limit of ours (connections, resolver, descriptors) kept us from deciding: retry soon.
+BUSY_CODE = "fetch-capacity"
+BUSY_STATUS = 503
+
 
 @dataclass(slots=True)
 class FlowState:
@@ -163,6 +167,20 @@ class Recorder:
                 in_place=in_place,
             )  # fmt: skip
         return record_id
+
+    def busy(
+        self, flow: http.HTTPFlow, state: FlowState, error: Exception, *, phase: str, in_place: bool = False
+    ) -> None:
+        """Answer 503 when a limit of ours kept us from deciding: not the origin's fault, not a block."""
+        decision = refusal(
+            BUSY_CODE,
+            "optout-proxy could not fetch this origin's policy documents just now, for a reason of its "
+            f"own ({error}); nothing was decided about the origin. Retry shortly.",
+            state.policy,
+        )
+        self.block(flow, state, decision, phase=phase, status=BUSY_STATUS, in_place=in_place)
+        if flow.response is not None and state.answered:
+            flow.response.headers["Retry-After"] = "1"
 
     def internal_error(
         self, flow: http.HTTPFlow, state: FlowState, *, phase: str, in_place: bool = False

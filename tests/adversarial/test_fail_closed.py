@@ -25,6 +25,7 @@ BAD_OPTIONS = [
     ("optout_fetch_timeout", "soon"),
     ("optout_unreachable_retry", "x"),
     ("optout_cache_size", "0"),
+    ("optout_fetch_concurrency", "0"),
     ("optout_mode", "bogus"),
     ("optout_metrics", "not-a-port"),
     ("optout_audit_checkpoint_every", "0"),

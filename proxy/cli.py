@@ -32,7 +32,14 @@ from proxy.documents import OptionalDoc, OriginDocuments, fetch_license, load_or
 from proxy.errors import AuditError, PolicyError
 from proxy.evidence import Decision, Document, Finding, Verdict, utc_now
 from proxy.fetch import answer_deadline, make_client
-from proxy.inband import DEFAULT_BODY_CAP, ResponseView, body_findings, body_kind, header_findings
+from proxy.inband import (
+    DEFAULT_BODY_CAP,
+    ResponseView,
+    body_findings,
+    body_kind,
+    header_findings,
+    reads_bodies,
+)
 from proxy.logview import BY, Filter, export, find_record, format_summary, one_line, records, summarize
 from proxy.origin import Origin, path_and_query
 from proxy.policy import Policy, load_policy
@@ -352,20 +359,25 @@ async def check_url(
         found = list(before.findings)
         async with client.stream("GET", url) as response:
             view = ResponseView(url, response.status_code, tuple(response.headers.multi_items()))
-            kind = body_kind(view.content_type, policy)
+            declared = body_kind(view.values("content-type"), policy)
             document = Document(url, view.status, None, utc_now())
             found += await header_findings(
-                view, policy, document, tdm_file, get_license, body_follows=kind is not None
+                view, policy, document, tdm_file, get_license, body_follows=bool(declared)
             )
-            if kind is not None:
+            if reads_bodies(policy):
                 body = bytearray()
-                async for chunk in response.aiter_bytes():
+                async for chunk in response.aiter_bytes():  # decoded as the crawler's client would
                     body += chunk
                     if len(body) > body_cap:
                         break
-                document = Document(url, view.status, hashlib.sha256(body).hexdigest(), document.fetched_at)
-                found += await body_findings(view, bytes(body[:body_cap]), kind, policy, document, tdm_file,
-                                             get_license)  # fmt: skip
+                kinds = body_kind(view.values("content-type"), policy, bytes(body[:2048]))
+                if kinds:
+                    document = Document(
+                        url, view.status, hashlib.sha256(body).hexdigest(), document.fetched_at
+                    )
+                    found += await body_findings(
+                        view, bytes(body[:body_cap]), kinds, policy, document, tdm_file, get_license
+                    )
         return decide(found, policy)
 
 

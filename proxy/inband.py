@@ -14,15 +14,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
+from proxy import sniff
 from proxy.documents import OptionalDoc, license_findings
 from proxy.evidence import Document, Finding, Says
 from proxy.policy import Policy
 from proxy.signals import contentsignal, contentusage, htmlhead, media, rsl, tdmrep, xrobotstag
 
 GetLicense = Callable[[str], Awaitable[OptionalDoc]]
-HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-MEDIA_PREFIXES = ("image/", "video/", "audio/")
-MEDIA_TYPES = frozenset({"application/pdf", "application/epub+zip", "application/octet-stream", ""})
 DEFAULT_BODY_CAP = 32 * 1024 * 1024  # a long HTML page or a full-size photo, with room to spare
 BODY_SIGNALS = (xrobotstag.NAME_META, tdmrep.NAME, rsl.NAME, media.NAME)
 
@@ -71,17 +69,18 @@ SIGNAL_HEADERS = frozenset(
 )  # fmt: skip
 
 
-def body_kind(content_type: str, policy: Policy) -> str | None:
-    """'html', 'media' or None: whether a body of this Content-Type (parameters allowed) must be
-    read before it may be delivered."""
-    if not any(policy.signal_mode(s) != "off" for s in BODY_SIGNALS):
-        return None
-    ctype = content_type.split(";")[0].strip().lower()
-    if ctype in HTML_TYPES:
-        return "html"
-    if ctype.startswith(MEDIA_PREFIXES) or ctype in MEDIA_TYPES:
-        return "media"
-    return None
+def reads_bodies(policy: Policy) -> bool:
+    """True if any signal read from bodies is on: then every body is sniffed before delivery."""
+    return any(policy.signal_mode(s) != "off" for s in BODY_SIGNALS)
+
+
+def body_kind(content_types: Sequence[str] | str, policy: Policy, head: bytes = b"") -> frozenset[str]:
+    """The readers a body needs (`html`, `media`), from every Content-Type value and, when given,
+    its first bytes (proxy.sniff); empty when no body signal is on."""
+    if not reads_bodies(policy):
+        return frozenset()
+    values = [content_types] if isinstance(content_types, str) else content_types
+    return frozenset(sniff.kinds(values, head))
 
 
 async def _link_licenses(
@@ -149,26 +148,41 @@ async def header_findings(
 async def body_findings(
     view: ResponseView,
     body: bytes,
-    kind: str,
+    kinds: frozenset[str] | set[str] | str,
     policy: Policy,
     document: Document,
     tdm_file: tdmrep.Channel | None,
     get_license: GetLicense,
 ) -> list[Finding]:
-    """Findings of an HTML or media body (and TDMRep's verdict over every channel)."""
+    """Findings of a body read as HTML and/or media (and TDMRep's verdict over every channel)."""
+    kinds = {kinds} if isinstance(kinds, str) else kinds
     mode = policy.signal_mode
     purpose = policy.purpose
     found: list[Finding] = []
     tdm_late: list[tdmrep.Channel] = []
-    if kind == "html":
+    if "html" in kinds:
         head = htmlhead.read(body, view.charset)
         if mode(xrobotstag.NAME_META) != "off":
             found += xrobotstag.findings_from_meta(
                 head.metas, policy.tokens, purpose, document, image_scope=policy.reading("noimageai_scope")
             )
+            # <meta http-equiv="X-Robots-Tag"> stands for the header of that name.
+            found += xrobotstag.findings_from_headers(
+                head.equiv("x-robots-tag"), policy.tokens, purpose, document, is_image=False,
+                image_scope=policy.reading("noimageai_scope"),
+            )  # fmt: skip
+        if mode(contentusage.NAME) != "off" and head.equiv("content-usage"):
+            found += contentusage.findings_from_headers(
+                head.equiv("content-usage"),
+                purpose,
+                document,
+                legacy=policy.reading("aipref_legacy") == "block",
+            )
+        if mode(contentsignal.NAME) != "off" and head.equiv("content-signal"):
+            found += contentsignal.findings_from_headers(head.equiv("content-signal"), purpose, document)
         meta = tdmrep.value_channel(
-            "meta", head.meta("tdm-reservation"), head.meta("tdm-policy"), document,
-            '<meta name="tdm-reservation">',
+            "meta", head.meta("tdm-reservation") + head.equiv("tdm-reservation"),
+            head.meta("tdm-policy") + head.equiv("tdm-policy"), document, '<meta name="tdm-reservation">',
         )  # fmt: skip
         if meta is not None:
             tdm_late.append(meta)
@@ -192,7 +206,7 @@ async def body_findings(
                 except ValueError:
                     continue
                 found += media.c2pa_findings(manifest, purpose, document)
-    else:
+    if "media" in kinds:
         media_found, packets = media.findings_from_body(body, purpose, document)
         if mode(media.NAME) != "off":
             found += media_found

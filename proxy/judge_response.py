@@ -8,6 +8,7 @@ one byte is delivered. Content withheld after the fetch gets the same 451.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import weakref
@@ -18,19 +19,56 @@ from mitmproxy import http
 
 from proxy.answers import BLOCK_STATUS, block_body, finish_withheld
 from proxy.audit import new_id
+from proxy.codings import Undecodable, codings_of, decode
 from proxy.decide import decide
 from proxy.documents import OptionalDoc
 from proxy.errors import AuditError, LocalLimit
 from proxy.evidence import Decision, Document, Finding, Says, Verdict, utc_now
-from proxy.inband import SIGNAL_HEADERS, ResponseView, body_findings, body_kind, header_findings
+from proxy.inband import (
+    SIGNAL_HEADERS,
+    ResponseView,
+    body_findings,
+    body_kind,
+    header_findings,
+    reads_bodies,
+)
 from proxy.outcome import FlowState, Recorder, summary
 from proxy.policy import Policy
 from proxy.signals import tdmrep
+from proxy.sniff import SNIFF_BYTES
 from proxy.store import headers_bytes
 
 logger = logging.getLogger(__name__)
 
 OVER_CAP = "body-over-cap"
+UNDECODABLE = "undecodable"
+# Bodies larger than this are decoded and read in a worker thread: the event loop serves
+# every other flow meanwhile (performance.md: nothing over a millisecond or two on the loop).
+OFF_LOOP_BYTES = 256 * 1024
+
+
+def _view(flow: http.HTTPFlow) -> ResponseView:
+    assert flow.response is not None
+    return ResponseView(flow.request.url, flow.response.status_code, tuple(flow.response.headers.items(True)))
+
+
+async def _in_thread(
+    view: ResponseView, body: bytes, kinds: frozenset[str], policy: Policy, document: Document,
+    tdm_file: tdmrep.Channel | None, license: Callable[[str], Awaitable[OptionalDoc]],
+) -> list[Finding]:  # fmt: skip
+    """body_findings for a large body: the reading in a worker thread, licence fetches on the loop."""
+    loop = asyncio.get_running_loop()
+
+    async def on_loop(url: str) -> OptionalDoc:
+        return await license(url)
+
+    def get_license(url: str) -> Awaitable[OptionalDoc]:
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(on_loop(url), loop))
+
+    def run() -> list[Finding]:
+        return asyncio.run(body_findings(view, body, kinds, policy, document, tdm_file, get_license))
+
+    return await asyncio.to_thread(run)
 
 
 class ResponseJudge:
@@ -63,7 +101,8 @@ class ResponseJudge:
 
         Synchronous on the hot path: most responses carry no signal, and
         mitmproxy awaits a hook's result only when it is awaitable, so the
-        coroutine is made only when there is something to judge.
+        coroutine is made only when there is something to judge. Every body
+        is still sniffed in `body` (its Content-Type may lie).
         """
         state = self._judgeable(flow)
         if flow.response is None or state is None or state.policy is None:
@@ -71,11 +110,9 @@ class ResponseJudge:
         try:
             tdm_file = state.docs.tdm_file(flow.request.path or "/") if state.docs is not None else None
             names = {name.lower() for name, _ in flow.response.headers.fields}
-            quiet = (
-                names.isdisjoint(SIGNAL_HEADERS)
-                and body_kind(flow.response.headers.get("content-type", ""), state.policy) is None
-                and tdm_file is None
-            )
+            quiet = names.isdisjoint(SIGNAL_HEADERS) and tdm_file is None
+            if quiet and reads_bodies(state.policy):
+                state.inspect = (None, None, [], None)  # nothing in the headers: sniff the body
         except Exception:
             logger.exception("optout: internal error judging the response of %s", flow.request.pretty_url)
             self.recorder.internal_error(flow, state, phase="response", in_place=True)
@@ -101,30 +138,33 @@ class ResponseJudge:
         self, flow: http.HTTPFlow, state: FlowState, policy: Policy, tdm_file: tdmrep.Channel | None
     ) -> None:
         assert flow.response is not None
-        view = ResponseView(
-            flow.request.url, flow.response.status_code, tuple(flow.response.headers.items(True))
-        )
-        kind = body_kind(view.content_type, policy)
+        view = _view(flow)
+        declared = body_kind(view.values("content-type"), policy)
         document = Document(view.url, view.status, None, utc_now())
         found = await header_findings(
-            view, policy, document, tdm_file, self.license, body_follows=kind is not None
+            view, policy, document, tdm_file, self.license, body_follows=bool(declared)
         )
         decision = decide(found, policy, mode=self.mode())
-        if decision.blocks or kind is None:
+        if decision.blocks or not reads_bodies(policy):
             self._respond(flow, state, decision, policy, inspected="headers", in_place=True)
             return
         cap = self.body_cap()
         length = view.content_length
-        if length is not None and length > cap:
+        if declared and length is not None and length > cap:
             self._over_cap(flow, state, found, policy, document, length, in_place=True)
             return
         # Buffer the whole body before anything is delivered, even if
         # stream_large_bodies asked mitmproxy to stream this one.
         flow.response.stream = False
-        state.inspect = (kind, view, found, tdm_file)
+        state.inspect = (declared, view, found, tdm_file)
 
     def body(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        """Judge a buffered body before delivery (a coroutine only when there is one to judge)."""
+        """Judge a buffered body before delivery (a coroutine only when there is one to judge).
+
+        What the body is comes from its headers and its first decoded bytes
+        (proxy.sniff): HTML served as text/plain, octet-stream or nothing at all
+        is read as HTML.
+        """
         state = self._flows.get(flow)
         if state is None:
             return None
@@ -132,9 +172,27 @@ class ResponseJudge:
             finish_withheld(flow, state.withholding)
             return None
         inspect, state.inspect = state.inspect, None
-        if inspect is None or flow.response is None or state.policy is None:
+        if inspect is None or flow.response is None or state.policy is None or state.answered:
             return None
-        return self._judge_body(flow, state, state.policy, inspect)
+        declared, view, found, tdm_file = inspect
+        try:
+            view = view or _view(flow)
+            raw = flow.response.raw_content or b""
+            codings = codings_of(view.values("content-encoding"))
+            try:
+                head = decode(raw, codings, SNIFF_BYTES)[0] if codings else raw[:SNIFF_BYTES]
+            except Undecodable:
+                head = None  # judged (and withheld) in _inspect_body
+            kinds = body_kind(view.values("content-type"), state.policy, head or b"")
+        except Exception:
+            logger.exception("optout: internal error sniffing the body of %s", flow.request.pretty_url)
+            self.recorder.internal_error(flow, state, phase="response")
+            return None
+        if not kinds and head is not None and not found:
+            return None  # plain text or an unknown format, no signal in the headers: nothing to read
+        return self._judge_body(
+            flow, state, state.policy, (kinds or declared or frozenset(), view, found, tdm_file)
+        )
 
     async def _judge_body(
         self, flow: http.HTTPFlow, state: FlowState, policy: Policy, inspect: tuple[Any, ...]
@@ -153,7 +211,7 @@ class ResponseJudge:
         flow: http.HTTPFlow,
         state: FlowState,
         policy: Policy,
-        kind: str,
+        kinds: frozenset[str],
         view: ResponseView,
         found: list[Finding],
         tdm_file: tdmrep.Channel | None,
@@ -162,27 +220,50 @@ class ResponseJudge:
         cap = self.body_cap()
         raw = flow.response.raw_content or b""
         document = Document(view.url, view.status, None, utc_now())
-        if len(raw) > cap:
+        if kinds and len(raw) > cap:
             self._over_cap(flow, state, found, policy, document, len(raw), in_place=False)
             return
+        codings = codings_of(view.values("content-encoding"))
         try:
-            body = flow.response.get_content(strict=False) or b""
-        except ValueError:
-            body = raw
-        body = body[: 4 * cap]  # a decompression bomb stops here
-        document = Document(view.url, view.status, hashlib.sha256(body).hexdigest(), document.fetched_at)
-        found = found + await body_findings(view, body, kind, policy, document, tdm_file, self.license)
+            if len(raw) > OFF_LOOP_BYTES:
+                body, over = await asyncio.to_thread(decode, raw, codings, cap)
+            else:
+                body, over = decode(raw, codings, cap)
+        except Undecodable as e:
+            # The crawler's client may read what we cannot: withhold rather than guess.
+            detail = f"Content-Encoding {', '.join(codings)}: {e}; the body cannot be read, so it is withheld"
+            finding = Finding(UNDECODABLE, Says.DISALLOW, detail, document)
+            decision = decide([*found, finding], policy, mode=self.mode())
+            self._respond(flow, state, decision, policy, inspected="undecodable", in_place=False)
+            return
+        if over and kinds:
+            self._over_cap(flow, state, found, policy, document, cap + 1, in_place=False, decoded=True)
+            return
+        if kinds:
+            document = Document(view.url, view.status, hashlib.sha256(body).hexdigest(), document.fetched_at)
+            if len(body) > OFF_LOOP_BYTES:
+                found = found + await _in_thread(view, body, kinds, policy, document, tdm_file, self.license)
+            else:
+                found = found + await body_findings(
+                    view, body, kinds, policy, document, tdm_file, self.license
+                )
         decision = decide(found, policy, mode=self.mode())
-        self._respond(flow, state, decision, policy, inspected=f"headers+{kind}", in_place=False)
+        inspected = "headers+" + "+".join(sorted(kinds)) if kinds else "headers"
+        self._respond(flow, state, decision, policy, inspected=inspected, in_place=False)
 
     def _over_cap(
         self, flow: http.HTTPFlow, state: FlowState, found: list[Finding], policy: Policy, document: Document,
-        size: int, *, in_place: bool,
+        size: int, *, in_place: bool, decoded: bool = False,
     ) -> None:  # fmt: skip
         """A body too large to inspect: withheld or forwarded uninspected, as the policy says."""
         cap = self.body_cap()
         withhold = policy.reading("over_cap") == "withhold"
-        detail = f"body of {size} bytes exceeds optout_body_cap ({cap}); not inspected"
+        what = (
+            f"decodes to more than {cap} bytes"
+            if decoded
+            else f"of {size} bytes exceeds optout_body_cap ({cap})"
+        )
+        detail = f"body {what}; not inspected"
         says = Says.DISALLOW if withhold else Says.UNKNOWN
         finding = Finding(OVER_CAP, says, detail + ("; withheld" if withhold else "; forwarded"), document)
         decision = decide([*found, finding], policy, mode=self.mode())

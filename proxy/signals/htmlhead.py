@@ -1,73 +1,126 @@
-"""What an HTML document says about itself: meta tags, licence links, inline RSL.
+"""What an HTML document says about itself: meta tags, licence links, inline RSL and C2PA.
 
-A small, forgiving reader (stdlib `html.parser`): it collects `<meta name
-content>`, `<link rel href type>` and the text of `<script
-type="application/rsl+xml">`, wherever they stand (signals.md §6.2: be
-lenient about `<head>`). Never raises on content.
+A byte-level reader, not a parser: the tags that matter (`<meta>`, `<link>`,
+`<script>`) are found with one compiled pattern over the whole body (a meta
+tag after a megabyte of body still counts; signals.md §6.2: be lenient about
+`<head>`), and only those are taken apart. Markup that would stop a parser
+(marked sections `<![foo[ ... ]]>`, stray `</`, broken attributes) is simply
+not what the pattern looks for. Comments are skipped, as browsers skip them.
+Never raises on content.
+
+Text is decoded the way browsers decide (WHATWG Encoding, HTML §13.2.3.1):
+a BOM first, then the Content-Type charset, then a `<meta charset>` or
+`http-equiv=Content-Type` in the first 1024 bytes, else UTF-8.
+`<meta http-equiv=NAME content=...>` is kept apart: for X-Robots-Tag and
+the like it stands for the response header of that name.
 """
 
 from __future__ import annotations
 
+import codecs
+import html
+import re
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 
 MAX_SCRIPT = 256 * 1024
+# How far a <meta charset> is looked for (HTML §13.2.3.2: the first 1024 bytes).
+PRESCAN_BYTES = 1024
+
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
+_TAG = re.compile(r"<(meta|link|script)(?=[\s/>])([^>]*)>", re.IGNORECASE)
+_ATTR = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+)))?""")
+_SCRIPT_END = re.compile(r"</script", re.IGNORECASE)
+_PRESCAN_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 
 
 @dataclass
 class HtmlHead:
     metas: list[tuple[str, str]] = field(default_factory=list)  # (name, content)
+    equivs: list[tuple[str, str]] = field(default_factory=list)  # (http-equiv, content), names lower-case
     links: list[dict[str, str]] = field(default_factory=list)  # attributes, names lower-case
     rsl_scripts: list[str] = field(default_factory=list)
     c2pa_scripts: list[str] = field(default_factory=list)  # base64 manifests (C2PA 2.4 Annex A.7)
+    encoding: str = "utf-8"
 
     def meta(self, name: str) -> list[str]:
         """Contents of the meta tags called `name` (case-insensitive), in order."""
         return [c for n, c in self.metas if n.strip().lower() == name]
 
+    def equiv(self, name: str) -> list[str]:
+        """Contents of the `http-equiv` meta tags standing for header `name` (lower-case)."""
+        return [c for n, c in self.equivs if n == name]
 
-class _Reader(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.head = HtmlHead()
-        self._in_rsl: list[str] | None = None
-        self._in_c2pa: list[str] | None = None
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k.lower(): (v or "") for k, v in attrs}
-        if tag == "meta" and "name" in a:
-            self.head.metas.append((a["name"], a.get("content", "")))
-        elif tag == "link":
-            self.head.links.append(a)
-        elif tag == "script" and a.get("type", "").strip().lower() == "application/rsl+xml":
-            self._in_rsl = []
-        elif tag == "script" and a.get("type", "").strip().lower() == "application/c2pa":
-            self._in_c2pa = []
+def _codec(label: str | None) -> str | None:
+    if not label:
+        return None
+    try:
+        name = codecs.lookup(label.strip().strip("\"'")).name
+    except LookupError:
+        return None
+    # WHATWG Encoding: the Latin-1 labels mean windows-1252; a meta saying UTF-16 means UTF-8.
+    utf16 = {"utf-16": "utf-8", "utf-16-le": "utf-8", "utf-16-be": "utf-8"}
+    return {"latin-1": "cp1252", "iso8859-1": "cp1252", **utf16}.get(name, name)
 
-    def handle_data(self, data: str) -> None:
-        for buffer in (self._in_rsl, self._in_c2pa):
-            if buffer is not None and sum(map(len, buffer)) < MAX_SCRIPT:
-                buffer.append(data)
 
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "script" and self._in_rsl is not None:
-            self.head.rsl_scripts.append("".join(self._in_rsl))
-            self._in_rsl = None
-        if tag == "script" and self._in_c2pa is not None:
-            self.head.c2pa_scripts.append("".join(self._in_c2pa))
-            self._in_c2pa = None
+def encoding_of(body: bytes, charset: str | None) -> tuple[str, int]:
+    """(codec, bytes to skip): BOM, then the header's charset, then a meta prescan, then UTF-8."""
+    for bom, name in _BOMS:
+        if body.startswith(bom):
+            return name, len(bom)
+    header = _codec(charset)
+    if header is not None:
+        return header, 0
+    m = _PRESCAN_CHARSET.search(body[:PRESCAN_BYTES])
+    meta = _codec(m.group(1).decode("ascii", "replace")) if m else None
+    return meta or "utf-8", 0
+
+
+def _attrs(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for m in _ATTR.finditer(text):
+        name = m.group(1).lower()
+        if name not in out:  # HTML: the first of a repeated attribute counts
+            value = (
+                m.group(2) if m.group(2) is not None else m.group(3) if m.group(3) is not None else m.group(4)
+            )
+            out[name] = html.unescape(value or "")
+    return out
 
 
 def read(body: bytes, charset: str | None = None) -> HtmlHead:
-    """The meta tags, links and inline RSL of an HTML body."""
-    try:
-        text = body.decode(charset or "utf-8", errors="replace")
-    except LookupError:
-        text = body.decode("utf-8", errors="replace")
-    reader = _Reader()
-    try:
-        reader.feed(text)
-        reader.close()
-    except Exception:  # html.parser can assert on pathological markup; keep what was read
-        pass
-    return reader.head
+    """The meta tags, http-equiv tags, links and inline RSL/C2PA of an HTML body.
+
+    Read as the browser would decode it and, when that is not UTF-8, as UTF-8
+    too: a charset (or BOM) that contradicts the bytes must not hide a tag that
+    a client decoding differently would see.
+    """
+    encoding, skip = encoding_of(body, charset)
+    head = HtmlHead(encoding=encoding)
+    _scan(body[skip:].decode(encoding, errors="replace"), head)
+    if encoding != "utf-8":
+        _scan(body.decode("utf-8", errors="replace"), head)
+    return head
+
+
+def _scan(text: str, head: HtmlHead) -> None:
+    if "<!--" in text:
+        text = _COMMENT.sub(" ", text)
+    for m in _TAG.finditer(text):
+        tag = m.group(1).lower()
+        a = _attrs(m.group(2))
+        if tag == "meta":
+            if "name" in a:
+                head.metas.append((a["name"], a.get("content", "")))
+            if "http-equiv" in a:
+                head.equivs.append((a["http-equiv"].strip().lower(), a.get("content", "")))
+        elif tag == "link":
+            head.links.append(a)
+        else:
+            kind = a.get("type", "").strip().lower()
+            if kind not in ("application/rsl+xml", "application/c2pa"):
+                continue
+            end = _SCRIPT_END.search(text, m.end())
+            content = text[m.end() : end.start() if end else len(text)][:MAX_SCRIPT]
+            (head.rsl_scripts if kind == "application/rsl+xml" else head.c2pa_scripts).append(content)

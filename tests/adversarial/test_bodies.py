@@ -1,0 +1,168 @@
+"""Issue 8, every body read for what it is: lying types, odd codings, hostile markup, odd encodings.
+
+Each case serves a page that carries the marker and an opt-out in its markup
+through a real proxy; the marker must never reach the client, and the audit
+log must hold the response-phase block.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterator
+
+import brotli  # type: ignore[import-untyped]
+import pytest
+
+from tests.adversarial.rawnet import MARKER, CountingOrigin, exchange
+from tests.policies import write_policy
+from tests.proxyproc import ProxyProcess
+
+PAGE = (
+    b"<!doctype html><html><head><meta name=robots content=noai><title>t</title></head><body>"
+    + MARKER
+    + b"</body></html>"
+)
+
+
+def gz(data: bytes) -> bytes:
+    return gzip.compress(data)
+
+
+def raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=-15)
+    return c.compress(data) + c.flush()
+
+
+# name -> (header lines, body as sent)
+CASES: dict[str, tuple[list[str], bytes]] = {
+    # what the body is, whatever the headers say
+    "no-content-type": ([], PAGE),
+    "octet-stream": (["Content-Type: application/octet-stream"], PAGE),
+    "text-plain": (["Content-Type: text/plain"], PAGE),
+    "application-xml": (["Content-Type: application/xml"], PAGE),
+    "image-jpeg-lie": (["Content-Type: image/jpeg"], PAGE),
+    "duplicated-type": (["Content-Type: text/plain", "Content-Type: text/html"], PAGE),
+    "comma-listed-type": (["Content-Type: text/plain, text/html"], PAGE),
+    "bogus-type": (["Content-Type: foo/bar"], PAGE),
+    # content codings clients decode
+    "gzip-gzip": (["Content-Type: text/html", "Content-Encoding: gzip, gzip"], gz(gz(PAGE))),
+    "gzip-two-fields": (
+        ["Content-Type: text/html", "Content-Encoding: gzip", "Content-Encoding: gzip"],
+        gz(gz(PAGE)),
+    ),
+    "gzip-trailing-bytes": (["Content-Type: text/html", "Content-Encoding: gzip"], gz(PAGE) + b"\x00garbage"),
+    "gzip-truncated": (["Content-Type: text/html", "Content-Encoding: gzip"], gz(PAGE + b"x" * 4000)[:-30]),
+    "x-gzip": (["Content-Type: text/html", "Content-Encoding: x-gzip"], gz(PAGE)),
+    "raw-deflate": (["Content-Type: text/html", "Content-Encoding: deflate"], raw_deflate(PAGE)),
+    "br-no-type": (["Content-Encoding: br"], brotli.compress(PAGE)),
+    "unknown-coding": (["Content-Type: text/html", "Content-Encoding: compress"], PAGE),
+    # markup that stopped the old reader
+    "marked-section": (
+        ["Content-Type: text/html"],
+        b"<html><![foo[ x ]]><meta name=robots content=noai>" + MARKER,
+    ),
+    "stray-end-tags": (["Content-Type: text/html"], b"</ </a </<meta name=robots content=noai>" + MARKER),
+    "unclosed-quote": (
+        ["Content-Type: text/html"],
+        b"<div title='x><meta name=robots content=noai>" + MARKER,
+    ),
+    "bad-charref": (["Content-Type: text/html"], b"&#99999999999;<meta name=robots content=noai>" + MARKER),
+    "late-meta": (
+        ["Content-Type: text/html"],
+        b"<p>" + b"filler " * 200_000 + b"<meta name=robots content=noai>" + MARKER,
+    ),
+    # encodings
+    "utf16-bom-no-charset": (
+        ["Content-Type: text/html"],
+        "\ufeff<meta name=robots content=noai>".encode("utf-16-le") + MARKER,
+    ),
+    "utf16be-bom": (
+        ["Content-Type: text/html"],
+        "\ufeff<meta name=robots content=noai>".encode("utf-16-be") + MARKER,
+    ),
+    "charset-contradicts-bom": (
+        ["Content-Type: text/html; charset=utf-16"],
+        b"\xef\xbb\xbf<meta name=robots content=noai>" + MARKER,
+    ),
+    "charset-contradicts-bytes": (
+        ["Content-Type: text/html; charset=utf-16le"],
+        b"<meta name=robots content=noai>" + MARKER,
+    ),
+    "meta-charset-utf16": (
+        ["Content-Type: text/html"],
+        b'<meta charset="utf-16"><meta name=robots content=noai>' + MARKER,
+    ),
+    # http-equiv forms of the headers
+    "http-equiv-x-robots-tag": (
+        ["Content-Type: text/html"],
+        b'<meta http-equiv="X-Robots-Tag" content="noai">' + MARKER,
+    ),
+    "http-equiv-x-robots-upper": (
+        ["Content-Type: text/html"],
+        b"<META HTTP-EQUIV=x-robots-tag CONTENT=noai>" + MARKER,
+    ),
+    "http-equiv-tdm": (
+        ["Content-Type: text/html"],
+        b'<meta http-equiv="tdm-reservation" content="1">' + MARKER,
+    ),
+    "http-equiv-content-usage": (
+        ["Content-Type: text/html"],
+        b'<meta http-equiv="Content-Usage" content="train-ai=n">' + MARKER,
+    ),
+    "http-equiv-bot-scoped": (
+        ["Content-Type: text/plain"],
+        b'<meta http-equiv="X-Robots-Tag" content="GPTBot: noai">' + MARKER,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[CountingOrigin]:
+    def answer(path: str, head: bytes) -> bytes:
+        if path == "/robots.txt":
+            body, lines = b"User-agent: *\nAllow: /\n", ["Content-Type: text/plain"]
+        else:
+            lines, body = CASES.get(path.strip("/"), ([], b"not found"))
+        header = "".join(f"{line}\r\n" for line in lines)
+        return f"HTTP/1.1 200 OK\r\n{header}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+    o = CountingOrigin(respond=answer)
+    yield o
+    o.close()
+
+
+@pytest.fixture(scope="module")
+def proxy(origin: CountingOrigin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    from tests.proxyproc import ProxyProcess as P
+
+    tmp = tmp_path_factory.mktemp("bodies")
+    p = P(write_policy(tmp), confdir=tmp / "conf", audit=tmp / "audit.jsonl")
+    yield p
+    p.stop()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_an_opt_out_in_the_body_is_read_whatever_the_body_claims(
+    case: str, origin: CountingOrigin, proxy: ProxyProcess
+) -> None:
+    a = f"127.0.0.1:{origin.port}"
+    got = exchange(
+        proxy.port, [f"GET http://{a}/{case} HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n".encode()]
+    )
+    assert got.startswith(b"HTTP/1.1 451"), got[:300]
+    assert MARKER not in got
+    for_case = [r for r in proxy.records() if r["url"].endswith(f"/{case}") and r["phase"] == "response"]
+    assert len(for_case) == 1 and for_case[0]["decision"] == "block"
+
+
+def test_plain_text_without_markup_is_delivered(origin: CountingOrigin, proxy: ProxyProcess) -> None:
+    CASES["plain"] = (["Content-Type: text/plain"], b"just words, " + MARKER)
+    try:
+        a = f"127.0.0.1:{origin.port}"
+        got = exchange(
+            proxy.port, [f"GET http://{a}/plain HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n".encode()]
+        )
+        assert got.startswith(b"HTTP/1.1 200") and MARKER in got
+    finally:
+        del CASES["plain"]

@@ -139,6 +139,18 @@ def _no_keep(fetched: Fetched, kind: str) -> None:
     return None
 
 
+# Documents larger than this are parsed in a worker thread: a 500 KiB robots.txt takes tens
+# of milliseconds to parse, and every other flow would wait for it on the event loop.
+OFF_LOOP_BYTES = 32 * 1024
+
+
+async def parse_off_loop(parse: Callable[[bytes], Any], body: bytes) -> Any:
+    """`parse(body)`, in a worker thread when the body is large."""
+    if len(body) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(parse, body)
+    return parse(body)
+
+
 async def fetch_optional(
     client: httpx.AsyncClient,
     url: str,
@@ -159,7 +171,7 @@ async def fetch_optional(
     if got.outcome != "ok":
         return OptionalDoc(got.outcome, got.document, None)
     try:
-        parsed = parse(got.body or b"")
+        parsed = await parse_off_loop(parse, got.body or b"")
     except Exception:  # a parser bug must not take the origin down; the document gives no signal
         parsed = None
     return OptionalDoc("ok" if parsed is not None else "invalid", got.document, parsed)
@@ -188,10 +200,13 @@ async def load_origin(
     total_timeout: float,
     unreachable_retry: float,
     keep: Keep = _no_keep,
+    tokens: tuple[str, ...] = (),
 ) -> tuple[OriginDocuments, float]:
     """Fetch `origin`'s documents; returns the new cache value and its TTL in seconds.
 
     `keep` sees every document that came with a body (for the evidence store).
+    `tokens` (our agent first, then the honored ones) get their rule matchers
+    built with the parse, off the event loop for a large file.
     """
     limit = total_timeout
     fetched, ai, tdm = await asyncio.gather(
@@ -207,7 +222,7 @@ async def load_origin(
     )  # fmt: skip
     if fetched.outcome == "ok":
         keep(fetched, "robots.txt")
-        parsed = robots.parse(fetched.body or b"")
+        parsed = await parse_off_loop(lambda body: robots.parse(body).warm(tokens), fetched.body or b"")
         sources = [r.value for r in parsed.file_records("license") if r.value][:MAX_LICENSES]
         licenses = await asyncio.gather(
             *(fetch_license(client, src, total_timeout=total_timeout, keep=keep) for src in sources)

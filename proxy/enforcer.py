@@ -467,6 +467,7 @@ class Enforcer:
                 keep=self._keep,
                 total_timeout=answer_deadline(timeout),
                 unreachable_retry=float(ctx.options.optout_unreachable_retry),
+                tokens=self.policy.tokens if self.policy is not None else (),
             )
             self.metrics.fetch_seconds.observe(time.monotonic() - started)
             self._count_documents(docs)

@@ -100,6 +100,9 @@ class Enforcer:
         self._own_ports: tuple[int, ...] | None = None
         self._slots: asyncio.Semaphore | None = None
         self._slots_limit = 0
+        self._mode_override: str | None = None
+        self._body_cap = DEFAULT_BODY_CAP
+        self._direct_connections = True
         self.requests = RequestJudge(
             self.recorder, self.documents, self.resolver, own_ports=self.own_ports,
             mode=self._mode, direct=self._direct,
@@ -109,7 +112,7 @@ class Enforcer:
             self._flows,
             self.license,
             mode=self._mode,
-            body_cap=lambda: ctx.options.optout_body_cap,
+            body_cap=lambda: self._body_cap,
         )
 
     @property
@@ -121,11 +124,19 @@ class Enforcer:
         return self.recorder.store
 
     def _mode(self) -> str | None:
-        return ctx.options.optout_mode or None
+        return self._mode_override
 
     def _direct(self) -> bool:
         """True unless an upstream proxy makes the connections (and resolves the names)."""
-        return all(mode_name(spec) != "upstream" for spec in getattr(ctx.options, "mode", ()))
+        return self._direct_connections
+
+    def _cache_options(self) -> None:
+        """Keep the options the hot path reads as plain attributes: every ctx.options read goes
+        through mitmproxy's option manager, and a request would read several."""
+        o = ctx.options
+        self._mode_override = getattr(o, "optout_mode", "") or None
+        self._body_cap = int(getattr(o, "optout_body_cap", DEFAULT_BODY_CAP))
+        self._direct_connections = all(mode_name(spec) != "upstream" for spec in getattr(o, "mode", ()))
 
     def own_ports(self) -> tuple[int, ...]:
         """The ports this proxy listens on (proxy and metrics): never reachable through it."""
@@ -257,6 +268,7 @@ class Enforcer:
 
     def _configure(self, updated: set[str]) -> None:
         self._guard_options(updated)
+        self._cache_options()
         if "optout_policy" in updated or "optout_audit" in updated:
             path = Path(ctx.options.optout_policy)
             try:

@@ -176,20 +176,21 @@ class ResponseJudge:
             return None
         declared, view, found, tdm_file = inspect
         try:
-            view = view or _view(flow)
+            headers = flow.response.headers
             raw = flow.response.raw_content or b""
-            codings = codings_of(view.values("content-encoding"))
+            codings = codings_of(headers.get_all("content-encoding"))
             try:
                 head = decode(raw, codings, SNIFF_BYTES)[0] if codings else raw[:SNIFF_BYTES]
             except Undecodable:
                 head = None  # judged (and withheld) in _inspect_body
-            kinds = body_kind(view.values("content-type"), state.policy, head or b"")
+            kinds = body_kind(headers.get_all("content-type"), state.policy, head or b"")
         except Exception:
             logger.exception("optout: internal error sniffing the body of %s", flow.request.pretty_url)
             self.recorder.internal_error(flow, state, phase="response")
             return None
         if not kinds and head is not None and not found:
             return None  # plain text or an unknown format, no signal in the headers: nothing to read
+        view = view or _view(flow)
         return self._judge_body(
             flow, state, state.policy, (kinds or declared or frozenset(), view, found, tdm_file)
         )

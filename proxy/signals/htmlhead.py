@@ -17,10 +17,12 @@ the like it stands for the response header of that name.
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import html
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 MAX_SCRIPT = 256 * 1024
 # How far a <meta charset> is looked for (HTML §13.2.3.2: the first 1024 bytes).
@@ -30,6 +32,10 @@ _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
 _TAG = re.compile(r"<(meta|link|script)(?=[\s/>])([^>]*)>", re.IGNORECASE)
 _ATTR = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+)))?""")
 _SCRIPT_END = re.compile(r"</script", re.IGNORECASE)
+_BCOMMENT = re.compile(rb"<!--.*?(?:-->|\Z)", re.DOTALL)
+_BTAG = re.compile(rb"<(meta|link|script)(?=[\s/>])([^>]*)>", re.IGNORECASE)
+_BSCRIPT_END = re.compile(rb"</script", re.IGNORECASE)
+_OPEN_COMMENT: dict[type, str | bytes] = {str: "<!--", bytes: b"<!--"}
 _PRESCAN_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 
@@ -98,18 +104,39 @@ def read(body: bytes, charset: str | None = None) -> HtmlHead:
     """
     encoding, skip = encoding_of(body, charset)
     head = HtmlHead(encoding=encoding)
-    _scan(body[skip:].decode(encoding, errors="replace"), head)
+    if encoding.startswith(("utf-16", "utf-32")):
+        _scan(body[skip:].decode(encoding, errors="replace"), head)
+    else:
+        # ASCII-compatible: the tags are found in the bytes, and only what they hold is decoded.
+        _scan(body[skip:], head, encoding)
     if encoding != "utf-8":
-        _scan(body.decode("utf-8", errors="replace"), head)
+        _scan(body, head, "utf-8")
     return head
 
 
-def _scan(text: str, head: HtmlHead) -> None:
-    if "<!--" in text:
-        text = _COMMENT.sub(" ", text)
-    for m in _TAG.finditer(text):
-        tag = m.group(1).lower()
-        a = _attrs(m.group(2))
+def _scan(source: str | bytes, head: HtmlHead, encoding: str = "") -> None:
+    """Collect the tags of `source`: text, or bytes in an ASCII-compatible `encoding`."""
+    data: Any = source  # one scan for both; the patterns below match its type
+    if isinstance(data, bytes):
+        tags, comment, script_end = _BTAG, _BCOMMENT, _BSCRIPT_END
+
+        def text(raw: bytes) -> str:
+            return raw.decode(encoding, errors="replace")
+    else:
+        tags, comment, script_end = _TAG, _COMMENT, _SCRIPT_END  # type: ignore[assignment]
+
+        def text(raw: str) -> str:  # type: ignore[misc]
+            return raw
+
+    comments = [m.span() for m in comment.finditer(data)] if _OPEN_COMMENT[type(data)] in data else []
+    starts = [start for start, _ in comments]
+    for m in tags.finditer(data):
+        if comments:
+            i = bisect.bisect_right(starts, m.start()) - 1
+            if i >= 0 and m.start() < comments[i][1]:
+                continue  # inside a comment: browsers do not read it
+        tag = text(m.group(1)).lower()
+        a = _attrs(text(m.group(2)))
         if tag == "meta":
             if "name" in a:
                 head.metas.append((a["name"], a.get("content", "")))
@@ -121,6 +148,6 @@ def _scan(text: str, head: HtmlHead) -> None:
             kind = a.get("type", "").strip().lower()
             if kind not in ("application/rsl+xml", "application/c2pa"):
                 continue
-            end = _SCRIPT_END.search(text, m.end())
-            content = text[m.end() : end.start() if end else len(text)][:MAX_SCRIPT]
+            end = script_end.search(data, m.end())
+            content = text(data[m.end() : end.start() if end else len(data)][: MAX_SCRIPT * 4])[:MAX_SCRIPT]
             (head.rsl_scripts if kind == "application/rsl+xml" else head.c2pa_scripts).append(content)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from proxy.decide import decide
 from proxy.documents import OriginDocuments
@@ -35,6 +35,51 @@ def _strictest(decisions: Sequence[tuple[str, Decision]]) -> tuple[str, Decision
     return decisions[0]
 
 
+@dataclass(slots=True)
+class Pending:
+    """A request judged as far as the registry: its path forms, each with its findings so far."""
+
+    path: str
+    hosts: tuple[str, ...]
+    by_form: list[tuple[str, list[Finding]]]
+
+
+def start(policy: Policy, path: str, hosts: Iterable[str], *, mode: str | None = None) -> Decision | Pending:
+    """The registry's part of a decision: a Decision when an enforced registry block settles it
+    (no document of the origin is needed, nor fetched), else what `finish` completes."""
+    hosts = tuple(hosts)
+    monitor_all = (mode or policy.mode) == "monitor"
+    registry_mode = policy.signal_mode("registry")
+    by_form: list[tuple[str, list[Finding]]] = []
+    for form in variants(path):
+        found: list[Finding] = []
+        if registry_mode != "off":
+            found.extend(policy.registry.findings_for(hosts, form))
+            if found and registry_mode == "enforce" and not monitor_all:
+                return _with_form(path, form, decide(found, policy, mode=mode))
+        by_form.append((form, found))
+    return Pending(path, hosts, by_form)
+
+
+def finish(
+    policy: Policy,
+    pending: Pending,
+    origins: Sequence[Origin],
+    docs: Sequence[OriginDocuments],
+    *,
+    mode: str | None = None,
+) -> Decision:
+    """The decision, from the registry's findings and each origin's documents (pure)."""
+    decisions = []
+    for form, registry_found in pending.by_form:
+        found = list(registry_found)
+        for origin, d in zip(origins, docs, strict=True):
+            found.extend(d.prefetch_findings(origin.url(form), form, policy))
+        decisions.append((form, decide(found, policy, mode=mode)))
+    form, decision = _strictest(decisions)
+    return _with_form(pending.path, form, decision)
+
+
 async def assess(
     policy: Policy,
     origins: Sequence[Origin] | Origin,
@@ -56,29 +101,14 @@ async def assess(
     """
     if isinstance(origins, Origin):
         origins = (origins,)
-    hosts = tuple(hosts)
-    forms = variants(path)
-    monitor_all = (mode or policy.mode) == "monitor"
-    registry_mode = policy.signal_mode("registry")
-    by_form: list[tuple[str, list[Finding]]] = []
-    for form in forms:
-        found: list[Finding] = []
-        if registry_mode != "off":
-            found.extend(policy.registry.findings_for(hosts, form))
-            if found and registry_mode == "enforce" and not monitor_all:
-                return _with_form(path, form, decide(found, policy, mode=mode))
-        by_form.append((form, found))
+    begun = start(policy, path, hosts, mode=mode)
+    if isinstance(begun, Decision):
+        return begun
     if len(origins) == 1:
         docs = [await get_documents(origins[0])]
     else:
         docs = list(await asyncio.gather(*(get_documents(o) for o in origins)))
-    decisions = []
-    for form, found in by_form:
-        for origin, d in zip(origins, docs, strict=True):
-            found.extend(d.prefetch_findings(origin.url(form), form, policy))
-        decisions.append((form, decide(found, policy, mode=mode)))
-    form, decision = _strictest(decisions)
-    return _with_form(path, form, decision)
+    return finish(policy, begun, origins, docs, mode=mode)
 
 
 def _with_form(path: str, form: str, decision: Decision) -> Decision:

@@ -47,6 +47,15 @@ class OriginCache(Generic[K, V]):
         hit = self._entries.get(key)
         return hit[0] if hit is not None else None
 
+    def fresh(self, key: K) -> V | None:
+        """The value for `key` if it is cached and fresh (a hit), else None; never loads."""
+        hit = self._entries.get(key)
+        if hit is not None and hit[1] > self._clock():
+            self._entries.move_to_end(key)
+            self.stats.hits += 1
+            return hit[0]
+        return None
+
     async def get(self, key: K, load: Callable[[V | None], Awaitable[tuple[V, float]]]) -> V:
         """The fresh value for `key`, loading it (once, however many callers) when missing or stale.
 

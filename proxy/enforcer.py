@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -104,7 +104,7 @@ class Enforcer:
         self._body_cap = DEFAULT_BODY_CAP
         self._direct_connections = True
         self.requests = RequestJudge(
-            self.recorder, self.documents, self.resolver, own_ports=self.own_ports,
+            self.recorder, self.documents, self.resolver, cached=self.cache.fresh, own_ports=self.own_ports,
             mode=self._mode, direct=self._direct,
         )  # fmt: skip
         self.responses = ResponseJudge(
@@ -604,20 +604,22 @@ class Enforcer:
             logger.error("optout: %s (the raw relay was killed anyway)", e)
         logger.warning("optout: killed a raw %s relay to %s:%d", protocol, host, port)
 
-    async def http_connect(self, flow: http.HTTPFlow) -> None:
+    def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Judge a CONNECT on its authority: registry and addresses, before any upstream contact."""
         if flow.response is not None:
-            return
+            return None
         state = self._flows[flow] = FlowState(self.policy)
-        try:
-            if state.policy is None:
-                raise RuntimeError("no policy loaded")
-            await self.requests.judge_connect(flow, state, state.policy)
+
+        def tunnel_opened() -> None:
             if flow.response is None:
                 self._tunnels[flow.client_conn.id] = canonical_host(flow.request.host)
-        except Exception:
-            logger.exception("optout: internal error deciding CONNECT %s", flow.request.pretty_host)
-            self.recorder.internal_error(flow, state, phase="connect")
+
+        def judge() -> Awaitable[None] | None:
+            if state.policy is None or not self.ready:
+                raise RuntimeError("no policy loaded")
+            return self.requests.judge_connect(flow, state, state.policy)
+
+        return self._fail_closed(flow, state, "connect", judge, then=tunnel_opened)
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Check the address mitmproxy is about to connect to (a redirect, a map, a second DNS answer).
@@ -647,22 +649,59 @@ class Enforcer:
 
     # -- request phase -----------------------------------------------------
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Decide the request (synchronously when its origin's documents are cached)."""
         if flow.response is not None:
-            return  # answered by another addon (or replayed); nothing goes upstream
+            return None  # answered by another addon (or replayed); nothing goes upstream
         # One policy for the whole flow, even if a reload lands meanwhile.
         state = self._flows[flow] = FlowState(self.policy)
-        try:
+
+        def judge() -> Awaitable[None] | None:
             if state.policy is None or not self.ready:
                 raise RuntimeError("no policy loaded")
             tunnelled = flow.client_conn.id in self._tunnels
-            await self.requests.judge(flow, state, state.policy, tunnelled=tunnelled)
-        except LocalLimit as e:
-            logger.warning("optout: %s; answering 503", e)
-            self.recorder.busy(flow, state, e, phase="request")
-        except Exception:
-            logger.exception("optout: internal error deciding %s", flow.request.pretty_url)
-            self.recorder.internal_error(flow, state, phase="request")
+            return self.requests.judge(flow, state, state.policy, tunnelled=tunnelled)
+
+        return self._fail_closed(flow, state, "request", judge)
+
+    def _fail_closed(
+        self, flow: http.HTTPFlow, state: FlowState, phase: str, judge: Callable[[], Awaitable[None] | None],
+        *, then: Callable[[], None] | None = None,
+    ) -> Awaitable[None] | None:  # fmt: skip
+        """Run `judge` (and its awaitable rest, if any); whatever fails blocks the flow.
+
+        A limit of ours answers 503 (`fetch-capacity`); any other exception 451
+        (`internal-error`): mitmproxy would otherwise log it and forward the flow.
+        """
+
+        def failed(error: Exception) -> None:
+            if isinstance(error, LocalLimit):
+                logger.warning("optout: %s; answering 503", error)
+                self.recorder.busy(flow, state, error, phase=phase)
+            else:
+                logger.error("optout: internal error deciding %s", flow.request.pretty_url, exc_info=error)
+                self.recorder.internal_error(flow, state, phase=phase)
+
+        try:
+            rest = judge()
+        except Exception as e:
+            failed(e)
+            return None
+        if rest is None:
+            if then is not None:
+                then()
+            return None
+
+        async def finish() -> None:
+            try:
+                await rest
+            except Exception as e:
+                failed(e)
+                return
+            if then is not None:
+                then()
+
+        return finish()
 
     # -- response phase ----------------------------------------------------
 

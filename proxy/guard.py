@@ -212,14 +212,10 @@ def own_endpoint(address: str, port: int, own_ports: Iterable[int]) -> bool:
     return ip.is_loopback or ip.is_private or ip.is_unspecified or ip.is_link_local
 
 
-async def address_refusal(
-    host: str, port: int, resolver: Resolver, *, allow_private: bool, own_ports: Sequence[int]
+def refusal_for(
+    host: str, port: int, addresses: Sequence[str], *, allow_private: bool, own_ports: Sequence[int]
 ) -> tuple[str, str] | None:
-    """Why the crawler may not reach `host`:`port`, as (reason code, sentence); None if it may.
-
-    Raises OSError when `host` does not resolve.
-    """
-    addresses = await resolver.resolve(host)
+    """Why the crawler may not reach `host`:`port`, which resolves to `addresses`; None if it may."""
     for address in addresses:
         if own_endpoint(address, port, own_ports):
             return "proxy-self", f"{host}:{port} is this proxy's own endpoint ({address})"
@@ -232,3 +228,14 @@ async def address_refusal(
                 "private_addresses is block",
             )
     return None
+
+
+async def address_refusal(
+    host: str, port: int, resolver: Resolver, *, allow_private: bool, own_ports: Sequence[int]
+) -> tuple[str, str] | None:
+    """Why the crawler may not reach `host`:`port`, as (reason code, sentence); None if it may.
+
+    Raises OSError when `host` does not resolve.
+    """
+    addresses = await resolver.resolve(host)
+    return refusal_for(host, port, addresses, allow_private=allow_private, own_ports=own_ports)

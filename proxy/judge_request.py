@@ -2,26 +2,32 @@
 
 Order matters and is the cheapest-first order that contacts nobody early:
 the Host fields are checked (several distinct ones are refused), an
-absolute-form request's Host is made the target's, the addresses the names
-resolve to are checked, then `assess()` decides on the registry and the
-origins' documents. A block is answered with 451 here, so no upstream
-connection is ever opened for it (the proxy runs with lazy connections).
+absolute-form request's Host is made the target's, the registry decides what
+it can (no contact at all), the addresses the names resolve to are checked,
+then the origins' documents decide. A block is answered with 451 here, so no
+upstream connection is ever opened for it (the proxy runs with lazy
+connections).
+
+A request to an origin whose documents are cached, and whose addresses need
+no look-up, is decided synchronously: mitmproxy awaits a hook's result only
+when it is awaitable, and most of a crawl is such requests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from mitmproxy import http
 
 from proxy.addresses import Resolver
 from proxy.answers import BLOCK_STATUS, block_body
-from proxy.assess import GetDocuments, assess
+from proxy.assess import GetDocuments, Pending, finish, start
 from proxy.audit import new_id
 from proxy.documents import OriginDocuments
 from proxy.evidence import Decision, Finding, Says, Verdict
-from proxy.guard import RequestNames, address_refusal, fix_host, request_names
+from proxy.guard import RequestNames, address_refusal, fix_host, refusal_for, request_names
 from proxy.origin import Origin
 from proxy.outcome import FlowState, Recorder, refusal, summary
 from proxy.policy import Policy
@@ -30,9 +36,7 @@ from proxy.policy import Policy
 AMBIGUOUS_STATUS = 400
 UNRESOLVED_STATUS = 502
 
-
-class _Refused(Exception):
-    """The request was refused (and recorded) while its documents were being gathered."""
+CachedDocuments = Callable[[Origin], "OriginDocuments | None"]
 
 
 class RequestJudge:
@@ -44,46 +48,73 @@ class RequestJudge:
         documents: GetDocuments,
         resolver: Resolver,
         *,
+        cached: CachedDocuments,
         own_ports: Callable[[], Sequence[int]],
         mode: Callable[[], str | None],
         direct: Callable[[], bool],
     ) -> None:
         self.recorder = recorder
-        self.documents = documents
+        self.documents = documents  # fetches (once) when not cached
+        self.cached = cached  # fresh cached documents, or None
         self.resolver = resolver
         self.own_ports = own_ports  # the proxy's own listening and metrics ports
         self.mode = mode  # enforce | monitor override, None for the policy's
         self.direct = direct  # True unless an upstream proxy connects for us (then DNS is its)
 
-    async def judge(self, flow: http.HTTPFlow, state: FlowState, policy: Policy, *, tunnelled: bool) -> None:
-        """Decide `flow`'s request; forward it (by leaving it alone) or answer it."""
+    def judge(
+        self, flow: http.HTTPFlow, state: FlowState, policy: Policy, *, tunnelled: bool
+    ) -> Awaitable[None] | None:
+        """Decide `flow`'s request: forward it (by leaving it alone) or answer it.
+
+        Returns a coroutine to await only when documents must be fetched or
+        names resolved; a request decided from the cache is done on return.
+        """
         req = flow.request
         names = request_names(flow, tunnelled=tunnelled)
         if len(req.headers.get_all("host")) > 1 or len(names.host_headers) > 1:
-            await self._ambiguous(flow, state, policy, names)
-            return
+            self._ambiguous(flow, state, policy, names)
+            return None
         rewritten = names.host_headers[0] if fix_host(flow, names) else None
-        checked = False
-
-        async def documents(o: Origin) -> OriginDocuments:
-            # The first contact with an origin is its documents' fetch: the addresses are
-            # checked right before it (after the registry, which needs no contact at all).
-            nonlocal checked
-            if not checked and self.direct():
-                checked = True
-                if not await self._addresses_ok(flow, state, policy, names):
-                    raise _Refused
-            docs = await self.documents(o)
-            if state.docs is None:
-                # Kept for the response phase, which reads the documents the request was decided on.
-                state.docs = docs
-            return docs
-
+        begun = start(policy, req.path or "/", names.all, mode=self.mode())
+        if isinstance(begun, Decision):
+            self._conclude(flow, state, policy, begun, names, rewritten)
+            return None
         origins = [Origin.of(req.scheme, name, req.port) for name in names.served]
-        try:
-            decision = await assess(policy, origins, req.path or "/", names.all, documents, mode=self.mode())
-        except _Refused:
-            return  # answered and recorded by _addresses_ok
+        addresses_ok = self._addresses_known_ok(flow, state, policy, names) if self.direct() else True
+        if addresses_ok is False:
+            return None
+        docs = [self.cached(o) for o in origins] if addresses_ok else []
+        if addresses_ok and all(d is not None for d in docs):
+            state.docs = docs[0]
+            decision = finish(policy, begun, origins, docs, mode=self.mode())  # type: ignore[arg-type]
+            self._conclude(flow, state, policy, decision, names, rewritten)
+            return None
+        return self._judge_later(
+            flow, state, policy, names, rewritten, begun, origins, check=addresses_ok is None
+        )
+
+    async def _judge_later(
+        self, flow: http.HTTPFlow, state: FlowState, policy: Policy, names: RequestNames,
+        rewritten: str | None, begun: Pending, origins: Sequence[Origin], *, check: bool,
+    ) -> None:  # fmt: skip
+        # The first contact with an origin is its documents' fetch: the addresses are
+        # checked right before it (after the registry, which needs no contact at all).
+        if check and not await self._addresses_ok(flow, state, policy, names):
+            return
+        if len(origins) == 1:
+            docs = [await self.documents(origins[0])]
+        else:
+            docs = list(await asyncio.gather(*(self.documents(o) for o in origins)))
+        # Kept for the response phase, which reads the documents the request was decided on.
+        state.docs = docs[0]
+        decision = finish(policy, begun, origins, docs, mode=self.mode())
+        self._conclude(flow, state, policy, decision, names, rewritten)
+
+    def _conclude(
+        self, flow: http.HTTPFlow, state: FlowState, policy: Policy, decision: Decision, names: RequestNames,
+        rewritten: str | None,
+    ) -> None:  # fmt: skip
+        """Record the decision (a block always, an allow if the policy says so) and answer a block."""
         if rewritten is not None:
             note = Finding(
                 "host-header", Says.UNKNOWN,
@@ -104,38 +135,40 @@ class RequestJudge:
                 flow, state, BLOCK_STATUS, body, decision.signal or "blocked", record_id, in_place=False
             )
 
-    async def judge_connect(self, flow: http.HTTPFlow, state: FlowState, policy: Policy) -> None:
+    def judge_connect(self, flow: http.HTTPFlow, state: FlowState, policy: Policy) -> Awaitable[None] | None:
         """Judge a CONNECT on its authority: a whole-site registry entry or a refused address ends it.
 
         Path-scoped entries and the origin's documents wait for the requests
         inside the tunnel; nothing upstream is contacted before those either.
         """
         host = flow.request.host
-        if policy.signal_mode("registry") != "off":
+        if policy.signal_mode("registry") == "enforce" and (self.mode() or policy.mode) != "monitor":
             found = [
                 f for f in policy.registry.findings_for((host,), "/") if not (f.entry or {}).get("paths")
             ]
             if found:
+                holder = found[0].entry["holder"] if found[0].entry else host
                 decision = Decision(
                     Verdict.BLOCK, enforced=True, signal="registry",
-                    reason=f"{found[0].entry['holder'] if found[0].entry else host} opted out in the "
-                    "rights-holder registry; the tunnel is refused before any contact.",
+                    reason=f"{holder} opted out in the rights-holder registry; the tunnel is refused before "
+                    "any contact.",
                     deciding=found[0], findings=tuple(found), policy_sha256=policy.digest,
                 )  # fmt: skip
-                if (
-                    decision.enforced
-                    and (self.mode() or policy.mode) != "monitor"
-                    and (policy.signal_mode("registry") == "enforce")
-                ):
-                    self.recorder.block(flow, state, decision, phase="connect")
-                    return
+                self.recorder.block(flow, state, decision, phase="connect")
+                return None
+        if not self.direct():
+            return None
         names = RequestNames(target=host, host_headers=(), sni=None, tunnelled=False)
-        if self.direct():
-            await self._addresses_ok(flow, state, policy, names)
+        if self._addresses_known_ok(flow, state, policy, names) is None:
+            return self._connect_later(flow, state, policy, names)
+        return None
 
-    async def _ambiguous(
+    async def _connect_later(
         self, flow: http.HTTPFlow, state: FlowState, policy: Policy, names: RequestNames
     ) -> None:
+        await self._addresses_ok(flow, state, policy, names)
+
+    def _ambiguous(self, flow: http.HTTPFlow, state: FlowState, policy: Policy, names: RequestNames) -> None:
         """Several Host fields: 451 if any name is a registry block, else 400; never forwarded."""
         found = policy.registry.findings_for(names.all, flow.request.path or "/")
         if found and policy.signal_mode("registry") != "off":
@@ -157,6 +190,26 @@ class RequestJudge:
         )
         self.recorder.block(flow, state, decision, phase="request", status=AMBIGUOUS_STATUS)
 
+    def _addresses_known_ok(
+        self, flow: http.HTTPFlow, state: FlowState, policy: Policy, names: RequestNames
+    ) -> bool | None:
+        """The address check without waiting: True (fine), False (refused and recorded), or None
+        when a name must be resolved first."""
+        allow_private = policy.private_addresses == "allow"
+        port = flow.request.port
+        own = self.own_ports()
+        if allow_private and port not in own:
+            return True
+        for name in names.served:
+            addresses = self.resolver.cached(name)
+            if addresses is None:
+                return None
+            refused = refusal_for(name, port, addresses, allow_private=allow_private, own_ports=own)
+            if refused is not None:
+                self.recorder.block(flow, state, refusal(*refused, policy), phase="request")
+                return False
+        return True
+
     async def _addresses_ok(
         self, flow: http.HTTPFlow, state: FlowState, policy: Policy, names: RequestNames
     ) -> bool:
@@ -164,8 +217,6 @@ class RequestJudge:
         allow_private = policy.private_addresses == "allow"
         port = flow.request.port
         own = self.own_ports()
-        if allow_private and port not in own:
-            return True
         for name in names.served:
             try:
                 refused = await address_refusal(
@@ -178,7 +229,6 @@ class RequestJudge:
                 self.recorder.block(flow, state, decision, phase="request", status=UNRESOLVED_STATUS)
                 return False
             if refused is not None:
-                code, sentence = refused
-                self.recorder.block(flow, state, refusal(code, sentence, policy), phase="request")
+                self.recorder.block(flow, state, refusal(*refused, policy), phase="request")
                 return False
         return True

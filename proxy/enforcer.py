@@ -101,6 +101,7 @@ class Enforcer:
         self._slots: asyncio.Semaphore | None = None
         self._slots_limit = 0
         self._mode_override: str | None = None
+        self._body_limit_set = ""  # the body_size_limit we set ourselves, if we did
         self._body_cap = DEFAULT_BODY_CAP
         self._direct_connections = True
         self.requests = RequestJudge(
@@ -129,6 +130,26 @@ class Enforcer:
     def _direct(self) -> bool:
         """True unless an upstream proxy makes the connections (and resolves the names)."""
         return self._direct_connections
+
+    def _bound_bodies(self, updated: set[str]) -> None:
+        """Make mitmproxy stop buffering a body at optout_body_cap, unless body_size_limit is set.
+
+        mitmproxy buffers a whole body before the `response` hook; without a
+        limit, a 512 MB (or endless) chunked stream is buffered whole, and only
+        then could our cap be checked. With `body_size_limit` it aborts the flow
+        (502, never delivered) as soon as the body outgrows it; `error` records it.
+        """
+        if not {"optout_body_cap", "body_size_limit"} & updated or not hasattr(
+            ctx.options, "body_size_limit"
+        ):
+            return
+        current = ctx.options.body_size_limit
+        if current and current != self._body_limit_set:
+            return  # the user chose a limit of their own
+        ours = str(ctx.options.optout_body_cap)
+        if current != ours:
+            self._body_limit_set = ours
+            ctx.options.update(body_size_limit=ours)
 
     def _cache_options(self) -> None:
         """Keep the options the hot path reads as plain attributes: every ctx.options read goes
@@ -308,6 +329,7 @@ class Enforcer:
             self.audit.checkpoint_every = ctx.options.optout_audit_checkpoint_every
         if "optout_body_cap" in updated and ctx.options.optout_body_cap < 1:
             raise exceptions.OptionsError("optout_body_cap must be at least 1 byte")
+        self._bound_bodies(updated)
         if getattr(ctx.options, "stream_large_bodies", None) and self.policy is not None:
             inspecting = [s for s in BODY_SIGNALS if self.policy.signal_mode(s) != "off"]
             if inspecting:
@@ -716,6 +738,18 @@ class Enforcer:
             # they are metadata, never the content, so they are dropped.
             flow.response.trailers = None
         return self.responses.body(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """Record a response mitmproxy aborted (a body over body_size_limit): withheld, and said so."""
+        state = self._flows.get(flow)
+        if state is None or state.answered or flow.error is None or state.decision is None:
+            return
+        if "body_size_limit" not in flow.error.msg:
+            return
+        try:
+            self.responses.aborted(flow, state, flow.error.msg)
+        except Exception:
+            logger.exception("optout: cannot record the aborted response of %s", flow.request.pretty_url)
 
     def _close_later(self, client: httpx.AsyncClient) -> None:
         """Close a replaced client without blocking configure (which is synchronous)."""

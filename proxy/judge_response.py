@@ -13,6 +13,7 @@ import hashlib
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from mitmproxy import http
@@ -32,7 +33,7 @@ from proxy.inband import (
     header_findings,
     reads_bodies,
 )
-from proxy.outcome import FlowState, Recorder, summary
+from proxy.outcome import FlowState, Recorder, refusal, summary
 from proxy.policy import Policy
 from proxy.signals import tdmrep
 from proxy.sniff import SNIFF_BYTES
@@ -152,6 +153,8 @@ class ResponseJudge:
         length = view.content_length
         if declared and length is not None and length > cap:
             self._over_cap(flow, state, found, policy, document, length, in_place=True)
+            if not state.answered:
+                flow.response.stream = True  # forwarded uninspected (over_cap: forward), never buffered
             return
         # Buffer the whole body before anything is delivered, even if
         # stream_large_bodies asked mitmproxy to stream this one.
@@ -251,6 +254,30 @@ class ResponseJudge:
         decision = decide(found, policy, mode=self.mode())
         inspected = "headers+" + "+".join(sorted(kinds)) if kinds else "headers"
         self._respond(flow, state, decision, policy, inspected=inspected, in_place=False)
+
+    def aborted(self, flow: http.HTTPFlow, state: FlowState, why: str) -> None:
+        """Record a response mitmproxy gave up on (a body over its limit): the crawler got a 502."""
+        policy = state.policy
+        if policy is None:
+            return
+        document = Document(
+            flow.request.url, flow.response.status_code if flow.response else None, None, utc_now()
+        )
+        detail = f"{why} (optout_body_cap {self.body_cap()}); the body was not delivered"
+        finding = Finding(OVER_CAP, Says.DISALLOW, detail, document)
+        decision = refusal(OVER_CAP, f"The response body outgrew the cap and was withheld: {why}", policy)
+        decision = replace(decision, findings=(finding,), deciding=finding)
+        record_id = new_id()
+        record = self.recorder.record(flow, decision, policy, record_id, phase="response", status=502)
+        record["request_id"] = state.request_id
+        record["inspected"] = "over-cap"
+        record["withheld"] = True
+        if self.recorder.audit is not None:
+            try:
+                self.recorder.audit.write(record)
+            except AuditError as e:
+                logger.error("optout: %s", e)
+        state.last_id = record_id
 
     def _over_cap(
         self, flow: http.HTTPFlow, state: FlowState, found: list[Finding], policy: Policy, document: Document,

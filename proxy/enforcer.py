@@ -131,25 +131,27 @@ class Enforcer:
         """True unless an upstream proxy makes the connections (and resolves the names)."""
         return self._direct_connections
 
-    def _bound_bodies(self, updated: set[str]) -> None:
-        """Make mitmproxy stop buffering a body at optout_body_cap, unless body_size_limit is set.
+    def _bound_bodies(self) -> None:
+        """Make mitmproxy stop buffering a body at twice optout_body_cap, unless body_size_limit is set.
 
         mitmproxy buffers a whole body before the `response` hook; without a
         limit, a 512 MB (or endless) chunked stream is buffered whole, and only
         then could our cap be checked. With `body_size_limit` it aborts the flow
-        (502, never delivered) as soon as the body outgrows it; `error` records it.
+        (502, never delivered) as soon as the body outgrows it; `error` records
+        it. Twice the cap, so that a body just over the cap still gets our 451.
+        Under `over_cap: forward` no limit is set: such bodies must be forwarded,
+        so they are buffered to be judged (the memory bound is the policy's to give up).
         """
-        if not {"optout_body_cap", "body_size_limit"} & updated or not hasattr(
-            ctx.options, "body_size_limit"
-        ):
+        if not hasattr(ctx.options, "body_size_limit"):
             return
         current = ctx.options.body_size_limit
         if current and current != self._body_limit_set:
             return  # the user chose a limit of their own
-        ours = str(ctx.options.optout_body_cap)
-        if current != ours:
+        forward = self.policy is not None and self.policy.reading("over_cap") == "forward"
+        ours = "" if forward else str(2 * ctx.options.optout_body_cap)
+        if (current or "") != ours:
             self._body_limit_set = ours
-            ctx.options.update(body_size_limit=ours)
+            ctx.options.update(body_size_limit=ours or None)
 
     def _cache_options(self) -> None:
         """Keep the options the hot path reads as plain attributes: every ctx.options read goes
@@ -298,6 +300,7 @@ class Enforcer:
                 raise exceptions.OptionsError(f"invalid policy:\n{e.report()}") from e
             self._install(policy)
             self._signature = _signature(policy)
+            self._bound_bodies()
         if "optout_metrics" in updated:
             self.metrics.stop()
             if ctx.options.optout_metrics:
@@ -329,7 +332,7 @@ class Enforcer:
             self.audit.checkpoint_every = ctx.options.optout_audit_checkpoint_every
         if "optout_body_cap" in updated and ctx.options.optout_body_cap < 1:
             raise exceptions.OptionsError("optout_body_cap must be at least 1 byte")
-        self._bound_bodies(updated)
+        self._bound_bodies()
         if getattr(ctx.options, "stream_large_bodies", None) and self.policy is not None:
             inspecting = [s for s in BODY_SIGNALS if self.policy.signal_mode(s) != "off"]
             if inspecting:
@@ -459,6 +462,7 @@ class Enforcer:
                 logger.warning("optout: RELOAD SHRINKS THE REGISTRY: %s", warning)
             try:
                 self._install(policy)
+                self._bound_bodies()
             except exceptions.OptionsError as e:
                 self.metrics.reloads.labels("refused").inc()
                 logger.error(

@@ -301,20 +301,25 @@ def test_over_cap_body_is_withheld_by_default(
     make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], tmp_path: Path
 ) -> None:
     big = b"<html><body>" + SECRET * 2000 + b"</body></html>"
+    huge = big * 4  # past twice the cap: mitmproxy stops buffering it (body_size_limit)
     site = make_site({
         "/robots.txt": Reply(200, ALLOW_ALL),
         "/known": Reply(200, big, {"Content-Type": "text/html"}),
         "/chunked": chunked(big, {"Content-Type": "text/html"}),
+        "/huge-chunked": chunked(huge, {"Content-Type": "text/html"}),
         "/small": Reply(200, b"<html>ok</html>", {"Content-Type": "text/html"}),
     })  # fmt: skip
-    proxy = make_proxy(write_policy(tmp_path / "w"), optout_body_cap=10_000)
+    proxy = make_proxy(write_policy(tmp_path / "w"), optout_body_cap=30_000)  # big is 46 kB
     for path in ("/known", "/chunked"):
         raw = raw_get(proxy, site.url(path))
         assert status_of(raw) == 451 and SECRET not in raw
         assert b"x-optout-reason: body-over-cap" in raw.lower()
+    raw = raw_get(proxy, site.url("/huge-chunked"))
+    assert status_of(raw) == 502 and SECRET not in raw  # cut off, never buffered whole
     assert get(proxy, site.url("/small")).status_code == 200
     records = [r for r in proxy.records() if r["phase"] == "response" and r["inspected"] == "over-cap"]
-    assert len(records) == 2 and all(r["withheld"] for r in records)
+    assert len(records) == 3 and all(r["withheld"] for r in records)
+    assert [r["status"] for r in records] == [451, 451, 502]
     forwarding = make_proxy(write_policy(tmp_path / "f", over_cap="forward"), optout_body_cap=10_000)
     r = get(forwarding, site.url("/known"))
     assert r.status_code == 200 and r.content == big

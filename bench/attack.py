@@ -10,8 +10,11 @@ while the attack is sent (repeatedly, a few at a time):
 
 * gzip-bomb: 1 MiB of gzip that decodes to 1 GiB, HTML with a marker;
 * endless-stream: a chunked HTML body of 512 MiB with the marker in every chunk;
-* huge-robots: a 100 MiB robots.txt (a fresh origin name each time);
-* drip-robots: a robots.txt sent one byte a second (a fresh name each time).
+* huge-robots: a 100 MiB robots.txt (a fresh origin each time);
+* drip-robots: a robots.txt sent one byte a second (a fresh origin each time).
+
+Each attack request is sent when the previous one has ended (the proxy's
+answer read to its end), so one attack flow is in the proxy at a time.
 
 Prints the healthy origin's p50/p99 idle and during each attack (target: p99
 at most 3 x idle), the proxy's peak RSS against its idle RSS (target: at most
@@ -142,22 +145,21 @@ async def healthy_load(proxy: str, url: str, seconds: float) -> list[float]:
 
 
 async def attack(proxy: str, hostile: Hostile, name: str, seconds: float) -> bytes:
-    """Send the attack a few at a time for `seconds`; returns every byte the clients received."""
+    """Send the attack one at a time, each to its end, for `seconds`; every byte the client received."""
     received = bytearray()
     deadline = time.monotonic() + seconds
     n = 0
-    async with httpx.AsyncClient(proxy=proxy, trust_env=False, timeout=httpx.Timeout(seconds + 5)) as c:
+    async with httpx.AsyncClient(proxy=proxy, trust_env=False, timeout=httpx.Timeout(60)) as c:
         while time.monotonic() < deadline:
             n += 1
             # a robots.txt is fetched once per origin: those attacks need a new origin each time
             port = hostile.fresh(name) if name.endswith("robots") else hostile.port(name)
             url = f"http://127.0.0.1:{port}/page-{n}"
             try:
-                async with asyncio.timeout(max(0.5, deadline - time.monotonic())):
-                    async with c.stream("GET", url) as r:
-                        async for chunk in r.aiter_raw():
-                            received += chunk
-            except (httpx.HTTPError, TimeoutError):
+                async with c.stream("GET", url) as r:
+                    async for chunk in r.aiter_raw():
+                        received += chunk
+            except httpx.HTTPError:
                 pass
     return bytes(received)
 

@@ -43,21 +43,25 @@ def codings_of(values: Iterable[str]) -> list[str]:
 
 def _gunzip(data: bytes, limit: int) -> bytes:
     """gzip members one after another (RFC 1952 §2.2), trailing garbage and truncation tolerated."""
-    out = bytearray()
-    while data and len(out) <= limit:
+    parts: list[bytes] = []
+    size = 0
+    while data and size <= limit:
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            out += d.decompress(data, limit + 1 - len(out))
+            part = d.decompress(data, limit + 1 - size)
         except zlib.error:
-            if not out:
+            if not parts:
                 raise Undecodable("not gzip data") from None
             break  # trailing bytes that are not a gzip member: clients ignore them
+        parts.append(part)
+        size += len(part)
         if not d.eof:
             break  # truncated, or stopped at the limit: keep what decoded
         data = d.unused_data
         if not data.startswith(b"\x1f\x8b"):
             break
-    return bytes(out)
+    # One member (the usual case) is returned as decoded: no copy of up to `limit` bytes.
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _inflate(data: bytes, limit: int) -> bytes:
@@ -119,4 +123,6 @@ def decode(data: bytes, codings: list[str], limit: int) -> tuple[bytes, bool]:
         if decoder is None:
             raise Undecodable(f"unknown content coding {name!r}")
         data = decoder(data, limit)
-    return data[: limit + 1], len(data) > limit
+    if len(data) > limit + 1:
+        data = data[: limit + 1]
+    return data, len(data) > limit

@@ -29,6 +29,7 @@ import httpx
 
 from proxy import __version__
 from proxy.addresses import GuardedBackend, guard_transport
+from proxy.codings import Undecodable, codings_of, decode
 from proxy.errors import LocalLimit
 from proxy.evidence import Document, utc_now
 
@@ -124,16 +125,22 @@ async def fetch_document(
                 status = response.status_code
                 final = str(response.url) if str(response.url) != url else None
                 if 200 <= status < 300:
-                    chunks: list[bytes] = []
-                    size = 0
-                    # Decoded bytes are counted, so a gzip bomb stops at the cap.
-                    async for chunk in response.aiter_bytes():
-                        chunks.append(chunk)
-                        size += len(chunk)
-                        if size > max_bytes:
+                    # Raw bytes, decoded by us with a bound: httpx would inflate a whole network
+                    # chunk at once (64 KiB of gzip can be 64 MiB). Compressed data is never
+                    # larger than what it decodes to, so max_bytes of it are enough.
+                    raw = bytearray()
+                    async for chunk in response.aiter_raw():
+                        raw += chunk
+                        if len(raw) > max_bytes:
                             break
-                    body = b"".join(chunks)
-                    truncated = len(body) > max_bytes
+                    codings = codings_of(response.headers.get_list("content-encoding"))
+                    try:
+                        body, over = decode(bytes(raw), codings, max_bytes)
+                    except Undecodable as e:
+                        error = f"cannot decode: {e}"
+                        doc = Document(url, status, None, fetched_at, final, error)
+                        return Fetched("unreachable", doc, None, 0.0)
+                    truncated = over or len(raw) > max_bytes
                     body = body[:max_bytes]
                     doc = Document(
                         url,

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -54,6 +55,7 @@ def _view(flow: http.HTTPFlow) -> ResponseView:
 
 
 async def _in_thread(
+    worker: ThreadPoolExecutor,
     view: ResponseView, body: bytes, kinds: frozenset[str], policy: Policy, document: Document,
     tdm_file: tdmrep.Channel | None, license: Callable[[str], Awaitable[OptionalDoc]],
 ) -> list[Finding]:  # fmt: skip
@@ -69,7 +71,7 @@ async def _in_thread(
     def run() -> list[Finding]:
         return asyncio.run(body_findings(view, body, kinds, policy, document, tdm_file, get_license))
 
-    return await asyncio.to_thread(run)
+    return await loop.run_in_executor(worker, run)
 
 
 class ResponseJudge:
@@ -89,6 +91,9 @@ class ResponseJudge:
         self.license = license  # an RSL licence named in a response, fetched once
         self.mode = mode
         self.body_cap = body_cap
+        # Large bodies are decoded and read one at a time, in one thread: memory stays within
+        # about one cap however many arrive together, and one malloc arena holds it.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optout-body")
 
     def _judgeable(self, flow: http.HTTPFlow) -> FlowState | None:
         """The flow's state if its response is the origin's and the request was allowed, else None."""
@@ -229,8 +234,9 @@ class ResponseJudge:
             return
         codings = codings_of(view.values("content-encoding"))
         try:
-            if len(raw) > OFF_LOOP_BYTES:
-                body, over = await asyncio.to_thread(decode, raw, codings, cap)
+            if len(raw) > OFF_LOOP_BYTES or (codings and len(raw) > OFF_LOOP_BYTES // 64):
+                loop = asyncio.get_running_loop()
+                body, over = await loop.run_in_executor(self._worker, decode, raw, codings, cap)
             else:
                 body, over = decode(raw, codings, cap)
         except Undecodable as e:
@@ -246,7 +252,9 @@ class ResponseJudge:
         if kinds:
             document = Document(view.url, view.status, hashlib.sha256(body).hexdigest(), document.fetched_at)
             if len(body) > OFF_LOOP_BYTES:
-                found = found + await _in_thread(view, body, kinds, policy, document, tdm_file, self.license)
+                found = found + await _in_thread(
+                    self._worker, view, body, kinds, policy, document, tdm_file, self.license
+                )
             else:
                 found = found + await body_findings(
                     view, body, kinds, policy, document, tdm_file, self.license

@@ -17,16 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
+from throughput import start_mitmdump  # bench/ is the script's folder
 
 REPO = Path(__file__).resolve().parent.parent
 ROBOTS = b"User-agent: *\nDisallow: /private\n"
@@ -89,19 +88,9 @@ def start_proxy(workdir: Path) -> tuple[subprocess.Popen[str], int]:
         "agent: ExampleBot\nregistries: [registry.yaml]\naudit: {path: audit.jsonl, log_allowed: true}\n"
         "private_addresses: allow\n"  # the origins are on loopback
     )
-    args = [
-        sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()",
-        "-s", str(REPO / "proxy" / "addon.py"), "--listen-host", "127.0.0.1", "--listen-port", "0",
-        "--set", f"confdir={workdir}", "--set", "flow_detail=0", "--set", f"optout_policy={policy}",
-    ]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        m = re.search(r"listening at .*?:(\d+)", line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-            return proc, int(m.group(1))
-    raise RuntimeError("mitmdump did not start")
+    return start_mitmdump(
+        workdir, None, ["-s", str(REPO / "proxy" / "addon.py"), "--set", f"optout_policy={policy}"]
+    )
 
 
 async def burst(proxy: str, urls: list[str]) -> list[tuple[int, float]]:

@@ -140,7 +140,10 @@ class Origin:
         ready.wait(10)
 
 
-def start_mitmdump(confdir: Path, ca_file: Path, extra: list[str]) -> tuple[subprocess.Popen[str], int]:
+def start_mitmdump(
+    confdir: Path, ca_file: Path | None, extra: list[str]
+) -> tuple[subprocess.Popen[str], int]:
+    """mitmdump on 127.0.0.1 (port chosen by the OS) with `extra` arguments; returns (process, port)."""
     args = [
         sys.executable,
         "-c",
@@ -153,8 +156,7 @@ def start_mitmdump(confdir: Path, ca_file: Path, extra: list[str]) -> tuple[subp
         f"confdir={confdir}",
         "--set",
         "flow_detail=0",
-        "--set",
-        f"ssl_verify_upstream_trusted_ca={ca_file}",
+        *(["--set", f"ssl_verify_upstream_trusted_ca={ca_file}"] if ca_file else []),
         *extra,
     ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)

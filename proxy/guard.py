@@ -128,9 +128,10 @@ class RequestNames:
     """Every name one request goes by, canonical."""
 
     target: str  # the host the proxy connects to (the CONNECT authority inside a tunnel)
-    host_headers: tuple[str, ...]  # each Host field (and HTTP/2 :authority), as hosts
+    host_headers: tuple[str, ...]  # each distinct Host field (and HTTP/2 :authority), as hosts
     sni: str | None  # the TLS server name the client sent
     tunnelled: bool  # the request came through a CONNECT tunnel (relative form)
+    host_fields: int = 1  # how many Host fields the request carried
 
     @property
     def all(self) -> tuple[str, ...]:
@@ -151,6 +152,8 @@ class RequestNames:
 def _host_of(authority: str) -> str | None:
     if not authority:
         return None
+    if authority.isascii() and "@" not in authority and "[" not in authority and authority.count(":") <= 1:
+        return canonical_host(authority.partition(":")[0]) or None  # the usual host[:port], no parsing
     try:
         host = urlsplit(f"//{authority}").hostname
     except ValueError:
@@ -166,7 +169,8 @@ def request_names(flow: http.HTTPFlow, *, tunnelled: bool) -> RequestNames:
     `request` hook, so the request line cannot tell).
     """
     req = flow.request
-    hosts = [h for h in (_host_of(v) for v in req.headers.get_all("host")) if h]
+    fields = req.headers.get_all("host")
+    hosts = [h for h in (_host_of(v) for v in fields) if h]
     if req.is_http2 or req.is_http3:
         authority = _host_of(req.authority)
         if authority:
@@ -177,6 +181,7 @@ def request_names(flow: http.HTTPFlow, *, tunnelled: bool) -> RequestNames:
         host_headers=tuple(dict.fromkeys(hosts)),
         sni=canonical_host(sni) if sni else None,
         tunnelled=tunnelled,
+        host_fields=len(fields),
     )
 
 

@@ -71,7 +71,7 @@ class RequestJudge:
         """
         req = flow.request
         names = request_names(flow, tunnelled=tunnelled)
-        if len(req.headers.get_all("host")) > 1 or len(names.host_headers) > 1:
+        if names.host_fields > 1 or len(names.host_headers) > 1:
             self._ambiguous(flow, state, policy, names)
             return None
         rewritten = names.host_headers[0] if fix_host(flow, names) else None

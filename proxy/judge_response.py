@@ -184,14 +184,22 @@ class ResponseJudge:
             return None
         declared, view, found, tdm_file = inspect
         try:
-            headers = flow.response.headers
+            # One pass over the raw fields (mitmproxy's get_all decodes every field per call).
+            encodings: list[str] = []
+            types: list[str] = []
+            for name, value in flow.response.headers.fields:
+                lowered = name.lower()
+                if lowered == b"content-encoding":
+                    encodings.append(value.decode("latin-1"))
+                elif lowered == b"content-type":
+                    types.append(value.decode("latin-1"))
             raw = flow.response.raw_content or b""
-            codings = codings_of(headers.get_all("content-encoding"))
+            codings = codings_of(encodings)
             try:
                 head = decode(raw, codings, SNIFF_BYTES)[0] if codings else raw[:SNIFF_BYTES]
             except Undecodable:
                 head = None  # judged (and withheld) in _inspect_body
-            kinds = body_kind(headers.get_all("content-type"), state.policy, head or b"")
+            kinds = body_kind(types, state.policy, head or b"")
         except Exception:
             logger.exception("optout: internal error sniffing the body of %s", flow.request.pretty_url)
             self.recorder.internal_error(flow, state, phase="response")

@@ -53,9 +53,21 @@ def _text_start(head: bytes) -> bytes:
     return head.lstrip(b" \t\n\x0c\r").lower()
 
 
+_WHITESPACE = b" \t\n\x0c\r"
+
+
 def sniff(head: bytes) -> set[str]:
     """The readers the first bytes of a body call for (an empty set: plain text or unknown)."""
     found: set[str] = set()
+    if not head:
+        return found
+    first = head.lstrip(_WHITESPACE)[:1]
+    if first != b"<" and head[:1] not in (b"\xef", b"\xff", b"\xfe") and b"<?xpacket" not in head:
+        # Not markup (HTML and XML start with "<" after white space, WHATWG §7.1): only binary
+        # signatures and an XMP packet can still say something.
+        if head[4:8] == b"ftyp" or head.startswith(_MEDIA_MAGIC) or b"<x:xmpmeta" in head:
+            found.add("media")
+        return found
     if head[4:8] == b"ftyp" or head.startswith(_MEDIA_MAGIC):
         found.add("media")
     text = _text_start(head)

@@ -142,14 +142,16 @@ def checkpoint_path(path: Path) -> Path:
     return path.with_name(path.name + CHECKPOINT_SUFFIX)
 
 
-def _last_line(path: Path) -> bytes | None:
-    size = path.stat().st_size
-    if size == 0:
-        return None
+def _tail(path: Path) -> tuple[int, bytes]:
+    """(offset, bytes) of the end of `path`: enough for its last records."""
     with open(path, "rb") as f:
-        f.seek(max(0, size - _TAIL_BYTES))
-        tail = f.read()
-    lines = [line for line in tail.split(b"\n") if line.strip()]
+        start = max(0, f.seek(0, os.SEEK_END) - _TAIL_BYTES)
+        f.seek(start)
+        return start, f.read()
+
+
+def _last_line(path: Path) -> bytes | None:
+    lines = [line for line in _tail(path)[1].split(b"\n") if line.strip()]
     return lines[-1] if lines else None
 
 
@@ -349,27 +351,21 @@ def _cut_torn_tail(file: Path) -> dict[str, Any] | None:
     A line is torn when it lacks its newline (every record is written with
     one, in one write) or does not parse; only the tail is looked at.
     """
-    size = file.stat().st_size
-    if size == 0:
+    start, tail = _tail(file)
+    keep = len(tail)
+    if not tail.endswith(b"\n"):
+        keep = tail.rfind(b"\n") + 1
+    else:
+        last_start = tail.rfind(b"\n", 0, len(tail) - 1) + 1
+        try:
+            record = json.loads(tail[last_start:])
+            int(record["seq"]), str(record["hash"])
+        except (ValueError, KeyError, TypeError):
+            keep = last_start
+    if keep == len(tail):
         return None
-    with open(file, "r+b") as f:
-        f.seek(max(0, size - _TAIL_BYTES))
-        start = f.tell()
-        tail = f.read()
-        keep = len(tail)
-        if not tail.endswith(b"\n"):
-            keep = tail.rfind(b"\n") + 1
-        else:
-            last_start = tail.rfind(b"\n", 0, len(tail) - 1) + 1
-            try:
-                record = json.loads(tail[last_start:])
-                int(record["seq"]), str(record["hash"])
-            except (ValueError, KeyError, TypeError):
-                keep = last_start
-        if keep == len(tail):
-            return None
-        cut = tail[keep:]
-        f.truncate(start + keep)
+    cut = tail[keep:]
+    os.truncate(file, start + keep)
     return {
         "file": file.name,
         "offset": start + keep,

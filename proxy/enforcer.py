@@ -32,7 +32,7 @@ from proxy.addresses import GuardedBackend, Resolver
 from proxy.audit import AuditLog, new_id, record_for
 from proxy.cache import OriginCache
 from proxy.documents import OptionalDoc, OriginDocuments, fetch_license, load_origin
-from proxy.errors import AuditError, LocalLimit, PolicyError
+from proxy.errors import AuditError, PolicyError
 from proxy.evidence import utc_now
 from proxy.fetch import MAX_TTL, Fetched, answer_deadline, make_client
 from proxy.guard import FORCED_OPTIONS, address_refusal, harden_layer, mode_name, option_problems
@@ -163,15 +163,18 @@ class Enforcer:
 
     def own_ports(self) -> tuple[int, ...]:
         """The ports this proxy listens on (proxy and metrics): never reachable through it."""
-        if self._own_ports is None:
-            ports = {int(getattr(ctx.options, "listen_port", None) or 8080)}
-            server = ctx.master.addons.get("proxyserver") if hasattr(ctx, "master") else None
-            if server is not None:
-                ports.update(addr[1] for addr in server.listen_addrs())
-            if self.metrics.port:
-                ports.add(self.metrics.port)
+        if self._own_ports is not None:
+            return self._own_ports
+        configured = int(getattr(ctx.options, "listen_port", None) or 0)  # 0: chosen when bound
+        ports = {configured} if configured else set()
+        server = ctx.master.addons.get("proxyserver") if hasattr(ctx, "master") else None
+        bound = [addr[1] for addr in server.listen_addrs()] if server is not None else []
+        ports.update(bound)
+        if self.metrics.port:
+            ports.add(self.metrics.port)
+        if bound:  # kept once the servers are up; until then asked again
             self._own_ports = tuple(sorted(ports))
-        return self._own_ports
+        return tuple(sorted(ports))
 
     def _fetch_slots(self) -> asyncio.Semaphore:
         """The bound on origins whose documents are fetched at once (optout_fetch_concurrency)."""
@@ -300,7 +303,6 @@ class Enforcer:
                 raise exceptions.OptionsError(f"invalid policy:\n{e.report()}") from e
             self._install(policy)
             self._signature = _signature(policy)
-            self._bound_bodies()
         if "optout_metrics" in updated:
             self.metrics.stop()
             if ctx.options.optout_metrics:
@@ -622,12 +624,7 @@ class Enforcer:
             agent=self.policy.agent if self.policy else "", phase="connect", status=None, user_agent=None,
             policy_path=str(self.policy.path) if self.policy else None,
         )  # fmt: skip
-        try:
-            if self.audit is None:
-                raise AuditError("no audit log configured")
-            self.audit.write(record)
-        except AuditError as e:
-            logger.error("optout: %s (the raw relay was killed anyway)", e)
+        self.recorder.note(record)
         logger.warning("optout: killed a raw %s relay to %s:%d", protocol, host, port)
 
     def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
@@ -700,18 +697,10 @@ class Enforcer:
         (`internal-error`): mitmproxy would otherwise log it and forward the flow.
         """
 
-        def failed(error: Exception) -> None:
-            if isinstance(error, LocalLimit):
-                logger.warning("optout: %s; answering 503", error)
-                self.recorder.busy(flow, state, error, phase=phase)
-            else:
-                logger.error("optout: internal error deciding %s", flow.request.pretty_url, exc_info=error)
-                self.recorder.internal_error(flow, state, phase=phase)
-
         try:
             rest = judge()
         except Exception as e:
-            failed(e)
+            self.recorder.failed(flow, state, e, phase=phase)
             return None
         if rest is None:
             if then is not None:
@@ -722,7 +711,7 @@ class Enforcer:
             try:
                 await rest
             except Exception as e:
-                failed(e)
+                self.recorder.failed(flow, state, e, phase=phase)
                 return
             if then is not None:
                 then()

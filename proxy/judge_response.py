@@ -24,7 +24,7 @@ from proxy.audit import new_id
 from proxy.codings import Undecodable, codings_of, decode
 from proxy.decide import decide
 from proxy.documents import OptionalDoc
-from proxy.errors import AuditError, LocalLimit
+from proxy.errors import AuditError
 from proxy.evidence import Decision, Document, Finding, Says, Verdict, utc_now
 from proxy.inband import (
     SIGNAL_HEADERS,
@@ -133,11 +133,8 @@ class ResponseJudge:
     ) -> None:
         try:
             await self._responseheaders(flow, state, policy, tdm_file)
-        except LocalLimit as e:
-            self.recorder.busy(flow, state, e, phase="response", in_place=True)
-        except Exception:
-            logger.exception("optout: internal error judging the response of %s", flow.request.pretty_url)
-            self.recorder.internal_error(flow, state, phase="response", in_place=True)
+        except Exception as e:
+            self.recorder.failed(flow, state, e, phase="response", in_place=True)
         self.recorder.stamp(flow, state)
 
     async def _responseheaders(
@@ -216,11 +213,8 @@ class ResponseJudge:
     ) -> None:
         try:
             await self._inspect_body(flow, state, policy, *inspect)
-        except LocalLimit as e:
-            self.recorder.busy(flow, state, e, phase="response")
-        except Exception:
-            logger.exception("optout: internal error inspecting the body of %s", flow.request.pretty_url)
-            self.recorder.internal_error(flow, state, phase="response")
+        except Exception as e:
+            self.recorder.failed(flow, state, e, phase="response")
         self.recorder.stamp(flow, state)
 
     async def _inspect_body(
@@ -288,11 +282,7 @@ class ResponseJudge:
         record["request_id"] = state.request_id
         record["inspected"] = "over-cap"
         record["withheld"] = True
-        if self.recorder.audit is not None:
-            try:
-                self.recorder.audit.write(record)
-            except AuditError as e:
-                logger.error("optout: %s", e)
+        self.recorder.note(record)
         state.last_id = record_id
 
     def _over_cap(

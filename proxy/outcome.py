@@ -28,7 +28,7 @@ from proxy.answers import (
 )
 from proxy.audit import AuditLog, new_id, record_for
 from proxy.documents import OriginDocuments
-from proxy.errors import AuditError
+from proxy.errors import AuditError, LocalLimit
 from proxy.evidence import Decision, Finding, Says, Verdict, utc_now
 from proxy.metrics import Metrics
 from proxy.origin import canonical_host
@@ -122,10 +122,7 @@ class Recorder:
             if self.audit is None:
                 raise AuditError("no audit log configured")
             self.audit.write(record)
-            self.metrics.decisions.labels(
-                record.get("phase"), record.get("signal") or "-", record.get("decision"),
-                "true" if record.get("enforced") else "false",
-            ).inc()  # fmt: skip
+            self._count(record)
             return True
         except AuditError as e:
             self.metrics.audit_failures.inc()
@@ -138,6 +135,37 @@ class Recorder:
                 flow, state, AUDIT_DOWN_STATUS, body, "audit-unavailable", record_id, in_place=in_place
             )
             return False
+
+    def note(self, record: dict[str, Any]) -> None:
+        """Write a record about a flow that is already ended (nothing left to answer); a failure is logged."""
+        try:
+            if self.audit is None:
+                raise AuditError("no audit log configured")
+            self.audit.write(record)
+            self._count(record)
+        except AuditError as e:
+            self.metrics.audit_failures.inc()
+            logger.error("optout: %s (the flow was not delivered anyway)", e)
+
+    def _count(self, record: dict[str, Any]) -> None:
+        self.metrics.decisions.labels(
+            record.get("phase"), record.get("signal") or "-", record.get("decision"),
+            "true" if record.get("enforced") else "false",
+        ).inc()  # fmt: skip
+
+    def failed(
+        self, flow: http.HTTPFlow, state: FlowState, error: Exception, *, phase: str, in_place: bool = False
+    ) -> None:
+        """A hook failed while deciding: 503 for a limit of ours, else 451 `internal-error`.
+
+        Never let the exception escape: mitmproxy would log it and forward the flow.
+        """
+        if isinstance(error, LocalLimit):
+            logger.warning("optout: %s; answering 503", error)
+            self.busy(flow, state, error, phase=phase, in_place=in_place)
+        else:
+            logger.error("optout: internal error deciding %s", flow.request.pretty_url, exc_info=error)
+            self.internal_error(flow, state, phase=phase, in_place=in_place)
 
     def answer(
         self, flow: http.HTTPFlow, state: FlowState, status: int, body: str, reason_code: str, record_id: str,

@@ -13,11 +13,35 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 MARKER = b"OPTED-OUT-MARKER-7f3a"
 
 
-class CountingOrigin:
+class _Origin:
+    """A threaded TCP server on loopback that counts connections and records (path, detail) per request."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests: list[tuple[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def _serve(self, handler: type[socketserver.BaseRequestHandler], host: str = "127.0.0.1") -> None:
+        self.server = socketserver.ThreadingTCPServer((host, 0), handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def paths(self) -> list[str]:
+        with self.lock:
+            return [p for p, _ in self.requests]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class CountingOrigin(_Origin):
     """An HTTP/1.1 origin on 127.0.0.1 that counts accepted connections and requests.
 
     `respond(path, head)` returns the whole response (bytes); the default serves
@@ -31,9 +55,7 @@ class CountingOrigin:
         tls: ssl.SSLContext | None = None,
         host: str = "127.0.0.1",
     ) -> None:
-        self.connections = 0
-        self.requests: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
+        super().__init__()
         origin = self
 
         def default(path: str, head: bytes) -> bytes:
@@ -77,23 +99,12 @@ class CountingOrigin:
                         except OSError:
                             return
 
-        self.server = socketserver.ThreadingTCPServer((host, 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def paths(self) -> list[str]:
-        with self.lock:
-            return [p for p, _ in self.requests]
+        self._serve(Handler, host)
 
     def content_requests(self) -> list[str]:
         """Requests for anything but the policy documents."""
         docs = ("/robots.txt", "/ai.txt", "/.well-known/tdmrep.json", "/.well-known/ai.txt")
         return [p for p in self.paths() if p not in docs]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def exchange(port: int, chunks: list[bytes], *, wait: float = 3.0, pause: float = 0.2) -> bytes:
@@ -141,7 +152,7 @@ def tunnel(
     return ctx.wrap_socket(s, server_hostname=sni)
 
 
-class H2Origin:
+class H2Origin(_Origin):
     """An HTTPS origin that speaks only HTTP/2 (ALPN h2), counting connections and requests.
 
     Serves `robots` at /robots.txt and the marker elsewhere; records (path, :authority).
@@ -154,9 +165,7 @@ class H2Origin:
         import h2.connection
         import h2.events
 
-        self.connections = 0
-        self.requests: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
+        super().__init__()
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls_cert(ctx)
         ctx.set_alpn_protocols(["h2"])
@@ -197,18 +206,7 @@ class H2Origin:
                             conn.send_data(event.stream_id, body, end_stream=True)
                     sock.sendall(conn.data_to_send())
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def paths(self) -> list[str]:
-        with self.lock:
-            return [p for p, _ in self.requests]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
 
 def h2_get(proxy_port: int, authority: str, path: str, ca: str, *, sni: str = "localhost",

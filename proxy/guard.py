@@ -38,6 +38,7 @@ from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.layers.quic import RawQuicLayer
 
 from proxy.addresses import Resolver, first_refused
+from proxy.fields import values
 from proxy.origin import canonical_host
 
 # mitmproxy defaults that fail open, and the values we run with instead.
@@ -169,7 +170,7 @@ def request_names(flow: http.HTTPFlow, *, tunnelled: bool) -> RequestNames:
     `request` hook, so the request line cannot tell).
     """
     req = flow.request
-    fields = req.headers.get_all("host")
+    fields = values(req.headers.fields, b"host")
     hosts = [h for h in (_host_of(v) for v in fields) if h]
     if req.is_http2 or req.is_http3:
         authority = _host_of(req.authority)

@@ -252,15 +252,17 @@ class ResponseJudge:
             self._over_cap(flow, state, found, policy, document, cap + 1, in_place=False, decoded=True)
             return
         if kinds:
-            document = Document(view.url, view.status, hashlib.sha256(body).hexdigest(), document.fetched_at)
             if len(body) > OFF_LOOP_BYTES:
-                found = found + await _in_thread(
+                from_body = await _in_thread(
                     self._worker, view, body, kinds, policy, document, tdm_file, self.license
                 )
             else:
-                found = found + await body_findings(
-                    view, body, kinds, policy, document, tdm_file, self.license
-                )
+                from_body = await body_findings(view, body, kinds, policy, document, tdm_file, self.license)
+            if from_body:
+                # The body is hashed only when a finding cites it (most pages say nothing).
+                hashed = replace(document, sha256=hashlib.sha256(body).hexdigest())
+                from_body = [replace(f, document=hashed) if f.document is document else f for f in from_body]
+            found = found + from_body
         decision = decide(found, policy, mode=self.mode())
         inspected = "headers+" + "+".join(sorted(kinds)) if kinds else "headers"
         self._respond(flow, state, decision, policy, inspected=inspected, in_place=False)

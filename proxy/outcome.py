@@ -17,6 +17,7 @@ from typing import Any
 
 from mitmproxy import http
 
+from proxy import fields
 from proxy.answers import (
     AUDIT_DOWN_STATUS,
     BLOCK_STATUS,
@@ -91,6 +92,7 @@ class Recorder:
         self.audit: AuditLog | None = None
         self.store: EvidenceStore | None = None
         self.metrics = metrics
+        self._counters: dict[tuple[Any, ...], Any] = {}  # decisions counter children by labels
 
     def record(
         self, flow: http.HTTPFlow, decision: Decision, policy: Policy | None, record_id: str, *,
@@ -110,7 +112,7 @@ class Recorder:
             agent=policy.agent if policy is not None else "",
             phase=phase,
             status=status,
-            user_agent=req.headers.get("user-agent"),
+            user_agent=fields.first(req.headers.fields, b"user-agent"),
             policy_path=str(policy.path) if policy is not None else None,
         )
 
@@ -148,10 +150,15 @@ class Recorder:
             logger.error("optout: %s (the flow was not delivered anyway)", e)
 
     def _count(self, record: dict[str, Any]) -> None:
-        self.metrics.decisions.labels(
+        key = (
             record.get("phase"), record.get("signal") or "-", record.get("decision"),
             "true" if record.get("enforced") else "false",
-        ).inc()  # fmt: skip
+        )  # fmt: skip
+        # prometheus_client's labels() validates and locks on every call: keep each child.
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = self.metrics.decisions.labels(*key)
+        child.inc()
 
     def failed(
         self, flow: http.HTTPFlow, state: FlowState, error: Exception, *, phase: str, in_place: bool = False

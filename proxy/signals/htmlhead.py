@@ -29,11 +29,11 @@ MAX_SCRIPT = 256 * 1024
 PRESCAN_BYTES = 1024
 
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
-_TAG = re.compile(r"<(meta|link|script)(?=[\s/>])([^>]*)>", re.IGNORECASE)
 _ATTR = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+)))?""")
 _SCRIPT_END = re.compile(r"</script", re.IGNORECASE)
-_BCOMMENT = re.compile(rb"<!--.*?(?:-->|\Z)", re.DOTALL)
+_TAG = re.compile(r"<(meta|link|script)(?=[\s/>])([^>]*)>", re.IGNORECASE)
 _BTAG = re.compile(rb"<(meta|link|script)(?=[\s/>])([^>]*)>", re.IGNORECASE)
+_BCOMMENT = re.compile(rb"<!--.*?(?:-->|\Z)", re.DOTALL)
 _BSCRIPT_END = re.compile(rb"</script", re.IGNORECASE)
 _OPEN_COMMENT: dict[type, str | bytes] = {str: "<!--", bytes: b"<!--"}
 _PRESCAN_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
@@ -44,7 +44,7 @@ _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs
 class HtmlHead:
     metas: list[tuple[str, str]] = field(default_factory=list)  # (name, content)
     equivs: list[tuple[str, str]] = field(default_factory=list)  # (http-equiv, content), names lower-case
-    links: list[dict[str, str]] = field(default_factory=list)  # attributes, names lower-case
+    links: list[dict[str, str]] = field(default_factory=list)  # licence links: attributes, names lower-case
     rsl_scripts: list[str] = field(default_factory=list)
     c2pa_scripts: list[str] = field(default_factory=list)  # base64 manifests (C2PA 2.4 Annex A.7)
     encoding: str = "utf-8"
@@ -119,11 +119,14 @@ def _scan(source: str | bytes, head: HtmlHead, encoding: str = "") -> None:
     data: Any = source  # one scan for both; the patterns below match its type
     if isinstance(data, bytes):
         tags, comment, script_end = _BTAG, _BCOMMENT, _BSCRIPT_END
+        wanted_link: Any = b"licen"
+        wanted_script: Any = b"application/"
 
         def text(raw: bytes) -> str:
             return raw.decode(encoding, errors="replace")
     else:
         tags, comment, script_end = _TAG, _COMMENT, _SCRIPT_END  # type: ignore[assignment]
+        wanted_link, wanted_script = "licen", "application/"
 
         def text(raw: str) -> str:  # type: ignore[misc]
             return raw
@@ -136,7 +139,13 @@ def _scan(source: str | bytes, head: HtmlHead, encoding: str = "") -> None:
             if i >= 0 and m.start() < comments[i][1]:
                 continue  # inside a comment: browsers do not read it
         tag = text(m.group(1)).lower()
-        a = _attrs(text(m.group(2)))
+        raw = m.group(2)
+        # Only licence links and RSL/C2PA scripts are read: the others are not taken apart.
+        if tag == "link" and wanted_link not in raw.lower():
+            continue
+        if tag == "script" and wanted_script not in raw.lower():
+            continue
+        a = _attrs(text(raw))
         if tag == "meta":
             if "name" in a:
                 head.metas.append((a["name"], a.get("content", "")))

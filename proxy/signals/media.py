@@ -30,6 +30,7 @@ recorded, not fetched.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
@@ -154,11 +155,19 @@ def xmp_packets(body: bytes) -> list[bytes]:
     return packets
 
 
+@functools.lru_cache(maxsize=16)
+def _xmp_root(packet: bytes) -> Any:
+    """The parsed packet, or None. Cached: one body's packets are asked for several properties."""
+    try:
+        return ElementTree.fromstring(packet)
+    except Exception:
+        return None
+
+
 def _xmp_values(packet: bytes, namespace: str, local: str) -> list[str] | None:
     """Values of property `local` in `namespace` (element text, attribute, or rdf:resource)."""
-    try:
-        root = ElementTree.fromstring(packet)
-    except Exception:
+    root = _xmp_root(packet)
+    if root is None:
         return None
     key = f"{{{namespace}}}{local}"
     out: list[str] = []

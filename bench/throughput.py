@@ -12,9 +12,11 @@ proxy process spent per request (from /proc), and ours minus bare: the extra
 cost of our addon (target: 150 µs or less).
 
 Starts, all on 127.0.0.1: one origin (asyncio, HTTP and HTTPS),
-a bare `mitmdump` and `mitmdump -s proxy/addon.py` (every origin's robots.txt
+a bare `mitmdump`, `mitmdump -s bench/floor_addon.py` (a do-nothing addon
+with our per-request hooks: the floor mitmproxy's hook dispatch puts under
+any addon) and `mitmdump -s proxy/addon.py` (every origin's robots.txt
 already cached, `log_allowed: true` so each request also writes an audit
-record). It then loads them alternately, A B A B, for each scheme and
+record). It then loads them in turn, A B C A B C, for each scheme and
 concurrency, and prints req/s, p50 and p99 latency and the median ratio
 ours/bare. Absolute figures drift ±30 % on shared machines
 (shared/reference/performance.md); the ratio, measured in the same run, is
@@ -278,14 +280,23 @@ def main() -> int:
         )
         (t / "bare").mkdir()
         (t / "ours").mkdir()
+        (t / "floor").mkdir()
         bare, bare_port = start_mitmdump(t / "bare", ca_file, [])
+        floor, floor_port = start_mitmdump(
+            t / "floor", ca_file, ["-s", str(REPO / "bench" / "floor_addon.py")]
+        )
         ours, ours_port = start_mitmdump(
             t / "ours",
             ca_file,
             ["-s", str(REPO / "proxy" / "addon.py"), "--set", f"optout_policy={policy}"],
         )
-        proxies = {"bare": f"http://127.0.0.1:{bare_port}", "ours": f"http://127.0.0.1:{ours_port}"}
-        pids = {"bare": bare.pid, "ours": ours.pid}
+        proxies = {
+            "bare": f"http://127.0.0.1:{bare_port}",
+            "floor": f"http://127.0.0.1:{floor_port}",
+            "ours": f"http://127.0.0.1:{ours_port}",
+        }
+        pids = {"bare": bare.pid, "floor": floor.pid, "ours": ours.pid}
+        names = ("bare", "floor", "ours")
         try:
             print(f"load generator for http: {'wrk' if use_wrk else 'httpx'}; for https: httpx")
             print(
@@ -298,11 +309,11 @@ def main() -> int:
                     origin = origins[(scheme, kind == "bigrobots")]
                     url = f"{scheme}://localhost:{origin.port}{KIND_PATH[kind]}"
                     for conc in levels if kind == "text" else kind_levels:
-                        rates: dict[str, list[float]] = {"bare": [], "ours": []}
-                        lats: dict[str, list[float]] = {"bare": [], "ours": []}
-                        cpu: dict[str, list[float]] = {"bare": [], "ours": []}
+                        rates: dict[str, list[float]] = {n: [] for n in names}
+                        lats: dict[str, list[float]] = {n: [] for n in names}
+                        cpu: dict[str, list[float]] = {n: [] for n in names}
                         for _ in range(args.rounds):
-                            for name in ("bare", "ours"):
+                            for name in names:
                                 verify = ssl.create_default_context(
                                     cafile=str(t / name / "mitmproxy-ca-cert.pem")
                                 )
@@ -318,7 +329,8 @@ def main() -> int:
                                 lats[name].extend(got)
                                 cpu[name].append(used / max(1, len(got) + conc) * 1e6)
                         ratios = [o / b for o, b in zip(rates["ours"], rates["bare"], strict=True)]
-                        for name in ("bare", "ours"):
+                        floors = [f / b for f, b in zip(rates["floor"], rates["bare"], strict=True)]
+                        for name in names:
                             print(
                                 f"{kind:<9} {scheme:<6} {conc:>4} {name:<5} {statistics.median(rates[name]):>8.0f} "
                                 f"{pct(lats[name], 0.5) * 1e3:>8.2f} {pct(lats[name], 0.99) * 1e3:>8.2f} "
@@ -326,23 +338,33 @@ def main() -> int:
                             )
                         ratio = statistics.median(ratios)
                         extra = statistics.median(cpu["ours"]) - statistics.median(cpu["bare"])
-                        summary.append((kind, scheme, conc, ratio, extra))
+                        floor_extra = statistics.median(cpu["floor"]) - statistics.median(cpu["bare"])
+                        summary.append(
+                            (kind, scheme, conc, ratio, extra, statistics.median(floors), floor_extra)
+                        )
                         print(
                             f"{kind:<9} {scheme:<6} {conc:>4} ratio ours/bare (median of {args.rounds} paired "
-                            f"rounds): {ratio:.3f}; extra CPU {extra:.0f} µs/request"
+                            f"rounds): {ratio:.3f}; extra CPU {extra:.0f} µs/request; do-nothing addon "
+                            f"{statistics.median(floors):.3f}, {floor_extra:.0f} µs/request"
                         )
-            overall = statistics.median(r for *_, r, _ in summary)
-            print(f"overall median ratio ours/bare: {overall:.3f} (target >= 0.90)")
+            overall = statistics.median(row[3] for row in summary)
+            floor_overall = statistics.median(row[5] for row in summary)
+            print(
+                f"overall median ratio ours/bare: {overall:.3f} (target >= 0.90); "
+                f"do-nothing addon/bare: {floor_overall:.3f}"
+            )
             for kind in kinds:
-                rows = [(r, e) for k, _, _, r, e in summary if k == kind]
+                rows = [row for row in summary if row[0] == kind]
                 print(
-                    f"  {kind:<9} median ratio {statistics.median(r for r, _ in rows):.3f}, "
-                    f"extra CPU {statistics.median(e for _, e in rows):.0f} µs/request (target <= 150)"
+                    f"  {kind:<9} median ratio {statistics.median(r[3] for r in rows):.3f}, "
+                    f"extra CPU {statistics.median(r[4] for r in rows):.0f} µs/request (target <= 150); "
+                    f"do-nothing addon {statistics.median(r[5] for r in rows):.3f}, "
+                    f"{statistics.median(r[6] for r in rows):.0f} µs/request"
                 )
             records = (t / "audit.jsonl").read_bytes().count(b"\n")
             print(f"audit records written by ours during the run: {records}")
         finally:
-            for proc in (bare, ours):
+            for proc in (bare, floor, ours):
                 proc.terminate()
                 proc.wait(10)
     return 0

@@ -27,6 +27,7 @@ from mitmproxy import connection, ctx, exceptions, http, tcp, udp
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import layer, server_hooks
 from mitmproxy.tls import ClientHelloData
+from mitmproxy.utils import human
 
 from proxy.addresses import GuardedBackend, Resolver
 from proxy.audit import AuditLog, new_id, record_for
@@ -43,6 +44,7 @@ from proxy.metrics import Metrics
 from proxy.origin import Origin, canonical_host
 from proxy.outcome import FlowState, Recorder, refusal
 from proxy.policy import Policy, load_policy, registry_shrinkage
+from proxy.reclaim import Reclaimer
 from proxy.store import EvidenceStore, store_dir
 from proxy.trailers import install as drop_trailers
 
@@ -90,6 +92,7 @@ class Enforcer:
         self.resolver = Resolver()
         self._client: httpx.AsyncClient | None = None
         self._closing: set[asyncio.Task[None]] = set()  # replaced clients still closing
+        self._reclaimer = Reclaimer()  # frees aborted bodies' buffers (proxy.reclaim)
         self.metrics = Metrics(lambda: self.cache.stats, lambda: len(self.cache))
         self.recorder = Recorder(self.metrics)
         self._watch: asyncio.Task[None] | None = None
@@ -103,6 +106,7 @@ class Enforcer:
         self._mode_override: str | None = None
         self._body_limit_set = ""  # the body_size_limit we set ourselves, if we did
         self._body_cap = DEFAULT_BODY_CAP
+        self._body_limit: int | None = None  # mitmproxy's body_size_limit in bytes, when there is one
         self._direct_connections = True
         self.requests = RequestJudge(
             self.recorder, self.documents, self.resolver, cached=self.cache.fresh, own_ports=self.own_ports,
@@ -114,6 +118,7 @@ class Enforcer:
             self.license,
             mode=self._mode,
             body_cap=lambda: self._body_cap,
+            body_limit=lambda: self._body_limit,
         )
 
     @property
@@ -132,26 +137,30 @@ class Enforcer:
         return self._direct_connections
 
     def _bound_bodies(self) -> None:
-        """Make mitmproxy stop buffering a body at twice optout_body_cap, unless body_size_limit is set.
+        """Make mitmproxy stop buffering a body at optout_body_cap, unless body_size_limit is set.
 
         mitmproxy buffers a whole body before the `response` hook; without a
         limit, a 512 MB (or endless) chunked stream is buffered whole, and only
         then could our cap be checked. With `body_size_limit` it aborts the flow
-        (502, never delivered) as soon as the body outgrows it; `error` records
-        it. Twice the cap, so that a body just over the cap still gets our 451.
-        Under `over_cap: forward` no limit is set: such bodies must be forwarded,
-        so they are buffered to be judged (the memory bound is the policy's to give up).
+        (502, never delivered) as soon as the body outgrows it, and `error`
+        records it: memory per flow stays within the cap while a body streams
+        in. A body whose Content-Length is over the cap gets our 451 before any
+        of it is read. Under `over_cap: forward` no limit is set: such bodies
+        must be forwarded, so they are buffered to be judged (the memory bound
+        is the policy's to give up).
         """
         if not hasattr(ctx.options, "body_size_limit"):
             return
         current = ctx.options.body_size_limit
         if current and current != self._body_limit_set:
+            self._body_limit = human.parse_size(current)
             return  # the user chose a limit of their own
         forward = self.policy is not None and self.policy.reading("over_cap") == "forward"
-        ours = "" if forward else str(2 * ctx.options.optout_body_cap)
+        ours = "" if forward else str(ctx.options.optout_body_cap)
         if (current or "") != ours:
             self._body_limit_set = ours
             ctx.options.update(body_size_limit=ours or None)
+        self._body_limit = human.parse_size(ctx.options.body_size_limit)
 
     def _cache_options(self) -> None:
         """Keep the options the hot path reads as plain attributes: every ctx.options read goes
@@ -411,6 +420,7 @@ class Enforcer:
     def running(self) -> None:
         if self._watch is None and ctx.options.optout_reload_interval > 0:
             self._watch = asyncio.get_running_loop().create_task(self._watch_policy())
+        self._reclaimer.settle()
 
     async def _watch_policy(self) -> None:
         """Poll the policy and registry files; apply a settled, valid change whole, refuse an invalid one.
@@ -743,6 +753,7 @@ class Enforcer:
             self.responses.aborted(flow, state, flow.error.msg)
         except Exception:
             logger.exception("optout: cannot record the aborted response of %s", flow.request.pretty_url)
+        self._reclaimer.soon()
 
     def _close_later(self, client: httpx.AsyncClient) -> None:
         """Close a replaced client without blocking configure (which is synchronous)."""

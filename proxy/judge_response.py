@@ -85,12 +85,14 @@ class ResponseJudge:
         *,
         mode: Callable[[], str | None],
         body_cap: Callable[[], int],
+        body_limit: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.recorder = recorder
         self._flows = flows
         self.license = license  # an RSL licence named in a response, fetched once
         self.mode = mode
         self.body_cap = body_cap
+        self.body_limit = body_limit  # mitmproxy's body_size_limit: it aborts larger bodies itself
         # Large bodies are decoded and read one at a time, in one thread: memory stays within
         # about one cap however many arrive together, and one malloc arena holds it.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optout-body")
@@ -154,6 +156,9 @@ class ResponseJudge:
         cap = self.body_cap()
         length = view.content_length
         if declared and length is not None and length > cap:
+            limit = self.body_limit()
+            if limit is not None and length > limit:
+                return  # mitmproxy answers 502 without reading it; `aborted` records it withheld
             self._over_cap(flow, state, found, policy, document, length, in_place=True)
             if not state.answered:
                 flow.response.stream = True  # forwarded uninspected (over_cap: forward), never buffered

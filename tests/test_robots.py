@@ -107,6 +107,30 @@ def test_rfc9309_vectors(name: str, text: str, path: str, expected: str) -> None
     assert verdict(text, path) == expected, name
 
 
+@pytest.mark.parametrize(
+    ("value", "path", "expected"),
+    [
+        # Real sites: a value that merely starts with `*` names no crawler (Google's parser agrees).
+        ("*WordPress*", "/a", ALLOW),
+        ("*Bot", "/a", ALLOW),
+        ("**", "/a", ALLOW),
+        ("*/1.0", "/a", ALLOW),
+        # The wildcard itself, and `*` followed by a space and more words, is every crawler.
+        ("*", "/a", BLOCK),
+        ("* crawlers", "/a", BLOCK),
+        ("*\t# all", "/a", BLOCK),
+    ],
+)
+def test_only_an_exact_star_is_the_wildcard(value: str, path: str, expected: str) -> None:
+    assert verdict(f"User-agent: {value}\nDisallow: /\n", path) == expected
+
+
+def test_a_star_prefixed_group_does_not_swallow_the_next_rules() -> None:
+    text = "User-agent: *\nDisallow: /private\n\nUser-agent: *WordPress*\nDisallow: /\n"
+    assert verdict(text, "/public") == ALLOW
+    assert verdict(text, "/private/x") == BLOCK
+
+
 def test_bom_bytes_do_not_hide_the_first_group() -> None:
     body = b"\xef\xbb\xbfUser-agent: *\nDisallow: /private\n"
     assert verdict(body, "/private/x") == BLOCK

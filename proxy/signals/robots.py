@@ -264,7 +264,9 @@ class PathPattern:
 def product_token(value: str) -> str:
     """The product token a User-agent value names, lower-case ("*" for the wildcard)."""
     v = value.strip()
-    if v.startswith("*"):
+    # The wildcard only when the first word is exactly `*` (`* crawlers` too, as Google reads it):
+    # `*WordPress*` or `*Bot` name no crawler, not every crawler.
+    if v.split(None, 1)[:1] == ["*"]:
         return "*"
     return _TOKEN_END.split(v, maxsplit=1)[0].lower()
 

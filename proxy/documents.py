@@ -87,7 +87,7 @@ class OriginDocuments:
             if mode(contentusage.NAME) != "off":
                 found += contentusage.findings_for(
                     path, parsed, policy.agent, policy.purpose, doc,
-                    legacy=policy.reading("aipref_legacy") == "block", inherit_star=inherit,
+                    legacy=policy.reading("lenient_readings") == "block", inherit_star=inherit,
                 )  # fmt: skip
             if mode(contentsignal.NAME) != "off":
                 found += contentsignal.findings_for(
@@ -104,8 +104,9 @@ class OriginDocuments:
             )
         if mode(tdmrep.NAME) != "off":
             found += tdmrep.prefetch_findings(
-                self.tdm_file(path), policy.purpose, policy.reading("tdmrep_precedence")
-            )
+                self.tdm_file(path), policy.purpose, policy.reading("tdmrep_precedence"),
+                lenient=policy.reading("lenient_readings") == "block",
+            )  # fmt: skip
         if mode(rsl.NAME) != "off":
             for source, lic in self.licenses:
                 found += license_findings(url, source, lic, policy)

@@ -120,7 +120,10 @@ async def header_findings(
         )  # fmt: skip
     if mode(contentusage.NAME) != "off":
         found += contentusage.findings_from_headers(
-            view.values("content-usage"), purpose, document, legacy=policy.reading("aipref_legacy") == "block"
+            view.values("content-usage"),
+            purpose,
+            document,
+            legacy=policy.reading("lenient_readings") == "block",
         )
     if mode(contentsignal.NAME) != "off":
         found += contentsignal.findings_from_headers(view.values("content-signal"), purpose, document)
@@ -128,7 +131,9 @@ async def header_findings(
         precedence = policy.reading("tdmrep_precedence")
         if not (body_follows and precedence == "spec"):
             channels = [c for c in (tdm_file, _tdm_header(view, document)) if c is not None]
-            found += tdmrep.response_findings(channels, purpose, precedence)
+            found += tdmrep.response_findings(
+                channels, purpose, precedence, lenient=policy.reading("lenient_readings") == "block"
+            )
     if mode(rsl.NAME) != "off":
         found += await _link_licenses(
             rsl.license_links(view.values("link")), view.url, policy, get_license, "Link"
@@ -176,7 +181,7 @@ async def body_findings(
                 head.equiv("content-usage"),
                 purpose,
                 document,
-                legacy=policy.reading("aipref_legacy") == "block",
+                legacy=policy.reading("lenient_readings") == "block",
             )
         if mode(contentsignal.NAME) != "off" and head.equiv("content-signal"):
             found += contentsignal.findings_from_headers(head.equiv("content-signal"), purpose, document)
@@ -224,5 +229,7 @@ async def body_findings(
             channels = [c for c in (tdm_file, _tdm_header(view, document), *tdm_late) if c is not None]
         else:
             channels = tdm_late  # the file and the header were judged already
-        found += tdmrep.response_findings(channels, purpose, precedence)
+        found += tdmrep.response_findings(
+            channels, purpose, precedence, lenient=policy.reading("lenient_readings") == "block"
+        )
     return found

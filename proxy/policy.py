@@ -49,7 +49,8 @@ RSL_USERS = ("commercial", "non-commercial", "education", "government", "persona
 INTERPRETATIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "tdmrep_precedence": (("reservation-wins", "spec"), "reservation-wins"),
     "star_group_preferences": (("inherit", "strict"), "inherit"),
-    "aipref_legacy": (("block", "ignore"), "block"),
+    # Near-misses whose intent is clear (AIPREF legacy labels, a tdmrep.json that is one object ...)
+    "lenient_readings": (("block", "ignore"), "block"),
     "noimageai_scope": (("all", "images"), "all"),
     "over_cap": (("withhold", "forward"), "withhold"),
     "rsl_user": (RSL_USERS, "commercial"),
@@ -66,6 +67,7 @@ POLICY_KEYS = (
     "signals",
     "audit",
     *INTERPRETATIONS,
+    "aipref_legacy",  # the former name of lenient_readings, still read
 )
 AUDIT_KEYS = ("path", "log_allowed")
 # RFC 9309 §2.2.1: a product token is letters, "-" and "_"; our own must be,
@@ -185,6 +187,15 @@ def load_policy(path: Path) -> Policy:
     interpretations = {
         key: choice(key, options, default) for key, (options, default) in INTERPRETATIONS.items()
     }
+    if "aipref_legacy" in fields:
+        if "lenient_readings" in fields:
+            reader.problem(
+                fields["aipref_legacy"],
+                "aipref_legacy is the former name of lenient_readings: keep only lenient_readings",
+            )
+        else:
+            options, default = INTERPRETATIONS["lenient_readings"]
+            interpretations["lenient_readings"] = choice("aipref_legacy", options, default)
     mode = choice("mode", MODES, "enforce")
     on_unreachable = choice("on_unreachable", ("block", "allow"), "block")
     on_forbidden = choice("on_robots_forbidden", ("allow", "block"), "allow")

@@ -117,3 +117,14 @@ def test_relative_paths_resolve_against_the_policy_file(tmp_path: Path) -> None:
     assert policy.audit.path == (tmp_path / "logs" / "a.jsonl").resolve()
     assert policy.audit.log_allowed is False
     assert policy.registries == ((tmp_path / "conf" / "policy-registry.yaml").resolve(),)
+
+
+def test_lenient_readings_and_its_former_name(tmp_path: Path) -> None:
+    base = "agent: ExampleBot\nregistries: []\n"
+    (tmp_path / "new.yaml").write_text(base + "lenient_readings: ignore\n")
+    (tmp_path / "old.yaml").write_text(base + "aipref_legacy: ignore\n")
+    (tmp_path / "both.yaml").write_text(base + "lenient_readings: block\naipref_legacy: ignore\n")
+    assert load_policy(tmp_path / "new.yaml").reading("lenient_readings") == "ignore"
+    assert load_policy(tmp_path / "old.yaml").reading("lenient_readings") == "ignore"
+    with pytest.raises(PolicyError, match=r"both\.yaml:4.*former name of lenient_readings"):
+        load_policy(tmp_path / "both.yaml")

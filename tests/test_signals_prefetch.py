@@ -219,12 +219,19 @@ def test_aitxt_binds_training_only() -> None:
 
 
 def file_says(
-    body: bytes, path: str, purpose: str = "ai-train", precedence: str = "reservation-wins"
+    body: bytes,
+    path: str,
+    purpose: str = "ai-train",
+    precedence: str = "reservation-wins",
+    *,
+    lenient: bool = True,
 ) -> Says | None:
     rules = tdmrep.parse(body)
     if rules is None:
         return None
-    found = tdmrep.prefetch_findings(tdmrep.file_channel(path, rules, None), purpose, precedence)
+    found = tdmrep.prefetch_findings(
+        tdmrep.file_channel(path, rules, None), purpose, precedence, lenient=lenient
+    )
     return found[0].says if found else None
 
 
@@ -248,7 +255,7 @@ def file_says(
             "/directory-b/images/x.png",
             None,
         ),  # D4
-        (b'{"location":"/","tdm-reservation":1}', "/a", None),  # D11: not an array
+        (b'{"location":"/","tdm-reservation":1}', "/a", D),  # D11: not an array, read leniently
         (b'[{"location":"/","tdm-reservation":"1"}]', "/a", D),  # D13: lenient string
         (
             b'[{"location":"/","tdm-reservation":2},{"location":"/","tdm-reservation":1}]',
@@ -262,6 +269,30 @@ def file_says(
 )
 def test_tdmrep_file(body: bytes, path: str, expected: Says | None) -> None:
     assert file_says(body, path) is expected
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "expected"),
+    [
+        # Near-misses seen in real files: the author's intent is clear.
+        (b'{"location":"/","tdm-reservation":1,"tdm-policy":"https://x.example/p"}', "/a", D),
+        (b'{"tdm-reservation":1}', "/any/page", D),  # no location: the whole site
+        (b'[{"tdm-reservation":1}]', "/a", D),
+        (b'[{"location":"/","tdm-reservation":true}]', "/a", D),
+        (b'[{"location":"/","tdm-reservation":false}]', "/a", A),
+        (b'{"location":"/img/","tdm-reservation":1}', "/text", None),  # the object's location still counts
+        (b'{"name":"not tdmrep"}', "/a", None),  # an object that says nothing of TDM
+    ],
+)
+def test_tdmrep_near_misses_are_read_as_meant(body: bytes, path: str, expected: Says | None) -> None:
+    assert file_says(body, path) is expected
+    if expected is not None:
+        rules = tdmrep.parse(body)
+        assert rules is not None
+        channel = tdmrep.file_channel(path, rules, None)
+        assert channel is not None and channel.lenient and "lenient" in channel.detail
+        # lenient_readings: ignore drops what only a lenient reading found
+        assert file_says(body, path, lenient=False) is None
 
 
 def test_tdmrep_file_under_spec_precedence_waits_for_the_response() -> None:

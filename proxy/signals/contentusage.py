@@ -9,11 +9,11 @@ longest matching path wins, and equal paths combine to the most restrictive.
 Read relative to the policy's purpose: `ai-train` reads `train-ai`, `search`
 reads `search`; `ai-input` has no AIPREF label, so nothing here binds it.
 
-Deliberate strictness (`aipref_legacy: block`, the default; signals.md §13.8):
+Deliberate strictness (`lenient_readings: block`, the default; signals.md §13.8):
 labels of earlier drafts that meant training (`ai`, `genai`, `tdm`,
 `train-genai`, `all`, `bots`) with `n`, near-miss values (`no`, `"n"`) and
 values that only fail to parse for case or spacing are read as a reservation
-and marked "legacy" or "lenient" in the evidence. With `aipref_legacy:
+and marked "legacy" or "lenient" in the evidence. With `lenient_readings:
 ignore` they are unknown, as vocab-07 says.
 """
 

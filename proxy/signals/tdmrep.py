@@ -17,8 +17,11 @@ an absent value never resets. Two readings, chosen by the policy key
   where a header or meta 0 lifts it; the last channel present decides.
 
 Deliberate leniency: a JSON string "1"/"0" for tdm-reservation is read as the
-number (signals.md D13), which can only add reservations. A file that is not
-a JSON array of objects means the protocol is not in use. TDM reservations
+number (signals.md D13), which can only add reservations. Near-misses whose
+intent is clear (one object instead of an array, an entry with no location,
+a boolean) are read and marked lenient, unless `lenient_readings: ignore`.
+Anything else that is not a JSON array of objects means the protocol is not
+in use. TDM reservations
 bind the purposes `ai-train` and `ai-input`, not `search`.
 """
 
@@ -44,6 +47,7 @@ class TdmRule:
     reservation: int  # 1 or 0
     policy: str | None
     index: int  # 1-based position in the array
+    lenient: str | None = None  # why the entry is read although it misses the protocol's form
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,42 +66,60 @@ class Channel:
     detail: str
     document: Document | None
     line: int | None = None
+    lenient: bool = False  # read from a near-miss of the protocol (policy key lenient_readings)
 
 
-def _reservation(value: object) -> int | None:
+def _reservation(value: object) -> tuple[int | None, str | None]:
+    """(0, 1 or None, why it was read leniently)."""
     if isinstance(value, bool):
-        return None
+        return int(value), f"tdm-reservation {str(value).lower()} (a JSON boolean)"
     if isinstance(value, int) and value in (0, 1):
-        return value
+        return value, None
     if isinstance(value, str) and value.strip() in ("0", "1"):
-        return int(value.strip())
-    return None
+        return int(value.strip()), None
+    return None, None
 
 
 def parse(body: bytes) -> TdmRules | None:
-    """The rules of a tdmrep.json, or None when it is not the protocol (not a JSON array)."""
+    """The rules of a tdmrep.json, or None when it is not the protocol.
+
+    The protocol is a JSON array of objects, each with a `location`. Near-misses
+    whose intent is clear are read and marked lenient (policy key
+    `lenient_readings`): one object instead of an array, an entry with no
+    `location` (it covers the whole site), a boolean `tdm-reservation`.
+    """
     try:
         data = json.loads(body.decode("utf-8-sig", errors="replace"))
     except (ValueError, RecursionError):
         return None
+    file_lenient = None
+    if isinstance(data, dict) and "tdm-reservation" in data:
+        data, file_lenient = [data], "the file is one object, not an array"
     if not isinstance(data, list):
         return None
     rules: list[TdmRule] = []
     skipped = 0
     for index, item in enumerate(data, start=1):
-        if not isinstance(item, dict) or not isinstance(item.get("location"), str):
+        if not isinstance(item, dict):
             skipped += 1
             continue
-        reservation = _reservation(item.get("tdm-reservation"))
+        reasons = [file_lenient] if file_lenient else []
+        location = item.get("location")
+        if location is None and "tdm-reservation" in item:
+            location = "/"
+            reasons.append("no location: read as the whole site")
+        if not isinstance(location, str):
+            skipped += 1
+            continue
+        reservation, why = _reservation(item.get("tdm-reservation"))
         if reservation is None:
             skipped += 1
             continue
+        if why:
+            reasons.append(why)
         policy = item.get("tdm-policy")
-        rules.append(
-            TdmRule(
-                PathPattern(item["location"]), reservation, policy if isinstance(policy, str) else None, index
-            )
-        )
+        kept = policy if isinstance(policy, str) else None
+        rules.append(TdmRule(PathPattern(location), reservation, kept, index, "; ".join(reasons) or None))
     return TdmRules(tuple(rules), skipped)
 
 
@@ -108,7 +130,11 @@ def file_channel(path: str, rules: TdmRules, document: Document | None) -> Chann
             detail = (
                 f'entry {rule.index}: location "{rule.location.value}", tdm-reservation {rule.reservation}'
             )
-            return Channel("file", rule.reservation, rule.policy, detail, document)
+            if rule.lenient:
+                detail += f" (lenient: {rule.lenient})"
+            return Channel(
+                "file", rule.reservation, rule.policy, detail, document, lenient=bool(rule.lenient)
+            )
     return None
 
 
@@ -137,18 +163,25 @@ def _finding(ch: Channel, purpose: str, says: Says | None = None) -> Finding:
     return Finding(NAME, says, detail, ch.document, line=ch.line)
 
 
-def prefetch_findings(file: Channel | None, purpose: str, precedence: str) -> list[Finding]:
-    """The file's finding before the fetch; under `spec` a 1 waits for the response."""
-    if file is None:
+def prefetch_findings(
+    file: Channel | None, purpose: str, precedence: str, *, lenient: bool = True
+) -> list[Finding]:
+    """The file's finding before the fetch; under `spec` a 1 waits for the response.
+
+    `lenient`: whether a statement read from a near-miss of the protocol counts.
+    """
+    if file is None or (file.lenient and not lenient):
         return []
     if precedence == "spec" and file.reservation == 1:
         return [_finding(file, purpose, Says.UNKNOWN)]
     return [_finding(file, purpose)]
 
 
-def response_findings(channels: Sequence[Channel], purpose: str, precedence: str) -> list[Finding]:
+def response_findings(
+    channels: Sequence[Channel], purpose: str, precedence: str, *, lenient: bool = True
+) -> list[Finding]:
     """Findings of the response-side channels (and, under `spec`, the file's, to be superseded)."""
-    present = [c for c in channels if c is not None]
+    present = [c for c in channels if c is not None and (lenient or not c.lenient)]
     if precedence != "spec":
         return [_finding(c, purpose) for c in present if c.channel != "file"]
     valid = [c for c in present if c.reservation is not None]

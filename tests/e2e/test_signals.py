@@ -71,6 +71,11 @@ def proxy(make_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> ProxyProce
             "/article",
             "tdmrep",
         ),
+        (  # one object instead of an array: read as meant (lenient_readings)
+            {"/.well-known/tdmrep.json": Reply(200, '{"location":"/","tdm-reservation":1}')},
+            "/article",
+            "tdmrep",
+        ),
         (
             {"/robots.txt": Reply(200, "User-agent: *\nAllow: /\nContent-Usage: train-ai=n\n")},
             "/a",

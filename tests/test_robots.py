@@ -69,7 +69,9 @@ def verdict(text: str | bytes, path: str, agent: str = "ExampleBot", honor: tupl
             "/path/file-with-a-*.html",
             BLOCK,
         ),
-        ("R22", "User-agent: ExampleBot\nDisallow: /a%2fb", "/a/b", ALLOW),
+        # R22 says ALLOW (%2F stays encoded). A server that decodes %2F serves /a%2Fb as /a/b,
+        # and Google's parser blocks it: we do too (README, "Deliberate choices").
+        ("R22", "User-agent: ExampleBot\nDisallow: /a%2fb", "/a/b", BLOCK),
         ("R23", "User-agent: *\nDisallow: /", "/robots.txt", ALLOW),
         ("R24", "User-agent: ExampleBot\nDisallow: /x # Disallow: /", "/y", ALLOW),
         ("R25", "User-agent: ExampleBot\nDisallow: private/", "/private/a", ALLOW),

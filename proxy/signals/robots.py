@@ -65,6 +65,8 @@ _CLOSING_RECORDS = frozenset({"content-usage"})
 _FILE_WIDE_KEYS = frozenset({"sitemap", "host", "license"})
 _LINE_SPLIT = re.compile(r"\r\n|\r|\n")
 _TOKEN_END = re.compile(r"[\s/*]")
+_ASCII_SPACE = " \t\n\v\f\r"  # what robots.txt parsers trim (Python's strip() also trims Unicode spaces)
+_IDENTIFIER = re.compile(r"[a-z_-]+")  # RFC 9309 §2.2.1 identifier (the token is lower-cased first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +116,13 @@ class RuleMatcher:
         plain: dict[int, dict[str, Rule]] = {}
         special: list[tuple[_URLPattern, Rule]] = []
         for rule in rules:
-            for pattern in _patterns_of(rule.pattern):
-                if pattern._contains_asterisk or pattern._contains_dollar:
+            # A `$` is also read as a literal only where that is the stricter reading.
+            for pattern in _patterns_of(rule.pattern, literal_dollar=not rule.allow):
+                if (
+                    pattern._contains_asterisk
+                    or pattern._contains_dollar
+                    or pattern.priority != len(pattern._pattern)
+                ):
                     special.append((pattern, rule))
                     continue
                 table = plain.setdefault(len(pattern._pattern), {})
@@ -187,23 +194,35 @@ def _trie_regex(patterns: list[list[str]]) -> str:
     return emit(trie)
 
 
-def _patterns_of(value: str) -> list[_URLPattern]:
-    """The URL patterns a rule value stands for (none for an empty or dead value)."""
+def _patterns_of(value: str, *, literal_dollar: bool = True) -> list[_URLPattern]:
+    """The URL patterns a rule value stands for (none for an empty or dead value).
+
+    `literal_dollar`: also read each `$` as a literal character (an Allow is not
+    widened that way: the second reading may only ever block more).
+    """
     if not value:
         return []  # RFC 9309 §2.2.2: an empty Disallow matches nothing
     if not value.startswith(("/", "*")):
         # signals.md §2.6: a pattern that starts with neither can never match.
         return []
     values = [value]
-    if "$" in value:
+    if literal_dollar and "$" in value:
         # A "$" not at the end is a literal; the URL side encodes a literal "$"
         # as %24 (signals.md §2.6 step 4), so also match the literal reading.
         values.append(value.replace("$", _hexescape("$")))
     out = []
     for v in values:
         quoted = _quote_pattern(v)
-        if quoted:
-            out.append(_URLPattern(quoted))
+        if not quoted:
+            continue
+        out.append(_URLPattern(quoted))
+        if "%2F" in quoted:
+            # A server that decodes %2F serves `/a%2Fb` as `/a/b` (Google's parser reads it so):
+            # the rule stands for both, as the path side judges both forms (proxy.paths.variants),
+            # with the priority of the rule as written.
+            decoded = _URLPattern(quoted.replace("%2F", "/"))
+            decoded.priority = len(quoted)
+            out.append(decoded)
     return out
 
 
@@ -363,7 +382,7 @@ def _split_line(line: str) -> tuple[str, str] | None:
             return None
         key, value = parts
     key = " ".join(key.split()).lower()
-    return _KEY_ALIASES.get(key, key), value.strip()
+    return _KEY_ALIASES.get(key, key), value.strip(_ASCII_SPACE)
 
 
 def parse(body: bytes | str) -> RobotsTxt:
@@ -383,7 +402,7 @@ def parse(body: bytes | str) -> RobotsTxt:
             groups.append(Group(tuple(agents), group_line, tuple(rules), tuple(records)))
 
     for number, raw in enumerate(_LINE_SPLIT.split(text), start=1):
-        line = raw[:MAX_LINE].split("#", 1)[0].strip()
+        line = raw[:MAX_LINE].split("#", 1)[0].strip(_ASCII_SPACE)
         if not line:
             continue  # RFC 9309 §2.2.1: blank lines and comments do not end a group
         kv = _split_line(line)
@@ -402,12 +421,21 @@ def parse(body: bytes | str) -> RobotsTxt:
             if not agents:
                 group_line = number
             agents.append(token)
+            # RFC 9309's product token is letters, "-" and "_" only, and Google's parser
+            # reads the run of those the value starts with: `ExampleBot2` names ExampleBot too.
+            identifier = _IDENTIFIER.match(token)
+            if identifier and identifier.group() != token:
+                agents.append(identifier.group())
         elif key in _FILE_WIDE_KEYS:
             file_records.append(Record(key, value, number))
         elif key in _RULE_KEYS:
             if not agents:
                 continue  # RFC 9309 §2.2.2: rules before the first group are ignored
-            rules.append(Rule(key == "allow", value, number))
+            # A Disallow is read without a stray non-breaking (or other Unicode) space at
+            # its ends, as its author meant it; an Allow is read as written (Google's reading),
+            # so neither reading can let more through than the other.
+            allow = key == "allow"
+            rules.append(Rule(allow, value if allow else value.strip(), number))
             seen_rule = True
         elif agents:
             # RFC 9309 §2.2.4: other records never interfere with grouping.

@@ -1,10 +1,11 @@
 """The policy documents of one origin, fetched once, together, and cached together.
 
-An origin's documents are robots.txt (RFC 9309), /ai.txt, /.well-known/
-tdmrep.json and the RSL licences its robots.txt names in `License:` lines.
-robots.txt, ai.txt and tdmrep.json are fetched concurrently, never one after
-another; the licences follow robots.txt, which names them. An
-`OriginDocuments` is the cache value: immutable, replaced whole on refresh.
+An origin's documents are robots.txt (RFC 9309), /ai.txt and
+/.well-known/ai.txt, /.well-known/tdmrep.json and the RSL licences its
+robots.txt names in `License:` lines. robots.txt, both ai.txt and
+tdmrep.json are fetched concurrently, never one after another; the
+licences follow robots.txt, which names them. An `OriginDocuments` is the
+cache value: immutable, replaced whole on refresh.
 
 Caching (RFC 9309 §2.4): a good answer is kept for min(Cache-Control, 24 h)
 of robots.txt; an unreachable robots.txt is retried after `unreachable_retry`
@@ -57,6 +58,7 @@ class OriginDocuments:
     stale_because: Document | None = None  # a failed refresh while an older good copy stays in force
     ai_txt: OptionalDoc | None = None
     tdm_json: OptionalDoc | None = None
+    ai_txt_well_known: OptionalDoc | None = None  # /.well-known/ai.txt (the draft's location)
     licenses: tuple[tuple[str, OptionalDoc], ...] = ()
 
     def robots_findings(self, path: str, agent: str, honor_agents: tuple[str, ...]) -> list[Finding]:
@@ -93,15 +95,12 @@ class OriginDocuments:
                 found += contentsignal.findings_for(
                     parsed, policy.agent, policy.purpose, doc, inherit_star=inherit
                 )
-        if mode(aitxt.NAME) != "off" and self.ai_txt is not None and self.ai_txt.parsed is not None:
-            found += aitxt.findings_for(
-                path,
-                self.ai_txt.parsed,
-                policy.agent,
-                policy.honor_agents,
-                policy.purpose,
-                self.ai_txt.document,
-            )
+        if mode(aitxt.NAME) != "off":
+            for ai in (self.ai_txt, self.ai_txt_well_known):
+                if ai is not None and ai.parsed is not None:
+                    found += aitxt.findings_for(
+                        path, ai.parsed, policy.agent, policy.honor_agents, policy.purpose, ai.document
+                    )
         if mode(tdmrep.NAME) != "off":
             found += tdmrep.prefetch_findings(
                 self.tdm_file(path), policy.purpose, policy.reading("tdmrep_precedence"),
@@ -210,11 +209,15 @@ async def load_origin(
     built with the parse, off the event loop for a large file.
     """
     limit = total_timeout
-    fetched, ai, tdm = await asyncio.gather(
+    fetched, ai, ai_well_known, tdm = await asyncio.gather(
         fetch_document(client, origin.url(robots.PATH), max_bytes=robots.MAX_BYTES, total_timeout=limit),
         fetch_optional(
             client, origin.url(aitxt.PATH), aitxt.parse, max_bytes=aitxt.MAX_BYTES, total_timeout=limit,
             keep=keep, kind="ai.txt",
+        ),
+        fetch_optional(
+            client, origin.url(aitxt.WELL_KNOWN_PATH), aitxt.parse, max_bytes=aitxt.MAX_BYTES,
+            total_timeout=limit, keep=keep, kind="well-known-ai.txt",
         ),
         fetch_optional(
             client, origin.url(tdmrep.PATH), tdmrep.parse, max_bytes=tdmrep.MAX_BYTES, total_timeout=limit,
@@ -229,14 +232,15 @@ async def load_origin(
             *(fetch_license(client, src, total_timeout=total_timeout, keep=keep) for src in sources)
         )  # fmt: skip
         docs = OriginDocuments(
-            origin, "ok", fetched.document, parsed, ai_txt=ai, tdm_json=tdm,
+            origin, "ok", fetched.document, parsed, ai_txt=ai, tdm_json=tdm, ai_txt_well_known=ai_well_known,
             licenses=tuple(zip(sources, licenses, strict=True)),
         )  # fmt: skip
         return docs, fetched.ttl
     if fetched.outcome == "unavailable":
         return OriginDocuments(
-            origin, "unavailable", fetched.document, None, ai_txt=ai, tdm_json=tdm
-        ), fetched.ttl
+            origin, "unavailable", fetched.document, None, ai_txt=ai, tdm_json=tdm,
+            ai_txt_well_known=ai_well_known,
+        ), fetched.ttl  # fmt: skip
     # Unreachable: keep a good copy in force if we have a recent one.
     if previous is not None and previous.robots_outcome != "unreachable":
         age = _parse_time(fetched.document.fetched_at) - _parse_time(previous.robots_document.fetched_at)
@@ -244,9 +248,10 @@ async def load_origin(
             kept = OriginDocuments(
                 origin, previous.robots_outcome, previous.robots_document, previous.robots,
                 stale_because=fetched.document, ai_txt=previous.ai_txt, tdm_json=previous.tdm_json,
-                licenses=previous.licenses,
+                ai_txt_well_known=previous.ai_txt_well_known, licenses=previous.licenses,
             )  # fmt: skip
             return kept, unreachable_retry
     return OriginDocuments(
-        origin, "unreachable", fetched.document, None, ai_txt=ai, tdm_json=tdm
-    ), unreachable_retry
+        origin, "unreachable", fetched.document, None, ai_txt=ai, tdm_json=tdm,
+        ai_txt_well_known=ai_well_known,
+    ), unreachable_retry  # fmt: skip

@@ -551,7 +551,12 @@ class Enforcer:
         count.labels(
             "robots.txt", (docs.stale_because and "unreachable-kept-last-good") or docs.robots_outcome
         ).inc()
-        for name, doc in (("ai.txt", docs.ai_txt), ("tdmrep.json", docs.tdm_json)):
+        optional = (
+            ("ai.txt", docs.ai_txt),
+            ("well-known-ai.txt", docs.ai_txt_well_known),
+            ("tdmrep.json", docs.tdm_json),
+        )
+        for name, doc in optional:
             if doc is not None:
                 count.labels(name, doc.outcome).inc()
         for _, lic in docs.licenses:

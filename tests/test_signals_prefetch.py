@@ -215,6 +215,83 @@ def test_aitxt_binds_training_only() -> None:
     assert aitxt.findings_for("/a", parsed, "ExampleBot", [], "search", None)[0].says is U
 
 
+PAPER = """# ai.txt
+# Spec-Version: 1.0
+Site-Name: Daily Paper
+Site-URL: https://paper.example
+Training: conditional
+Scraping: allow
+Training-Allow: /free/*
+Training-Deny: /free/premium/*
+
+Agent: *
+  Rate-Limit: 30/minute
+
+Agent: GPTBot
+  Training: deny
+  Scraping: deny
+
+Agent: ExampleBot
+  Indexing: deny
+"""
+
+
+def kv_says(text: str, path: str, purpose: str = "ai-train", honor: tuple[str, ...] = ()) -> list[Says]:
+    parsed = aitxt.parse(text.encode())
+    assert isinstance(parsed, aitxt.KeyValueAiTxt)
+    return [f.says for f in aitxt.findings_for(path, parsed, "ExampleBot", honor, purpose, None)]
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "purpose", "expected"),
+    [
+        (
+            "Site-Name: A\nTraining: deny\n",
+            "/a",
+            "ai-train",
+            [D, A],
+        ),  # training denied, scraping default allow
+        ("Site-Name: A\nTraining: Allow\n", "/a", "ai-train", [A, A]),  # values are case-insensitive
+        ("Site-Name: A\nSite-URL: https://a.example\n", "/a", "ai-train", [D, A]),  # Training's default: deny
+        ("Site-Name: A\nTraining: allow\nScraping: deny\n", "/a", "ai-train", [A, D]),
+        ("Site-Name: A\nTraining: allow\nScraping: deny\n", "/a", "ai-input", [D]),
+        ("Site-Name: A\nTraining: deny\n", "/a", "search", [A]),  # Indexing defaults to allow
+        ("Site-Name: A\nIndexing: deny\n", "/a", "search", [D]),
+        (
+            "Training: allow\nAgent: ExampleBot\n  Training: deny\n",
+            "/a",
+            "ai-train",
+            [D, A],
+        ),  # own block wins
+        ("Training: deny\nAgent: *\n  Training: allow\n", "/a", "ai-train", [A, A]),  # * block over site-wide
+        ("Training: maybe\n", "/a", "ai-train", [D, A]),  # an unknown value is unset: the default
+        (PAPER, "/free/story", "ai-train", [A, A]),
+        (PAPER, "/free/premium/story", "ai-train", [D, A]),  # Training-Deny first
+        (PAPER, "/paid/story", "ai-train", [D, A]),  # conditional, no glob matches: denied
+        (PAPER, "/free/story", "search", [D]),  # our own block: Indexing deny
+    ],
+)
+def test_aitxt_key_value_form(text: str, path: str, purpose: str, expected: list[Says]) -> None:
+    assert kv_says(text, path, purpose) == expected
+
+
+def test_aitxt_key_value_honored_token_block_binds_us() -> None:
+    # GPTBot's block denies training and scraping; we honor GPTBot, so both bind us too.
+    parsed = aitxt.parse(PAPER.encode())
+    assert parsed is not None
+    found = aitxt.findings_for("/free/story", parsed, "ExampleBot", ("GPTBot",), "ai-train", None)
+    assert [f.says for f in found if f.agent == "ExampleBot"] == [A, A]
+    theirs = [f for f in found if f.agent == "GPTBot"]
+    assert [(f.says, f.line) for f in theirs] == [(D, 14), (D, 15)]
+    assert all("Agent: GPTBot" in f.detail for f in theirs)
+
+
+def test_aitxt_forms_are_told_apart() -> None:
+    assert isinstance(aitxt.parse(b"User-Agent: *\nDisallow: /\n"), robots.RobotsTxt)
+    assert isinstance(aitxt.parse(b"Training: deny\n"), aitxt.KeyValueAiTxt)
+    assert aitxt.parse(b"Title: my notes\nAuthor: me\n") is None  # key: value, but none of the draft's keys
+
+
 # -- TDMRep file (§4.1) -------------------------------------------------------------
 
 

@@ -1,53 +1,194 @@
-"""Spawning ai.txt: `/ai.txt`, robots.txt-shaped rules with file-extension patterns.
+"""ai.txt in both published forms, at `/ai.txt` and `/.well-known/ai.txt`.
 
-There is no formal specification (signals.md §5): the grammar is what
-Spawning's generator emits. We read it with the RFC 9309 engine of
-`signals/robots.py` (same grouping, our token or `*`, honored tokens, longest
-match, Allow wins a tie).
+**Spawning's form** (signals.md §5): robots.txt-shaped `User-Agent` groups of
+`Allow`/`Disallow` rules with file-extension patterns. There is no formal
+specification: the grammar is what Spawning's generator emits. We read it
+with the RFC 9309 engine of `signals/robots.py` (same grouping, our token or
+`*`, honored tokens, longest match, Allow wins a tie).
 
-Deliberate choices:
+**The key/value form** of the individual draft draft-car-ai-txt-wellknown-00
+(June 2026): `Key: value` lines, site-wide, and `Agent: NAME` blocks whose
+indented lines override them for that agent (`Agent: *` for every agent).
+What each key means for each purpose:
+
+* `Training: allow | deny | conditional` binds `ai-train`; under `conditional`
+  the `Training-Allow` / `Training-Deny` path globs say which paths.
+* `Scraping: allow | deny` binds `ai-train` and `ai-input` (reading the
+  content for AI at all).
+* `Indexing: allow | deny` binds `search`.
+
+For one agent a key is resolved as the draft's reference implementation does:
+its own block, then `Agent: *`, then the site-wide line, then the draft's
+default (`Training` defaults to deny; the others to allow). Under
+`conditional`, a path matching a `Training-Deny` glob is denied, else one
+matching a `Training-Allow` glob is allowed, else denied; globs are read as
+robots.txt patterns (`*` matches anything, `/` included: the broader, stricter
+reading for a denial). Values are case-insensitive; an unknown value counts
+as unset. A file is taken as this form only if it has one of the draft's
+keys; a honored token's own block that denies binds us as in robots.txt.
+
+Deliberate choices, both forms:
 
 * `*.jpg` keeps robots semantics: it also matches `/a.jpg?w=200` and
   `/a.jpgx` (signals.md §13.10, vectors A4/A5). This over-blocks slightly,
   in the rights holder's favour.
 * Any answer but 2xx means no signal: ai.txt is optional, so robots.txt's
   "unreachable means disallow" is not imported.
-* A file with no User-Agent/Allow/Disallow lines is another format that is
-  also called ai.txt (Markdown context files, other drafts): no signal.
-* ai.txt addresses dataset and training use: for the purposes `search` and
-  `ai-input` its reservations are recorded but do not block.
+* A file in neither form (Markdown context files and the like) gives no signal.
+* Spawning's file addresses dataset and training use: for the purposes
+  `search` and `ai-input` its reservations are recorded but do not block.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from proxy.evidence import Document, Finding, Says
 from proxy.signals import robots
 
 NAME = "ai-txt"
 PATH = "/ai.txt"
+WELL_KNOWN_PATH = "/.well-known/ai.txt"
 MAX_BYTES = robots.MAX_BYTES
 
+# The draft's preference keys: what each one governs, and its default when absent.
+PREFERENCES = {"training": "deny", "scraping": "allow", "indexing": "allow", "caching": "allow"}
+_DRAFT_KEYS = frozenset({
+    *PREFERENCES, "site-name", "site-url", "agent", "training-allow", "training-deny", "training-license",
+    "training-fee", "ai-json", "attribution", "ai-disclosure", "rate-limit", "spec-version",
+})  # fmt: skip
+# purpose -> the keys that bind it
+BINDING = {"ai-train": ("training", "scraping"), "ai-input": ("scraping",), "search": ("indexing",)}
 
-def parse(body: bytes) -> robots.RobotsTxt | None:
-    """The rules of an ai.txt, or None when the file is not in Spawning's robots-like format."""
-    parsed = robots.parse(body)
-    if not parsed.groups or not any(g.rules for g in parsed.groups):
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    value: str  # lower-cased, stripped
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValueAiTxt:
+    """A draft-car-ai-txt-wellknown file: site-wide lines and per-agent blocks (names lower-case)."""
+
+    site: Mapping[str, Line]
+    agents: Mapping[str, Mapping[str, Line]]
+    training_allow: tuple[tuple[robots.PathPattern, int], ...]
+    training_deny: tuple[tuple[robots.PathPattern, int], ...]
+
+
+def parse_key_value(body: bytes) -> KeyValueAiTxt | None:
+    """The draft's key/value form, or None when the file has none of its keys."""
+    text = robots.decode(body)[0]
+    site: dict[str, Line] = {}
+    agents: dict[str, dict[str, Line]] = {}
+    allow: list[tuple[robots.PathPattern, int]] = []
+    deny: list[tuple[robots.PathPattern, int]] = []
+    block: dict[str, Line] | None = None
+    recognised = False
+    for number, raw in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
+        line = raw.split("#", 1)[0]
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        indented = line[:1] in (" ", "\t")
+        key = key.strip().lower()
+        value = value.strip()
+        if key in _DRAFT_KEYS:
+            recognised = True
+        if not indented:
+            block = None
+        if key == "agent" and not indented:
+            block = agents.setdefault(value.lower(), {})
+            continue
+        if key in PREFERENCES:
+            (block if block is not None and indented else site)[key] = Line(value.lower(), number)
+        elif key == "training-allow" and value and not indented:
+            allow.append((robots.PathPattern(value), number))
+        elif key == "training-deny" and value and not indented:
+            deny.append((robots.PathPattern(value), number))
+    if not recognised:
         return None
-    return parsed
+    return KeyValueAiTxt(site, agents, tuple(allow), tuple(deny))
+
+
+def parse(body: bytes) -> robots.RobotsTxt | KeyValueAiTxt | None:
+    """An ai.txt in Spawning's robots-like form or the draft's key/value form; None for neither."""
+    parsed = robots.parse(body)
+    if parsed.groups and any(g.rules for g in parsed.groups):
+        return parsed
+    return parse_key_value(body)
+
+
+def _resolve(parsed: KeyValueAiTxt, token: str | None, key: str) -> tuple[str, str, Line | None]:
+    """(value, where it was set, the line) of `key` for `token` (None: only `*` and site-wide)."""
+    for where, lines in (
+        (f"Agent: {token}", parsed.agents.get(token.lower()) if token else None),
+        ("Agent: *", parsed.agents.get("*")),
+        ("site-wide", parsed.site),
+    ):
+        line = lines.get(key) if lines else None
+        if line is not None and line.value in ("allow", "deny", "conditional"):
+            return line.value, where, line
+    return PREFERENCES[key], "the draft's default", None
+
+
+def _key_value_findings(
+    path: str, parsed: KeyValueAiTxt, agent: str, honor_agents: Iterable[str], purpose: str,
+    document: Document | None,
+) -> list[Finding]:  # fmt: skip
+    found: list[Finding] = []
+    for key in BINDING.get(purpose, ()):
+        value, where, line = _resolve(parsed, agent, key)
+        says, detail = _says(parsed, key, value, path)
+        name = key.capitalize()
+        found.append(Finding(
+            NAME, says, f"{name}: {value} ({where}){detail}", document,
+            line=line.number if line else None, agent=agent,
+        ))  # fmt: skip
+        for token in honor_agents:
+            own = parsed.agents.get(token.lower(), {}).get(key)
+            if own is None or own.value not in ("deny", "conditional"):
+                continue
+            says, detail = _says(parsed, key, own.value, path)
+            if says is Says.DISALLOW:
+                found.append(Finding(
+                    NAME, says, f"{name}: {own.value} (Agent: {token}){detail}", document,
+                    line=own.number, agent=token,
+                ))  # fmt: skip
+    return found
+
+
+def _says(parsed: KeyValueAiTxt, key: str, value: str, path: str) -> tuple[Says, str]:
+    if value == "allow":
+        return Says.ALLOW, ""
+    if value == "deny" or key != "training":
+        return Says.DISALLOW, ""
+    for pattern, number in parsed.training_deny:
+        if pattern.matches(path):
+            return Says.DISALLOW, f"; Training-Deny: {pattern.value} (line {number})"
+    for pattern, number in parsed.training_allow:
+        if pattern.matches(path):
+            return Says.ALLOW, f"; Training-Allow: {pattern.value} (line {number})"
+    return Says.DISALLOW, "; no Training-Allow matches the path"
 
 
 def findings_for(
     path: str,
-    parsed: robots.RobotsTxt,
+    parsed: robots.RobotsTxt | KeyValueAiTxt,
     agent: str,
     honor_agents: Iterable[str],
     purpose: str,
     document: Document | None,
 ) -> list[Finding]:
     """Findings for `path`: our agent's (or `*`'s) verdict plus honored tokens' disallows."""
+    if isinstance(parsed, KeyValueAiTxt):
+        return _key_value_findings(path, parsed, agent, honor_agents, purpose, document)
     found = robots.findings_for(path, parsed, agent, honor_agents, document, signal=NAME)
     if purpose == "ai-train":
         return found

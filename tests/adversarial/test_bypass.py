@@ -419,5 +419,5 @@ def test_http2_on_both_sides_gets_every_check(
     sni = h2_get(proxy.port, a, "/page", str(proxy.ca_cert), sni="holder.test")
     assert fronted[0] == 451 and MARKER not in fronted[1]
     assert sni[0] == 451 and MARKER not in sni[1]
-    docs = ("/robots.txt", "/ai.txt", "/.well-known/tdmrep.json")
+    docs = ("/robots.txt", "/ai.txt", "/.well-known/ai.txt", "/.well-known/tdmrep.json")
     assert [p for p in h2_origin.paths() if p not in docs] == ["/page"]

@@ -66,6 +66,14 @@ def proxy(make_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> ProxyProce
     ("routes", "path", "signal"),
     [
         ({"/ai.txt": Reply(200, "User-Agent: *\nDisallow: *.jpg\n")}, "/photo.jpg", "ai-txt"),
+        # the same Spawning file at the draft's location, and the draft's key/value form at both
+        ({"/.well-known/ai.txt": Reply(200, "User-Agent: *\nDisallow: *.jpg\n")}, "/photo.jpg", "ai-txt"),
+        ({"/.well-known/ai.txt": Reply(200, "Site-Name: S\nTraining: deny\n")}, "/article", "ai-txt"),
+        (
+            {"/ai.txt": Reply(200, "Site-Name: S\nTraining: allow\nAgent: ExampleBot\n  Scraping: deny\n")},
+            "/article",
+            "ai-txt",
+        ),
         (
             {"/.well-known/tdmrep.json": Reply(200, '[{"location":"/","tdm-reservation":1}]')},
             "/article",
@@ -122,12 +130,12 @@ def test_rsl_license_on_another_host(make_site: Callable[..., Site], proxy: Prox
 def test_policy_documents_are_fetched_concurrently_and_once(
     make_site: Callable[..., Site], proxy: ProxyProcess
 ) -> None:
-    arrived = threading.Barrier(3, timeout=5)
+    arrived = threading.Barrier(4, timeout=5)
 
     def waits_for_the_others(body: bytes) -> Callable[[BaseHTTPRequestHandler], None]:
         def handler(h: BaseHTTPRequestHandler) -> None:
             try:
-                arrived.wait()  # only passes if all three requests are in flight at once
+                arrived.wait()  # only passes if all four requests are in flight at once
                 status = 200
             except threading.BrokenBarrierError:
                 status, body_ = 500, b"fetched one after another"
@@ -143,6 +151,7 @@ def test_policy_documents_are_fetched_concurrently_and_once(
     site = make_site({
         "/robots.txt": waits_for_the_others(ALLOW_ALL.encode()),
         "/ai.txt": waits_for_the_others(b"User-Agent: *\nDisallow: /private/\n"),
+        "/.well-known/ai.txt": waits_for_the_others(b"Site-Name: S\nTraining: allow\n"),
         "/.well-known/tdmrep.json": waits_for_the_others(b'[{"location":"/","tdm-reservation":0}]'),
         "/page": Reply(200, "page"),
         "/private/x": Reply(200, SECRET),
@@ -151,11 +160,8 @@ def test_policy_documents_are_fetched_concurrently_and_once(
     r = get(proxy, site.url("/private/x"))
     assert r.status_code == 451 and r.headers["X-Optout-Reason"] == "ai-txt"
     assert get(proxy, site.url("/page")).status_code == 200
-    assert (site.hits["/robots.txt"], site.hits["/ai.txt"], site.hits["/.well-known/tdmrep.json"]) == (
-        1,
-        1,
-        1,
-    )
+    documents = ("/robots.txt", "/ai.txt", "/.well-known/ai.txt", "/.well-known/tdmrep.json")
+    assert [site.hits[d] for d in documents] == [1, 1, 1, 1]
 
 
 # -- in the response -----------------------------------------------------------------------

@@ -37,6 +37,7 @@ from proxy.inband import (
 from proxy.outcome import FlowState, Recorder, refusal, summary
 from proxy.policy import Policy
 from proxy.signals import tdmrep
+from proxy.signals.media import has_xmp
 from proxy.sniff import SNIFF_BYTES
 from proxy.store import headers_bytes
 
@@ -206,8 +207,10 @@ class ResponseJudge:
             logger.exception("optout: internal error sniffing the body of %s", flow.request.pretty_url)
             self.recorder.internal_error(flow, state, phase="response")
             return None
-        if not kinds and head is not None and not found:
-            return None  # plain text or an unknown format, no signal in the headers: nothing to read
+        if not kinds and head is not None and not found and not codings and not has_xmp(raw):
+            # Plain text or an unknown format, no signal in the headers and no XMP packet
+            # anywhere in it: nothing to read. (A compressed one is decoded and looked into.)
+            return None
         view = view or _view(flow)
         return self._judge_body(
             flow, state, state.policy, (kinds or declared or frozenset(), view, found, tdm_file)
@@ -256,6 +259,8 @@ class ResponseJudge:
         if over and kinds:
             self._over_cap(flow, state, found, policy, document, cap + 1, in_place=False, decoded=True)
             return
+        if not kinds and has_xmp(body):
+            kinds = frozenset({"media"})  # XMP wherever it is, whatever the body claims to be
         if kinds:
             if len(body) > OFF_LOOP_BYTES:
                 from_body = await _in_thread(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -125,3 +126,19 @@ def run_mitmdump_expecting_exit(
     args = [*mitmdump_command(policy, confdir), *(extra or [])]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def raw_get(proxy: ProxyProcess, url: str, timeout: float = 20) -> bytes:
+    """Every byte the proxy sends for one absolute-form GET (no client library in between)."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout) as s:
+        s.sendall(
+            f"GET {url} HTTP/1.1\r\nHost: x\r\nUser-Agent: ExampleBot/1.0\r\nConnection: close\r\n\r\n".encode()
+        )
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks)

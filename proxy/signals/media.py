@@ -155,6 +155,11 @@ def xmp_packets(body: bytes) -> list[bytes]:
     return packets
 
 
+def has_xmp(body: bytes) -> bool:
+    """True if `body` holds an XMP packet or bare XMP metadata anywhere (a C-speed search)."""
+    return b"<?xpacket" in body or b"adobe:ns:meta" in body
+
+
 @functools.lru_cache(maxsize=16)
 def _xmp_root(packet: bytes) -> Any:
     """The parsed packet, or None. Cached: one body's packets are asked for several properties."""

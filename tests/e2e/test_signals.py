@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import ssl
 import subprocess
 import threading
@@ -21,27 +20,11 @@ import pytest
 from proxy.cli import ExitStatus, main
 from tests import media_files as m
 from tests.policies import write_policy
-from tests.proxyproc import ProxyProcess, mitmdump_command
+from tests.proxyproc import ProxyProcess, mitmdump_command, raw_get
 from tests.sites import Reply, Site
 
 SECRET = b"TOP-SECRET-CONTENT-7f3a"
 ALLOW_ALL = "User-agent: *\nAllow: /\n"
-
-
-def raw_get(proxy: ProxyProcess, url: str, timeout: float = 20) -> bytes:
-    """Every byte the proxy sends for one absolute-form GET (no client library in between)."""
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout) as s:
-        s.sendall(
-            f"GET {url} HTTP/1.1\r\nHost: x\r\nUser-Agent: ExampleBot/1.0\r\nConnection: close\r\n\r\n".encode()
-        )
-        chunks = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            data = s.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    return b"".join(chunks)
 
 
 def status_of(raw: bytes) -> int:

@@ -210,9 +210,16 @@ async def body_findings(
                     manifest = base64.b64decode("".join(script.split()), validate=False)
                 except ValueError:
                     continue
-                found += media.c2pa_findings(manifest, purpose, document)
+                found += media.c2pa_findings(
+                    manifest, purpose, document, ingredients=policy.reading("c2pa_ingredients"),
+                    invalid_signature=policy.reading("c2pa_invalid_signature"),
+                    declared=("application/c2pa",),
+                )  # fmt: skip
     if "media" in kinds:
-        media_found, packets = media.findings_from_body(body, purpose, document)
+        media_found, packets = media.findings_from_body(
+            body, purpose, document, ingredients=policy.reading("c2pa_ingredients"),
+            invalid_signature=policy.reading("c2pa_invalid_signature"), declared=view.values("content-type"),
+        )  # fmt: skip
         if mode(media.NAME) != "off":
             found += media_found
         reservations, policies = media.tdm_from_xmp(packets)

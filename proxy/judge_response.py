@@ -262,7 +262,8 @@ class ResponseJudge:
         if not kinds and has_xmp(body):
             kinds = frozenset({"media"})  # XMP wherever it is, whatever the body claims to be
         if kinds:
-            if len(body) > OFF_LOOP_BYTES:
+            # The C2PA SDK is native code that may take its time: never on the event loop.
+            if len(body) > OFF_LOOP_BYTES or b"c2pa" in body:
                 from_body = await _in_thread(
                     self._worker, view, body, kinds, policy, document, tdm_file, self.license
                 )

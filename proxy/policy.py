@@ -54,6 +54,10 @@ INTERPRETATIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "noimageai_scope": (("all", "images"), "all"),
     "over_cap": (("withhold", "forward"), "withhold"),
     "rsl_user": (RSL_USERS, "commercial"),
+    # C2PA: do an ingredient's reservations bind the asset; does an opt-out in a manifest
+    # whose signature fails still bind (signals/c2pa_store.py)
+    "c2pa_ingredients": (("inherit", "ignore"), "inherit"),
+    "c2pa_invalid_signature": (("bind", "ignore"), "bind"),
 }
 POLICY_KEYS = (
     "agent",

@@ -22,10 +22,11 @@ vocabulary URI still reserves (conservative fallback, marked in the evidence).
 CAWG/C2PA: `notAllowed` and `constrained` (constraint_info or
 constraints_info) reserve; `*.ai_generative_training`, `*.ai_training` and
 `*.data_mining` bind `ai-train`, `*.ai_inference` and `*.data_mining` bind
-`ai-input`. Signatures are not validated: an opt-out expresses intent even in
-a manifest that fails validation (signals.md §13.13), and the evidence says
-"signature not checked". Remote manifests (`Link: rel="c2pa-manifest"`) are
-recorded, not fetched.
+`ai-input`. Manifest stores are read, and their signatures validated, by the
+C2PA SDK (signals/c2pa_store.py: which manifest speaks, what the signature
+state means); our own JUMBF scan is kept only where the SDK cannot read, and
+its findings say "signature not checked". Remote manifests
+(`Link: rel="c2pa-manifest"`) are recorded, not fetched.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ import re
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import cbor2
 from defusedxml import ElementTree
 
 from proxy.evidence import Document, Finding, Says
+from proxy.signals import c2pa_store
 
 NAME = "media-metadata"
 PLUS_NS = "http://ns.useplus.org/ldf/xmp/1.0/"
@@ -342,21 +344,114 @@ def c2pa_assertions(body: bytes) -> list[tuple[str, Any]]:
     return out
 
 
-def c2pa_findings(body: bytes, purpose: str, document: Document | None) -> list[Finding]:
-    """Findings of C2PA/CAWG training-and-data-mining assertions."""
+def _reserving(entries: Iterable[tuple[str, str, str]], purpose: str) -> list[str]:
+    """The `key: use` of the training-mining entries that reserve `purpose`."""
+    out = []
+    for _, key, use in entries:
+        kind = key.split(".", 1)[-1]
+        if use.lower() in _RESERVING_USE and purpose in CAWG_RESERVES.get(kind, ()):
+            out.append(f"{key}: {use}")
+    return out
+
+
+def c2pa_findings(
+    body: bytes, purpose: str, document: Document | None, *, ingredients: str = "inherit",
+    invalid_signature: str = "bind", declared: Iterable[str] = (),
+) -> list[Finding]:  # fmt: skip
+    """Findings of C2PA/CAWG training-and-data-mining assertions (signals/c2pa_store.py).
+
+    Read by the C2PA SDK, which validates the signatures; our own scan only
+    where the SDK cannot read the body.
+    """
+    if b"c2pa" not in body:
+        return []  # every manifest store carries the label; most bodies have none
+    mime = c2pa_store.format_of(body, declared)
+    fallback = "the C2PA SDK does not read this format"
+    if mime is not None:
+        try:
+            store = c2pa_store.read(body, mime)
+        except c2pa_store.Unreadable as e:
+            fallback = f"the C2PA SDK could not read it ({e})"
+        else:
+            if store is None:
+                return []
+            found = _store_findings(store, purpose, document, ingredients, invalid_signature)
+            if store.state == "invalid" and not any(f.says is Says.DISALLOW for f in found):
+                # A broken manifest may hide its own assertion from the SDK: read the raw bytes too.
+                found += _raw_reservation(body, purpose, document, invalid_signature)
+            return found
+    return _scanned_findings(body, purpose, document, fallback)
+
+
+def _store_findings(
+    store: c2pa_store.Store, purpose: str, document: Document | None, ingredients: str, invalid_signature: str
+) -> list[Finding]:
+    findings: list[Finding] = []
+    signature = f"signature {store.state}" + (
+        f": {', '.join(c for c in store.codes if c != 'signingCredential.untrusted')}"
+        if store.state == "invalid" else ""
+    )  # fmt: skip
+    for manifest in store.manifests:
+        if not manifest.entries:
+            continue
+        whose = "active manifest" if manifest.active else f"ingredient manifest {manifest.label}"
+        reserving = _reserving(manifest.entries, purpose)
+        labels = ", ".join(sorted({label for label, _, _ in manifest.entries}))
+        if not reserving:
+            detail = f"{labels} ({whose}; {signature}): nothing reserved for {purpose}"
+            findings.append(Finding(NAME, Says.UNKNOWN, detail, document))
+            continue
+        says = Says.DISALLOW
+        notes: list[str] = []
+        if not manifest.active and ingredients == "ignore":
+            says, notes = Says.UNKNOWN, [*notes, "ingredients ignored (c2pa_ingredients: ignore)"]
+        if store.state == "invalid" and invalid_signature == "ignore":
+            says, notes = Says.UNKNOWN, [*notes, "invalid signature ignored (c2pa_invalid_signature: ignore)"]
+        detail = f"{labels}: {', '.join(reserving)} ({whose}; {signature})" + "".join(f"; {n}" for n in notes)
+        findings.append(Finding(NAME, says, detail, document))
+    return findings
+
+
+_RAW_RESERVING = re.compile(
+    rb"(ai_generative_training|ai_training|data_mining|ai_inference).{0,24}?(notAllowed|constrained)",
+    re.DOTALL,
+)
+
+
+def _raw_reservation(
+    body: bytes, purpose: str, document: Document | None, invalid_signature: str
+) -> list[Finding]:
+    """A reserving training-mining entry found in the raw bytes of a manifest the SDK calls invalid."""
+    if not any(label in body for label in C2PA_LABELS):
+        return []
+    for m in _RAW_RESERVING.finditer(body):
+        kind = m.group(1).decode()
+        if purpose in CAWG_RESERVES.get(kind, ()):
+            detail = (f"training-mining: {kind}: {m.group(2).decode()} in the raw bytes of a manifest whose "
+                      "signature is invalid and whose assertion the C2PA SDK could not read")  # fmt: skip
+            if invalid_signature == "ignore":
+                return [
+                    Finding(
+                        NAME, Says.UNKNOWN, detail + "; ignored (c2pa_invalid_signature: ignore)", document
+                    )
+                ]
+            return [Finding(NAME, Says.DISALLOW, detail, document)]
+    return []
+
+
+def _scanned_findings(body: bytes, purpose: str, document: Document | None, why: str) -> list[Finding]:
     findings: list[Finding] = []
     for label, content in c2pa_assertions(body):
         if not isinstance(content, dict) or not isinstance(content.get("entries"), dict):
             findings.append(Finding(NAME, Says.UNKNOWN, f"{label}: assertion unreadable", document))
             continue
-        reserving = []
-        for key, entry in content["entries"].items():
-            use = str(entry.get("use", "")).lower() if isinstance(entry, dict) else ""
-            kind = str(key).split(".", 1)[-1]
-            if use in _RESERVING_USE and purpose in CAWG_RESERVES.get(kind, ()):
-                reserving.append(f"{key}: {entry.get('use')}")
+        entries = [
+            (label, str(key), str(entry.get("use", "")) if isinstance(entry, dict) else "")
+            for key, entry in content["entries"].items()
+        ]
+        reserving = _reserving(entries, purpose)
         if reserving:
-            detail = f"{label}: {', '.join(reserving)} (signature not checked)"
+            detail = f"{label}: {', '.join(reserving)} (signature not checked: {why})"
             findings.append(Finding(NAME, Says.DISALLOW, detail, document))
         else:
             findings.append(Finding(NAME, Says.UNKNOWN, f"{label}: nothing reserved for {purpose}", document))
@@ -364,10 +459,17 @@ def c2pa_findings(body: bytes, purpose: str, document: Document | None) -> list[
 
 
 def findings_from_body(
-    body: bytes, purpose: str, document: Document | None
-) -> tuple[list[Finding], list[bytes]]:
+    body: bytes, purpose: str, document: Document | None, *, ingredients: str = "inherit",
+    invalid_signature: str = "bind", declared: Iterable[str] = (),
+) -> tuple[list[Finding], list[bytes]]:  # fmt: skip
     """Media-metadata findings of a body, and its XMP packets (for TDMRep's PDF channel)."""
     packets = xmp_packets(body)
-    return datamining_findings(packets, body, purpose, document) + c2pa_findings(
-        body, purpose, document
-    ), packets
+    c2pa = c2pa_findings(
+        body,
+        purpose,
+        document,
+        ingredients=ingredients,
+        invalid_signature=invalid_signature,
+        declared=declared,
+    )
+    return datamining_findings(packets, body, purpose, document) + c2pa, packets

@@ -1,0 +1,97 @@
+"""C2PA through a real proxy, on files signed with the C2PA SDK itself (tests/c2pa_files.py).
+
+For each format the SDK writes that we can make here: a manifest whose
+training-mining assertion says notAllowed, constrained, allowed, none at all,
+an asset whose own manifest allows but whose ingredient does not, and a
+signed opt-out whose file was changed after signing. The SDK validates; the
+audit record says what it found.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from proxy.signals import c2pa_store
+from tests.c2pa_files import plain, sign, training
+from tests.policies import write_policy
+from tests.proxyproc import ProxyProcess, raw_get
+from tests.sites import Reply, Site
+
+FORMATS = ("jpeg", "png", "gif", "webp", "tiff", "svg", "wav")
+
+
+def tampered(signed: bytes) -> bytes:
+    """`signed` with one byte changed where the SDK then reports a broken hash (not a lost manifest)."""
+    for fraction in (0.5, 0.3, 0.7, 0.2, 0.8, 0.1, 0.9):
+        bad = bytearray(signed)
+        bad[int(len(bad) * fraction)] ^= 0x01
+        try:
+            store = c2pa_store.read(bytes(bad), c2pa_store.format_of(bytes(bad)) or "")
+        except c2pa_store.Unreadable:
+            continue
+        if store is not None and store.state == "invalid":
+            return bytes(bad)
+    raise AssertionError("no single-byte change left a readable but invalid manifest")
+
+
+def files(fmt: str) -> dict[str, tuple[bytes, str]]:
+    src, mime = plain(fmt)
+    parent = sign(src, mime, [training("notAllowed")])
+    return {
+        "notAllowed": (parent, mime),
+        "constrained": (sign(src, mime, [training("constrained")]), mime),
+        "allowed": (sign(src, mime, [training("allowed")]), mime),
+        "none": (sign(src, mime, []), mime),
+        "ingredient": (sign(src, mime, [training("allowed")], ingredient=parent), mime),
+        "tampered": (tampered(parent), mime),
+    }
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_signed_files_in_every_format(
+    make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], tmp_path: Path, fmt: str
+) -> None:
+    made = files(fmt)
+    routes = {f"/{case}": Reply(200, body, {"Content-Type": mime}) for case, (body, mime) in made.items()}
+    site = make_site({"/robots.txt": Reply(200, "User-agent: *\nAllow: /\n"), **routes})
+    default = make_proxy(write_policy(tmp_path / "default"))
+    lenient = make_proxy(
+        write_policy(tmp_path / "lenient", c2pa_ingredients="ignore", c2pa_invalid_signature="ignore")
+    )
+    expected = {
+        # case: (status by default, status with ingredients and invalid signatures ignored)
+        "notAllowed": (451, 451),
+        "constrained": (451, 451),
+        "allowed": (200, 200),
+        "none": (200, 200),
+        "ingredient": (451, 200),
+        "tampered": (451, 200),
+    }
+    for case, (by_default, when_ignored) in expected.items():
+        for proxy, status in ((default, by_default), (lenient, when_ignored)):
+            raw = raw_get(proxy, site.url(f"/{case}"))
+            assert int(raw.split(b" ", 2)[1]) == status, (fmt, case, raw[:300])
+            # the signed file's own bytes (its manifest's tail) reach the client only when allowed
+            assert (made[case][0][-48:] in raw) is (status == 200), (fmt, case)
+    records = {r["url"].rsplit("/", 1)[-1]: r for r in default.records() if r["phase"] == "response"}
+    deciding = {case: r["evidence"][r["deciding"]]["detail"] for case, r in records.items() if r["withheld"]}
+    assert "active manifest; signature untrusted" in deciding["notAllowed"]
+    assert "ingredient manifest" in deciding["ingredient"]
+    assert "signature invalid" in deciding["tampered"] or "signature is invalid" in deciding["tampered"]
+    assert all("signature not checked" not in d for d in deciding.values())  # the SDK read every one
+
+
+def test_a_store_the_sdk_cannot_read_falls_back_to_our_scan() -> None:
+    from proxy.signals import media
+
+    src, mime = plain("jpeg")
+    signed = sign(src, mime, [training("notAllowed")])
+    # an unknown container around the manifest store: the SDK has no format to read it as
+    wrapped = b"\x00UNKNOWN-CONTAINER\x00" + signed
+    found = media.c2pa_findings(wrapped, "ai-train", None)
+    assert found and found[0].says.value == "disallow" and "signature not checked" in found[0].detail
+    assert media.c2pa_findings(io.BytesIO(src).getvalue(), "ai-train", None) == []

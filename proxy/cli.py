@@ -40,7 +40,18 @@ from proxy.inband import (
     header_findings,
     reads_bodies,
 )
-from proxy.logview import BY, Filter, export, find_record, format_summary, one_line, records, summarize
+from proxy.logview import (
+    BY,
+    Filter,
+    check_signal,
+    export,
+    find_record,
+    format_summary,
+    one_line,
+    parse_when,
+    records,
+    summarize,
+)
 from proxy.origin import Origin, path_and_query
 from proxy.policy import Policy, load_policy
 from proxy.policydiff import diff
@@ -108,10 +119,13 @@ def _parser() -> argparse.ArgumentParser:
 
     def filters(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", help="only this host and its subdomains")
-        p.add_argument("--signal", help="only this deciding signal (e.g. robots-txt, registry)")
+        p.add_argument("--signal", help="only this deciding signal (e.g. robots-txt, registry); checked")
         p.add_argument("--decision", choices=("allow", "block", "would-block"), help="only this outcome")
-        p.add_argument("--since", help="from this UTC time on (RFC 3339 or a prefix: 2026-11-01)")
-        p.add_argument("--until", help="before this UTC time")
+        p.add_argument(
+            "--since",
+            help="from this time on: 2026-12-02, '2026-12-02 16:01' or RFC 3339 with an offset (default UTC)",
+        )
+        p.add_argument("--until", help="before this time (same forms as --since)")
         p.add_argument("--agent", help="only records for this agent")
 
     verify = asub.add_parser("verify", help="check the hash chain and checkpoints; exit 1 if broken")
@@ -448,9 +462,12 @@ def _log_path(args: argparse.Namespace) -> Path | None:
 
 
 def _filter(args: argparse.Namespace) -> Filter:
+    """The filter the options ask for; ValueError (with an example of what works) for one that could
+    only ever match nothing by mistake: an unreadable time, an unknown signal."""
     return Filter(
-        host=args.host, signal=args.signal, decision=args.decision, since=args.since, until=args.until,
-        agent=args.agent,
+        host=args.host, signal=check_signal(args.signal) if args.signal else None, decision=args.decision,
+        since=parse_when(args.since) if args.since else None,
+        until=parse_when(args.until) if args.until else None, agent=args.agent,
     )  # fmt: skip
 
 

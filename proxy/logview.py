@@ -8,7 +8,10 @@ prints it on a terminal).
 from __future__ import annotations
 
 import csv
+import datetime as dt
+import difflib
 import io
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ import orjson
 
 from proxy.audit import log_files
 from proxy.errors import AuditError
+from proxy.policy import SIGNALS
 
 Progress = Callable[[int, int], None]  # (bytes read, bytes in all)
 BY = ("signal", "host", "holder", "rule", "agent", "decision", "day")
@@ -28,6 +32,49 @@ CSV_COLUMNS = (
 )  # fmt: skip
 
 
+# Every code a record's `signal` can hold: the policy's signals, and the codes of refusals
+# that no document decided (README: "X-Optout-Reason").
+RECORD_SIGNALS = (
+    *SIGNALS, "unreachable", "body-over-cap", "undecodable", "internal-error", "audit-unavailable",
+    "fetch-capacity", "private-address", "proxy-self", "unresolvable", "ambiguous-host", "raw-protocol",
+)  # fmt: skip
+_WHEN = re.compile(r"(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)([zZ]|[+-]\d{2}:?\d{2})?)?")
+WHEN_EXAMPLES = "2026-12-02, 2026-12-02 16:01, 2026-12-02T16:01:30Z or 2026-12-02T17:00:00+02:00"
+
+
+def parse_when(text: str) -> str:
+    """A time a person typed, as the UTC timestamp form records use (`2026-12-02T15:00:00.000Z`).
+
+    Accepts a date, a date and time (with `T` or a space; seconds optional),
+    and an offset or `Z` (none means UTC). Raises ValueError, with examples,
+    for anything else: a filter that silently matches nothing is worse than an error.
+    """
+    m = _WHEN.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"not a time: {text!r} (use one of: {WHEN_EXAMPLES})")
+    date, clock, offset = m.groups()
+    try:
+        when = dt.datetime.fromisoformat(f"{date}T{clock or '00:00'}{_offset(offset)}")
+    except ValueError as e:
+        raise ValueError(f"not a time: {text!r} ({e}; use one of: {WHEN_EXAMPLES})") from None
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def _offset(offset: str | None) -> str:
+    if not offset or offset in ("z", "Z"):
+        return "+00:00"
+    return offset if ":" in offset else f"{offset[:3]}:{offset[3:]}"
+
+
+def check_signal(name: str) -> str:
+    """`name` if records can carry it, else ValueError naming the closest known ones."""
+    if name in RECORD_SIGNALS:
+        return name
+    close = difflib.get_close_matches(name, RECORD_SIGNALS, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else f"; known: {', '.join(RECORD_SIGNALS)}"
+    raise ValueError(f"no signal called {name!r}{hint}")
+
+
 @dataclass(frozen=True, slots=True)
 class Filter:
     """Which records to keep; empty fields keep everything."""
@@ -35,7 +82,7 @@ class Filter:
     host: str | None = None  # the host or any of its subdomains
     signal: str | None = None
     decision: str | None = None  # allow | block | would-block
-    since: str | None = None  # RFC 3339 prefix, e.g. 2026-11-01 or 2026-11-01T12:00
+    since: str | None = None  # a UTC timestamp as records write it (parse_when)
     until: str | None = None  # exclusive
     agent: str | None = None
 

@@ -111,8 +111,8 @@ def read(body: bytes, mime: str) -> Store | None:
         if type(e).__name__.endswith("ManifestNotFound"):
             return None
         raise Unreadable(f"{type(e).__name__.lstrip('_')}: {str(e)[:200]}") from e
-    except (ValueError, OSError) as e:
-        raise Unreadable(str(e)[:200]) from e
+    except Exception as e:  # the binding raises more than its own error types on damaged input
+        raise Unreadable(f"{type(e).__name__}: {str(e)[:200]}") from e
     return _store(report)
 
 

@@ -344,13 +344,24 @@ def c2pa_assertions(body: bytes) -> list[tuple[str, Any]]:
     return out
 
 
-def _reserving(entries: Iterable[tuple[str, str, str]], purpose: str) -> list[str]:
-    """The `key: use` of the training-mining entries that reserve `purpose`."""
+def _reserving(
+    entries: Iterable[tuple[str, str, str]], purpose: str, *, unknown_reserves: bool = False
+) -> list[str]:
+    """The `key: use` of the training-mining entries that reserve `purpose`.
+
+    `unknown_reserves`: a `use` that is none of CAWG's three values, or an entry
+    of a kind CAWG does not name, counts as a reservation for every purpose (in a
+    manifest whose signature fails, it may be a damaged `notAllowed`).
+    """
     out = []
     for _, key, use in entries:
         kind = key.split(".", 1)[-1]
-        if use.lower() in _RESERVING_USE and purpose in CAWG_RESERVES.get(kind, ()):
-            out.append(f"{key}: {use}")
+        value = use.lower()
+        unknown = value not in (*_RESERVING_USE, "allowed") or kind not in CAWG_RESERVES
+        binds = purpose in CAWG_RESERVES.get(kind, ()) or (unknown_reserves and kind not in CAWG_RESERVES)
+        reserves = value in _RESERVING_USE or (unknown_reserves and value != "allowed")
+        if reserves and binds:
+            out.append(f"{key}: {use}" + (" (not a CAWG value)" if unknown else ""))
     return out
 
 
@@ -379,6 +390,16 @@ def c2pa_findings(
             if store.state == "invalid" and not any(f.says is Says.DISALLOW for f in found):
                 # A broken manifest may hide its own assertion from the SDK: read the raw bytes too.
                 found += _raw_reservation(body, purpose, document, invalid_signature)
+                if not found and any(label in body for label in C2PA_LABELS):
+                    # Its training-mining assertion is there but nothing can read it: withhold
+                    # rather than guess what it said.
+                    codes = ", ".join(store.codes)[:200]
+                    detail = (
+                        "a training-mining assertion in a manifest whose signature is invalid could not be "
+                        f"read ({codes}); withheld rather than guessed"
+                    )
+                    says = Says.UNKNOWN if invalid_signature == "ignore" else Says.DISALLOW
+                    found.append(Finding(NAME, says, detail, document))
             return found
     return _scanned_findings(body, purpose, document, fallback)
 
@@ -395,7 +416,7 @@ def _store_findings(
         if not manifest.entries:
             continue
         whose = "active manifest" if manifest.active else f"ingredient manifest {manifest.label}"
-        reserving = _reserving(manifest.entries, purpose)
+        reserving = _reserving(manifest.entries, purpose, unknown_reserves=store.state == "invalid")
         labels = ", ".join(sorted({label for label, _, _ in manifest.entries}))
         if not reserving:
             detail = f"{labels} ({whose}; {signature}): nothing reserved for {purpose}"
@@ -443,7 +464,11 @@ def _scanned_findings(body: bytes, purpose: str, document: Document | None, why:
     findings: list[Finding] = []
     for label, content in c2pa_assertions(body):
         if not isinstance(content, dict) or not isinstance(content.get("entries"), dict):
-            findings.append(Finding(NAME, Says.UNKNOWN, f"{label}: assertion unreadable", document))
+            # There is a training-mining assertion, and nothing can read it: withhold rather than guess.
+            detail = (
+                f"{label}: assertion unreadable (signature not checked: {why}); withheld rather than guessed"
+            )
+            findings.append(Finding(NAME, Says.DISALLOW, detail, document))
             continue
         entries = [
             (label, str(key), str(entry.get("use", "")) if isinstance(entry, dict) else "")

@@ -95,3 +95,16 @@ def test_a_store_the_sdk_cannot_read_falls_back_to_our_scan() -> None:
     found = media.c2pa_findings(wrapped, "ai-train", None)
     assert found and found[0].says.value == "disallow" and "signature not checked" in found[0].detail
     assert media.c2pa_findings(io.BytesIO(src).getvalue(), "ai-train", None) == []
+
+
+def test_no_single_byte_change_turns_a_signed_opt_out_into_an_allow() -> None:
+    from proxy.signals import media
+
+    src, mime = plain("webp")
+    signed = sign(src, mime, [training("notAllowed")])
+    for pos in range(0, len(signed), max(1, len(signed) // 200)):
+        bad = bytearray(signed)
+        bad[pos] ^= 0x01
+        found = media.c2pa_findings(bytes(bad), "ai-train", None, declared=[mime])
+        # either the manifest is gone altogether, or what is left of it still withholds
+        assert not found or any(f.says.value == "disallow" for f in found), (pos, [f.detail for f in found])

@@ -16,6 +16,7 @@ Two ways to replace a response:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePath
 
 from mitmproxy import http
 
@@ -60,7 +61,10 @@ def block_body(decision: Decision, record_id: str, *, withheld: bool = False) ->
         if f.document is not None:
             lines.append(f"document: {f.document.url}")
         if f.entry is not None:
-            lines.append(f"entry: {f.entry['file']}:{f.entry['line']}")
+            # The registry's name and line, not its path on this machine (the audit record has that).
+            lines.append(f"entry: {PurePath(str(f.entry['file'])).name}:{f.entry['line']}")
+            if f.entry.get("source"):
+                lines.append(f"source: {f.entry['source']}")
     lines.append(f"record: {record_id}")
     return "\n".join(lines) + "\n"
 

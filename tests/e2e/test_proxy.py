@@ -147,6 +147,8 @@ def test_registry_blocks_before_any_contact(
         assert r.status_code == 451, url
         assert r.headers["X-Optout-Reason"] == "registry"
         assert "Studio Example" in r.text or "Paths Inc" in r.text
+        # the crawler learns the registry's name and line and the letter's source, never a local path
+        assert str(policy.parent) not in r.text and "entry: " in r.text and "source: " in r.text
     assert spoofed.status_code == 451 and spoofed.headers["X-Optout-Reason"] == "registry"
     assert outside.headers["X-Optout-Reason"] == "unreachable"
     assert site.hits["/robots.txt"] == 0 and site.hits["/page"] == 0

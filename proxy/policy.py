@@ -231,8 +231,12 @@ def load_policy(path: Path) -> Policy:
     entries = []
     registry_problems: list[Problem] = []
     if "registries" in fields:
+        seen: dict[tuple[str, tuple[str, ...]], tuple[str, int, str]] = {}  # domains across the files
         for rel, node in reader.strings(fields["registries"], "registries") or []:
             reg_path = (path.parent / rel).resolve()
+            if reg_path in registry_paths:
+                reader.problem(node, f"registry file '{rel}' is listed twice; list it once")
+                continue
             registry_paths.append(reg_path)
             reg_data, reg_problem = _read_text(reg_path)
             if reg_problem is not None or reg_data is None:
@@ -243,7 +247,7 @@ def load_policy(path: Path) -> Policy:
             reg_text = _decode(reg_path, reg_data, reg_reader)
             reg_root = reg_reader.compose(reg_text) if reg_text is not None else None
             if reg_root is not None:
-                entries.extend(read_entries(reg_reader, reg_root))
+                entries.extend(read_entries(reg_reader, reg_root, seen))
             elif not reg_reader.problems:
                 reg_reader.problem(None, "the registry file is empty")
             registry_problems.extend(reg_reader.problems)

@@ -11,8 +11,10 @@ domains in a dict: O(number of labels), independent of the registry's size.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +26,7 @@ from proxy.paths import normalize
 from proxy.yamldoc import Reader, line_of
 
 NAME = "registry"
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 ENTRY_KEYS = ("holder", "domains", "paths", "reason", "source", "since")
 REQUIRED_KEYS = ("holder", "domains", "reason", "source", "since")
 
@@ -141,15 +144,42 @@ def _domain(reader: Reader, value: str, node: Node) -> str | None:
     if v.startswith("*."):
         reader.problem(node, f"'{value}': write '{v[2:]}'; a domain always covers its subdomains")
         return None
-    host = canonical_host(v.split(":")[0])
-    if "." not in host:
+    name, colon, _ = v.partition(":")
+    host = canonical_host(name)
+    if colon:
+        reader.problem(node, f"'{value}' has a port; a registry domain covers every port: write '{host}'")
+        return None
+    labels = host.split(".")
+    if any(not label for label in labels):
+        fixed = ".".join(label for label in labels if label)
+        reader.problem(node, f"'{value}' has an empty label (two dots in a row); write '{fixed}'")
+        return None
+    if "_" in host:
+        reader.problem(
+            node, f"'{value}': a host name has no '_' (RFC 952/1123); this entry would match nothing"
+        )
+        return None
+    bad = next((label for label in labels if not _LABEL.fullmatch(label)), None)
+    if bad is not None:
+        reader.problem(
+            node, f"'{value}': '{bad}' is not a host name label (letters, digits and inner '-', at most 63)"
+        )
+        return None
+    if len(labels) < 2:
         reader.problem(node, f"'{value}' is a top-level domain; an entry must name a registrable domain")
         return None
     return host
 
 
-def read_entries(reader: Reader, root: Node) -> list[Entry]:
-    """Entries of one registry document (`entries:` list); problems go to `reader`."""
+def read_entries(
+    reader: Reader, root: Node, seen: dict[tuple[str, tuple[str, ...]], tuple[str, int, str]] | None = None
+) -> list[Entry]:
+    """Entries of one registry document (`entries:` list); problems go to `reader`.
+
+    `seen` (shared across the files of one policy) finds a domain listed twice
+    with the same paths: the second listing could never decide anything.
+    """
+    seen = {} if seen is None else seen
     top = reader.mapping(root, "the registry", allowed=("entries",), required=("entries",))
     if not top or "entries" not in top:
         return []
@@ -181,6 +211,13 @@ def read_entries(reader: Reader, root: Node) -> list[Entry]:
         if source is not None and not source.startswith(("https://", "http://")):
             reader.problem(fields["source"], f"source must be an http(s) URL, not '{source}'")
         since = reader.date(fields["since"], "since") if "since" in fields else None
+        for d in domains if len(reader.problems) == before else ():
+            first = seen.setdefault((d, tuple(paths)), (str(reader.path), line_of(item), holder or "?"))
+            if first[:2] != (str(reader.path), line_of(item)):
+                where = f"{Path(first[0]).name}:{first[1]}"
+                reader.problem(
+                    fields["domains"], f"'{d}' is already listed for {first[2]} at {where}; list it once"
+                )
         if len(reader.problems) == before and holder and reason and source and since:
             entries.append(
                 Entry(

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
+from proxy.errors import PolicyError
 from proxy.origin import canonical_host
 from proxy.policy import load_policy
 from proxy.registry import Entry, Registry
@@ -151,3 +153,43 @@ def test_registry_file_problems_name_their_line(tmp_path: Path) -> None:
     assert any(":6: since must be a date" in t for t in text), text
     assert any(":7: unknown key 'colour'" in t for t in text), text
     assert any(":8: a registry entry: missing required key 'reason'" in t for t in text), text
+
+
+@pytest.mark.parametrize(
+    ("domain", "message"),
+    [
+        ("media..test", "empty label (two dots in a row); write 'media.test'"),
+        ("bad_domain.com", "has no '_'"),
+        ("acme.test:8080", "has a port; a registry domain covers every port: write 'acme.test'"),
+        ("-acme.test", "is not a host name label"),
+        ("acme!.test", "is not a host name label"),
+    ],
+)
+def test_malformed_domains_are_problems_with_the_fix(tmp_path: Path, domain: str, message: str) -> None:
+    path = write_policy(tmp_path, registry=[entry("A", domain)])
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert any(message in str(p) and ":4:" in str(p) for p in info.value.problems), info.value.problems
+
+
+def test_a_domain_listed_twice_is_a_problem_across_entries_and_files(tmp_path: Path) -> None:
+    path = write_policy(tmp_path, registry=[entry("A", "acme.test"), entry("B", "acme.test")])
+    with pytest.raises(PolicyError, match=r"'acme.test' is already listed for A at policy-registry.yaml:2"):
+        load_policy(path)
+    # the same domain under other paths is a different scope, not a duplicate
+    scoped = entry("B", "acme.test", paths=["/works/"])
+    assert load_policy(write_policy(tmp_path / "ok", registry=[entry("A", "acme.test"), scoped])) is not None
+    # a second file that repeats the first one's domain, and the same file listed twice
+    other = tmp_path / "two" / "other.yaml"
+    first = write_policy(tmp_path / "two", registry=[entry("A", "acme.test")])
+    other.write_text(yaml.safe_dump({"entries": [entry("C", "acme.test")]}))
+    text = first.read_text().replace(
+        "registries:\n- policy-registry.yaml",
+        "registries:\n- policy-registry.yaml\n- other.yaml\n- other.yaml",
+    )
+    first.write_text(text)
+    with pytest.raises(PolicyError) as info:
+        load_policy(first)
+    problems = [str(p) for p in info.value.problems]
+    assert any("registry file 'other.yaml' is listed twice" in p for p in problems), problems
+    assert any("other.yaml:" in p and "already listed for A" in p for p in problems), problems

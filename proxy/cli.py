@@ -369,7 +369,7 @@ async def check_url(
         before = await assess(policy, origin, path, [origin.host], documents)
         if before.verdict is Verdict.BLOCK:
             return before  # never fetch what the policy documents already reserve
-        tdm_file = docs_seen[0].tdm_file(path) if docs_seen else None
+        tdm_file = docs_seen[0].tdm_file(path, policy) if docs_seen else None
         found = list(before.findings)
         async with client.stream("GET", url) as response:
             view = ResponseView(url, response.status_code, tuple(response.headers.multi_items()))

@@ -103,19 +103,19 @@ class OriginDocuments:
                     )
         if mode(tdmrep.NAME) != "off":
             found += tdmrep.prefetch_findings(
-                self.tdm_file(path), policy.purpose, policy.reading("tdmrep_precedence"),
-                lenient=policy.reading("lenient_readings") == "block",
-            )  # fmt: skip
+                self.tdm_file(path, policy), policy.purpose, policy.reading("tdmrep_precedence")
+            )
         if mode(rsl.NAME) != "off":
             for source, lic in self.licenses:
                 found += license_findings(url, source, lic, policy)
         return found
 
-    def tdm_file(self, path: str) -> tdmrep.Channel | None:
+    def tdm_file(self, path: str, policy: Policy) -> tdmrep.Channel | None:
         """The tdmrep.json statement for `path`, if the origin has the file and an entry matches."""
         if self.tdm_json is None or self.tdm_json.parsed is None:
             return None
-        return tdmrep.file_channel(path, self.tdm_json.parsed, self.tdm_json.document)
+        lenient = policy.reading("lenient_readings") == "block"
+        return tdmrep.file_channel(path, self.tdm_json.parsed, self.tdm_json.document, lenient=lenient)
 
 
 def license_findings(url: str, source: str, lic: OptionalDoc, policy: Policy) -> list[Finding]:

@@ -131,9 +131,7 @@ async def header_findings(
         precedence = policy.reading("tdmrep_precedence")
         if not (body_follows and precedence == "spec"):
             channels = [c for c in (tdm_file, _tdm_header(view, document)) if c is not None]
-            found += tdmrep.response_findings(
-                channels, purpose, precedence, lenient=policy.reading("lenient_readings") == "block"
-            )
+            found += tdmrep.response_findings(channels, purpose, precedence)
     if mode(rsl.NAME) != "off":
         found += await _link_licenses(
             rsl.license_links(view.values("link")), view.url, policy, get_license, "Link"
@@ -236,7 +234,5 @@ async def body_findings(
             channels = [c for c in (tdm_file, _tdm_header(view, document), *tdm_late) if c is not None]
         else:
             channels = tdm_late  # the file and the header were judged already
-        found += tdmrep.response_findings(
-            channels, purpose, precedence, lenient=policy.reading("lenient_readings") == "block"
-        )
+        found += tdmrep.response_findings(channels, purpose, precedence)
     return found

@@ -117,7 +117,8 @@ class ResponseJudge:
         if flow.response is None or state is None or state.policy is None:
             return None
         try:
-            tdm_file = state.docs.tdm_file(flow.request.path or "/") if state.docs is not None else None
+            docs = state.docs
+            tdm_file = docs.tdm_file(flow.request.path or "/", state.policy) if docs is not None else None
             names = {name.lower() for name, _ in flow.response.headers.fields}
             quiet = names.isdisjoint(SIGNAL_HEADERS) and tdm_file is None
             if quiet and reads_bodies(state.policy):

@@ -307,7 +307,7 @@ def file_says(
     if rules is None:
         return None
     found = tdmrep.prefetch_findings(
-        tdmrep.file_channel(path, rules, None), purpose, precedence, lenient=lenient
+        tdmrep.file_channel(path, rules, None, lenient=lenient), purpose, precedence
     )
     return found[0].says if found else None
 
@@ -367,9 +367,17 @@ def test_tdmrep_near_misses_are_read_as_meant(body: bytes, path: str, expected: 
         rules = tdmrep.parse(body)
         assert rules is not None
         channel = tdmrep.file_channel(path, rules, None)
-        assert channel is not None and channel.lenient and "lenient" in channel.detail
+        assert channel is not None and "lenient" in channel.detail
         # lenient_readings: ignore drops what only a lenient reading found
         assert file_says(body, path, lenient=False) is None
+
+
+def test_tdmrep_without_lenient_readings_the_next_strict_entry_decides() -> None:
+    # A lenient (boolean) entry first, a protocol-conforming one after it: with lenient readings
+    # off, the file is matched as if the lenient entry were not there.
+    body = b'[{"location":"/","tdm-reservation":false},{"location":"/","tdm-reservation":1}]'
+    assert file_says(body, "/a") is A
+    assert file_says(body, "/a", lenient=False) is D
 
 
 def test_tdmrep_file_under_spec_precedence_waits_for_the_response() -> None:

@@ -66,7 +66,6 @@ class Channel:
     detail: str
     document: Document | None
     line: int | None = None
-    lenient: bool = False  # read from a near-miss of the protocol (policy key lenient_readings)
 
 
 def _reservation(value: object) -> tuple[int | None, str | None]:
@@ -123,18 +122,24 @@ def parse(body: bytes) -> TdmRules | None:
     return TdmRules(tuple(rules), skipped)
 
 
-def file_channel(path: str, rules: TdmRules, document: Document | None) -> Channel | None:
-    """The file's statement for `path`: the first matching entry, or None."""
+def file_channel(
+    path: str, rules: TdmRules, document: Document | None, *, lenient: bool = True
+) -> Channel | None:
+    """The file's statement for `path`: the first matching entry, or None.
+
+    `lenient`: whether entries read from a near-miss of the protocol count; when
+    they do not, the file is matched as if they were not there.
+    """
     for rule in rules.rules:
+        if rule.lenient and not lenient:
+            continue
         if rule.location.matches(path):
             detail = (
                 f'entry {rule.index}: location "{rule.location.value}", tdm-reservation {rule.reservation}'
             )
             if rule.lenient:
                 detail += f" (lenient: {rule.lenient})"
-            return Channel(
-                "file", rule.reservation, rule.policy, detail, document, lenient=bool(rule.lenient)
-            )
+            return Channel("file", rule.reservation, rule.policy, detail, document)
     return None
 
 
@@ -163,25 +168,18 @@ def _finding(ch: Channel, purpose: str, says: Says | None = None) -> Finding:
     return Finding(NAME, says, detail, ch.document, line=ch.line)
 
 
-def prefetch_findings(
-    file: Channel | None, purpose: str, precedence: str, *, lenient: bool = True
-) -> list[Finding]:
-    """The file's finding before the fetch; under `spec` a 1 waits for the response.
-
-    `lenient`: whether a statement read from a near-miss of the protocol counts.
-    """
-    if file is None or (file.lenient and not lenient):
+def prefetch_findings(file: Channel | None, purpose: str, precedence: str) -> list[Finding]:
+    """The file's finding before the fetch; under `spec` a 1 waits for the response."""
+    if file is None:
         return []
     if precedence == "spec" and file.reservation == 1:
         return [_finding(file, purpose, Says.UNKNOWN)]
     return [_finding(file, purpose)]
 
 
-def response_findings(
-    channels: Sequence[Channel], purpose: str, precedence: str, *, lenient: bool = True
-) -> list[Finding]:
+def response_findings(channels: Sequence[Channel], purpose: str, precedence: str) -> list[Finding]:
     """Findings of the response-side channels (and, under `spec`, the file's, to be superseded)."""
-    present = [c for c in channels if c is not None and (lenient or not c.lenient)]
+    present = [c for c in channels if c is not None]
     if precedence != "spec":
         return [_finding(c, purpose) for c in present if c.channel != "file"]
     valid = [c for c in present if c.reservation is not None]

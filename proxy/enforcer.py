@@ -142,12 +142,12 @@ class Enforcer:
         mitmproxy buffers a whole body before the `response` hook; without a
         limit, a 512 MB (or endless) chunked stream is buffered whole, and only
         then could our cap be checked. With `body_size_limit` it aborts the flow
-        (502, never delivered) as soon as the body outgrows it, and `error`
-        records it: memory per flow stays within the cap while a body streams
-        in. A body whose Content-Length is over the cap gets our 451 before any
-        of it is read. Under `over_cap: forward` no limit is set: such bodies
-        must be forwarded, so they are buffered to be judged (the memory bound
-        is the policy's to give up).
+        (502, never delivered) as soon as the body outgrows it, or at once when
+        its Content-Length is over it, and `error` records it: memory per flow
+        stays within the cap while a body streams in. Under a larger limit of
+        the user's own, our 451 applies. Under `over_cap: forward` no limit is
+        set: such bodies must be forwarded, so they are buffered to be judged
+        (the memory bound is the policy's to give up).
         """
         if not hasattr(ctx.options, "body_size_limit"):
             return

@@ -208,7 +208,9 @@ class ResponseJudge:
             logger.exception("optout: internal error sniffing the body of %s", flow.request.pretty_url)
             self.recorder.internal_error(flow, state, phase="response")
             return None
-        if not kinds and head is not None and not found and not codings and not has_xmp(raw):
+        if not kinds and head is not None and not codings and has_xmp(raw):
+            kinds = frozenset({"media"})  # XMP wherever it is, whatever the body claims to be
+        if not kinds and head is not None and not found and not codings:
             # Plain text or an unknown format, no signal in the headers and no XMP packet
             # anywhere in it: nothing to read. (A compressed one is decoded and looked into.)
             return None
@@ -260,8 +262,8 @@ class ResponseJudge:
         if over and kinds:
             self._over_cap(flow, state, found, policy, document, cap + 1, in_place=False, decoded=True)
             return
-        if not kinds and has_xmp(body):
-            kinds = frozenset({"media"})  # XMP wherever it is, whatever the body claims to be
+        if not kinds and codings and has_xmp(body):
+            kinds = frozenset({"media"})  # as in `body`, now that the compressed body is decoded
         if kinds:
             # The C2PA SDK is native code that may take its time: never on the event loop.
             if len(body) > OFF_LOOP_BYTES or b"c2pa" in body:

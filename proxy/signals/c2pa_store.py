@@ -39,6 +39,8 @@ from typing import Any
 
 import c2pa
 
+from proxy import sniff
+
 TRAINING_LABELS = ("cawg.training-mining", "c2pa.training-mining")
 # What the SDK needs to know to read a body: its format, from the first bytes.
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
@@ -89,11 +91,7 @@ def format_of(body: bytes, declared: Iterable[str] = ()) -> str | None:
     if head.startswith(b"<") and b"<svg" in body[:4096]:
         return "image/svg+xml"
     supported = _supported()
-    for value in declared:
-        mime = value.split(";", 1)[0].strip().lower()
-        if mime in supported:
-            return mime
-    return None
+    return next((mime for mime in sniff.media_types(declared) if mime in supported), None)
 
 
 @functools.cache

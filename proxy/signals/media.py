@@ -489,7 +489,7 @@ def findings_from_body(
 ) -> tuple[list[Finding], list[bytes]]:  # fmt: skip
     """Media-metadata findings of a body, and its XMP packets (for TDMRep's PDF channel)."""
     packets = xmp_packets(body)
-    c2pa = c2pa_findings(
+    manifests = c2pa_findings(
         body,
         purpose,
         document,
@@ -497,4 +497,4 @@ def findings_from_body(
         invalid_signature=invalid_signature,
         declared=declared,
     )
-    return datamining_findings(packets, body, purpose, document) + c2pa, packets
+    return datamining_findings(packets, body, purpose, document) + manifests, packets

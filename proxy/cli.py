@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from proxy import __version__
 from proxy.assess import assess
-from proxy.audit import VerifyReport, new_id, record_for, verify_chain, writable_problem
+from proxy.audit import VerifyReport, log_files, new_id, record_for, verify_chain, writable_problem
 from proxy.decide import decide
 from proxy.documents import OptionalDoc, OriginDocuments, fetch_license, load_origin
 from proxy.errors import AuditError, PolicyError
@@ -43,6 +43,7 @@ from proxy.inband import (
 from proxy.logview import (
     BY,
     Filter,
+    Follower,
     check_signal,
     export,
     find_record,
@@ -138,7 +139,12 @@ def _parser() -> argparse.ArgumentParser:
     log_arg(show)
     tail = asub.add_parser("tail", help="the latest records, human-readable")
     tail.add_argument("-n", type=int, default=20, help="how many (default 20)")
-    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
+    tail.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new records (across rotations)"
+    )
+    tail.add_argument(
+        "--interval", type=float, default=0.5, help="with -f: seconds between looks at the log (default 0.5)"
+    )
     log_arg(tail)
     filters(tail)
     summary = asub.add_parser("summary", help="counts of allow / block / would-block, grouped")
@@ -518,37 +524,50 @@ def _print_document(store: EvidenceStore, sha: str, line: int | None, context: i
         print(f"             ... {more} more lines")
 
 
-def _tail(path: Path, args: argparse.Namespace) -> int:
+class _Skipped:
+    """Lines the reading commands skip, each reported on stderr as `file:line: why` (the first few)."""
+
+    SHOWN = 20
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, problem: str) -> None:
+        self.count += 1
+        if self.count <= self.SHOWN:
+            print(f"optout-proxy audit: {problem}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.count > self.SHOWN:
+            print(f"optout-proxy audit: ... {self.count - self.SHOWN} more lines skipped", file=sys.stderr)
+        if self.count:
+            print(
+                f"optout-proxy audit: {self.count} line(s) are not records and were skipped; "
+                "`optout-proxy audit verify` tells whether the chain is intact",
+                file=sys.stderr,
+            )
+
+
+def _tail(path: Path, args: argparse.Namespace, skipped: _Skipped) -> int:
     flt = _filter(args)
-    last: deque[str] = deque(maxlen=max(1, args.n))
-    for r in records(path, flt):
-        last.append(one_line(r))
+    if not log_files(path):
+        raise AuditError(f"no audit log at {path}")
+    follower = Follower(path, skipped)
+    last: deque[str] = deque(maxlen=max(0, args.n))
+    for r in follower.poll():
+        if flt.keeps(r):
+            last.append(one_line(r))
     for line in last:
         print(line)
     if not args.follow:
         return ExitStatus.OK
     sys.stdout.flush()
     try:
-        position = path.stat().st_size
-        inode = path.stat().st_ino
         while True:
-            time.sleep(0.5)
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            if st.st_ino != inode or st.st_size < position:  # rotated: the live file is new
-                inode, position = st.st_ino, 0
-            if st.st_size > position:
-                with open(path, "rb") as f:
-                    f.seek(position)
-                    chunk = f.read()
-                complete = chunk[: chunk.rfind(b"\n") + 1]
-                position += len(complete)
-                for raw in complete.splitlines():
-                    r = json.loads(raw)
-                    if flt.keeps(r):
-                        print(one_line(r), flush=True)
+            time.sleep(args.interval)
+            for r in follower.poll():
+                if flt.keeps(r):
+                    print(one_line(r), flush=True)
     except KeyboardInterrupt:
         return ExitStatus.OK
 
@@ -557,55 +576,62 @@ def _audit(args: argparse.Namespace) -> int:
     path = _log_path(args)
     if path is None:
         return ExitStatus.INVALID
+    skipped = _Skipped()
     try:
-        if args.audit_command == "verify":
-            report = verify_chain(path)
-            for repair in report.repairs:
-                # A repair is chained like any record: written by the proxy, not an edit.
-                print(f"{repair} (a repair, not tampering)")
-            if report.ok:
-                print(f"{path}: chain intact: {report.records} records in {len(report.files)} file(s), "
-                      f"{report.checkpoints} checkpoint(s); head {report.head}")  # fmt: skip
-                return ExitStatus.OK
-            print(f"{report.where}: {report.problem}")
-            print(
-                f"{path}: chain BROKEN; records before {report.where} verified ({report.records})",
-                file=sys.stderr,
-            )
-            return ExitStatus.BLOCKED
-        if args.audit_command == "show":
-            return _show(path, args.id)
-        if args.audit_command == "tail":
-            return _tail(path, args)
-        if args.audit_command == "summary":
-            s = summarize(records(path, _filter(args), _Progress("reading")), args.by)
-            print(format_summary(s, args.top))
-            return ExitStatus.OK
-        if args.audit_command == "export":
-            recs = records(path, _filter(args), _Progress("exporting"))
-            if args.out:
-                with open(args.out, "w", encoding="utf-8", newline="") as out:
-                    n = export(recs, args.format, out)
-            else:
-                n = export(recs, args.format, sys.stdout)
-            print(f"exported {n} records", file=sys.stderr)
-            return ExitStatus.OK
-        if args.audit_command == "report":
-            data = gather(records(path, _filter(args), _Progress("reading")))
-            try:
-                chain: VerifyReport | None = verify_chain(path)
-            except AuditError:
-                chain = None
-            page = render(data, chain, path, EvidenceStore(store_dir(path)), utc_now())
-            Path(args.out).write_text(page, encoding="utf-8")
-            print(
-                f"wrote {args.out}: {data.summary.total} records, {data.summary.outcomes['block']} blocks",
-                file=sys.stderr,
-            )
-            return ExitStatus.OK
+        return _audit_command(args, path, skipped)
     except (AuditError, ValueError, OSError) as e:
         print(f"optout-proxy audit {args.audit_command}: {e}", file=sys.stderr)
         return ExitStatus.INVALID
+    finally:
+        skipped.close()
+
+
+def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> int:
+    if args.audit_command == "verify":
+        report = verify_chain(path)
+        for repair in report.repairs:
+            # A repair is chained like any record: written by the proxy, not an edit.
+            print(f"{repair} (a repair, not tampering)")
+        if report.ok:
+            print(f"{path}: chain intact: {report.records} records in {len(report.files)} file(s), "
+                  f"{report.checkpoints} checkpoint(s); head {report.head}")  # fmt: skip
+            return ExitStatus.OK
+        print(f"{report.where}: {report.problem}")
+        print(
+            f"{path}: chain BROKEN; records before {report.where} verified ({report.records})",
+            file=sys.stderr,
+        )
+        return ExitStatus.BLOCKED
+    if args.audit_command == "show":
+        return _show(path, args.id)
+    if args.audit_command == "tail":
+        return _tail(path, args, skipped)
+    if args.audit_command == "summary":
+        s = summarize(records(path, _filter(args), _Progress("reading"), skipped), args.by)
+        print(format_summary(s, args.top))
+        return ExitStatus.OK
+    if args.audit_command == "export":
+        recs = records(path, _filter(args), _Progress("exporting"), skipped)
+        if args.out:
+            with open(args.out, "w", encoding="utf-8", newline="") as out:
+                n = export(recs, args.format, out)
+        else:
+            n = export(recs, args.format, sys.stdout)
+        print(f"exported {n} records", file=sys.stderr)
+        return ExitStatus.OK
+    if args.audit_command == "report":
+        data = gather(records(path, _filter(args), _Progress("reading"), skipped))
+        try:
+            chain: VerifyReport | None = verify_chain(path)
+        except AuditError:
+            chain = None
+        page = render(data, chain, path, EvidenceStore(store_dir(path)), utc_now())
+        Path(args.out).write_text(page, encoding="utf-8")
+        print(
+            f"wrote {args.out}: {data.summary.total} records, {data.summary.outcomes['block']} blocks",
+            file=sys.stderr,
+        )
+        return ExitStatus.OK
     raise AssertionError(args.audit_command)
 
 

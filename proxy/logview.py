@@ -11,12 +11,13 @@ import csv
 import datetime as dt
 import difflib
 import io
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import orjson
 
@@ -144,10 +145,37 @@ def key_of(r: dict[str, Any], by: str) -> str:
     raise ValueError(f"cannot group by {by!r}")
 
 
+Skip = Callable[[str], None]  # told "file:line: why" for each line the readers skip
+
+
+def _strict(problem: str) -> None:
+    raise AuditError(problem)
+
+
+def parse_line(line: bytes, where: str) -> dict[str, Any] | str:
+    """One log line as a record, or why it is not one (a torn write, a foreign line).
+
+    A record is a JSON object with a chain position (`seq`), an `id` and a `ts`;
+    anything else in the file is reported, never counted.
+    """
+    try:
+        r = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        return f"{where}: skipped: not a JSON record ({e})"
+    if not isinstance(r, dict) or not isinstance(r.get("seq"), int) or "id" not in r or "ts" not in r:
+        return f"{where}: skipped: not an audit record (no seq, id and ts)"
+    return r
+
+
 def records(
-    path: Path, flt: Filter | None = None, progress: Progress | None = None
+    path: Path, flt: Filter | None = None, progress: Progress | None = None, on_skip: Skip = _strict
 ) -> Iterator[dict[str, Any]]:
-    """The records of the log (rotated files first) that the filter keeps."""
+    """The records of the log (rotated files first) that the filter keeps.
+
+    A line that is not a record goes to `on_skip` as `file:line: why`; the
+    default raises AuditError. Reading commands report and go on; `verify`
+    (proxy.audit) fails on such a line.
+    """
     files = log_files(path)
     if not files:
         raise AuditError(f"no audit log at {path}")
@@ -163,14 +191,88 @@ def records(
                     progress(done, total)
                 if not line.strip():
                     continue
-                try:
-                    r = orjson.loads(line)
-                except orjson.JSONDecodeError as e:
-                    raise AuditError(f"{file}:{number}: not a JSON record ({e})") from e
-                if flt is None or flt.keeps(r):
+                r = parse_line(line, f"{file}:{number}")
+                if isinstance(r, str):
+                    on_skip(r)
+                elif flt is None or flt.keeps(r):
                     yield r
     if progress is not None:
         progress(total, total)
+
+
+class Follower:
+    """New records of a live log, each once and in chain order, across rotations.
+
+    It remembers the file it read (by inode, which a rotation's rename keeps)
+    and how far: after a rotation it finishes that file under its new name,
+    reads any file rotated since, then the new live file. The chain's `seq`
+    guards against printing a record twice whatever the files did.
+    """
+
+    def __init__(self, path: Path, on_skip: Skip = _strict) -> None:
+        self.path = path
+        self.on_skip = on_skip
+        self._inode: int | None = None  # None: start with the oldest file
+        self._offset = 0
+        self._line = 0
+        self._seq = 0
+        self._lost = 0  # polls in a row that did not find our file
+
+    def poll(self) -> list[dict[str, Any]]:
+        """The records written since the last poll (every record in the log on the first)."""
+        for _ in range(5):
+            handles: list[tuple[Path, BinaryIO, int]] = []
+            try:
+                files = log_files(self.path)
+                for file in files:
+                    fh = open(file, "rb")  # noqa: SIM115 (closed below, all together)
+                    handles.append((file, fh, os.fstat(fh.fileno()).st_ino))
+                # A rotation between listing and opening would hide the files it made: the
+                # listing must still hold, and the live file must be the one we opened.
+                live = bool(files) and files[-1] == self.path
+                if log_files(self.path) == files and (
+                    not live or os.stat(self.path).st_ino == handles[-1][2]
+                ):
+                    return self._read(handles)
+            except FileNotFoundError:
+                pass  # renamed while we looked: look again
+            finally:
+                for _, opened, _ in handles:
+                    opened.close()
+        return []  # rotating faster than we can list: the next poll catches up
+
+    def _read(self, handles: list[tuple[Path, BinaryIO, int]]) -> list[dict[str, Any]]:
+        first, offset, line = 0, 0, 0
+        if self._inode is not None:
+            found = [i for i, (_, _, inode) in enumerate(handles) if inode == self._inode]
+            if found:
+                first, offset, line, self._lost = found[0], self._offset, self._line, 0
+            else:
+                self._lost += 1
+                if self._lost < 3:  # a rename in flight; its file shows up on the next listing
+                    return []
+                # Our file is gone (moved away): read everything, `seq` skips what was printed.
+        out: list[dict[str, Any]] = []
+        for i in range(first, len(handles)):
+            file, fh, inode = handles[i]
+            if i > first:
+                offset, line = 0, 0
+            fh.seek(offset)
+            data = fh.read()
+            live = i == len(handles) - 1
+            end = data.rfind(b"\n") + 1 if live else len(data)  # a live file's last line may be half-written
+            for raw in data[:end].splitlines():
+                line += 1
+                if not raw.strip():
+                    continue
+                r = parse_line(raw, f"{file}:{line}")
+                if isinstance(r, str):
+                    self.on_skip(r)
+                elif r["seq"] > self._seq:
+                    self._seq = r["seq"]
+                    out.append(r)
+            self._inode, self._offset, self._line = inode, offset + end, line
+        return out
 
 
 @dataclass
@@ -270,8 +372,8 @@ def find_record(path: Path, record_id: str) -> dict[str, Any] | None:
     for file in log_files(path):
         with open(file, "rb") as f:
             for line in f:
-                if needle in line:
-                    return dict(orjson.loads(line))
+                if needle in line and isinstance(r := parse_line(line, str(file)), dict):
+                    return r
     return None
 
 

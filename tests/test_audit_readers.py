@@ -1,0 +1,99 @@
+"""The reading commands are never silently wrong about the log: `tail -f` prints every record once
+across rotations, and a torn or foreign line is reported with file:line and skipped (verify still
+fails on it)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from proxy.audit import AuditLog, log_files
+from proxy.cli import ExitStatus, main
+
+
+def _record(i: int, decision: str = "block") -> dict[str, object]:
+    return {
+        "v": 1, "ts": f"2026-12-02T15:00:{i % 60:02d}.000Z", "id": f"rec{i:06d}", "phase": "request",
+        "method": "GET", "url": f"http://a.example/{i}", "host": "a.example", "agent": "ExampleBot",
+        "decision": decision, "enforced": True, "signal": "robots-txt" if decision == "block" else None,
+        "evidence": [], "deciding": None,
+    }  # fmt: skip
+
+
+def _wait_for_lines(out: list[str], n: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_tail_follow_prints_every_record_once_across_rotations(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, max_bytes=900, checkpoint_every=5)  # a rotation every few records
+    log.write(_record(0))
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "audit", "tail", "-f", "-n", "1", "--interval", "0.02", "--log", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(iter(tail.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        _wait_for_lines(out, 1)
+        assert len(out) == 1, tail.stderr
+        total = 400
+        for i in range(1, total):
+            log.write(_record(i))
+            if i % 7 == 0:
+                time.sleep(0.005)  # bursts and pauses, so rotations land between and during polls
+        log.close()
+        assert len(log_files(path)) > 20  # the writer really rotated, many times
+        _wait_for_lines(out, total)
+        time.sleep(0.3)  # anything printed twice would show up by now
+    finally:
+        tail.terminate()
+        tail.wait(10)
+    ids = [line.split("http://a.example/")[1].split()[0] for line in out]
+    assert sorted(ids, key=int) == [str(i) for i in range(total)]  # each once
+    assert ids == sorted(ids, key=int)  # in chain order
+
+
+def _log_with_bad_lines(tmp_path: Path) -> Path:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    for i in range(6):
+        log.write(_record(i, "block" if i % 2 else "allow"))
+    log.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines.insert(2, b'{"v":1,"ts":"2026-12-02T15:00:0\n')  # a torn write (a crash, then a later append)
+    lines.insert(5, b'{"hello":"not ours"}\n')  # a foreign line
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["summary"], ["tail", "-n", "50"], ["export", "--format", "jsonl"], ["report", "--out", "REPORT"]],
+)
+def test_a_torn_or_foreign_line_is_reported_and_skipped(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _log_with_bad_lines(tmp_path)
+    argv = ["audit", *[str(tmp_path / "r.html") if a == "REPORT" else a for a in command], "--log", str(path)]
+    assert main(argv) == ExitStatus.OK
+    captured = capsys.readouterr()
+    assert f"{path}:3: skipped: not a JSON record" in captured.err
+    assert f"{path}:6: skipped: not an audit record" in captured.err
+    assert "2 line(s) are not records and were skipped" in captured.err
+    if command[0] == "summary":
+        assert "6 records" in captured.out and "3 blocked" in captured.out
+    if command[0] == "tail":
+        assert captured.out.count("a.example/") == 6
+    if command[0] == "export":
+        assert captured.out.count("\n") == 6
+    # verify still fails on the torn line
+    assert main(["audit", "verify", str(path)]) == ExitStatus.BLOCKED

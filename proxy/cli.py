@@ -49,6 +49,7 @@ from proxy.logview import (
     find_record,
     format_summary,
     one_line,
+    outcome_line,
     parse_when,
     records,
     summarize,
@@ -620,15 +621,16 @@ def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> i
         print(f"exported {n} records", file=sys.stderr)
         return ExitStatus.OK
     if args.audit_command == "report":
-        data = gather(records(path, _filter(args), _Progress("reading"), skipped))
+        flt = _filter(args)
+        data = gather(records(path, flt, _Progress("reading"), skipped))
         try:
             chain: VerifyReport | None = verify_chain(path)
         except AuditError:
             chain = None
-        page = render(data, chain, path, EvidenceStore(store_dir(path)), utc_now())
+        page = render(data, chain, path, EvidenceStore(store_dir(path)), utc_now(), flt.describe())
         Path(args.out).write_text(page, encoding="utf-8")
         print(
-            f"wrote {args.out}: {data.summary.total} records, {data.summary.outcomes['block']} blocks",
+            f"wrote {args.out}: {outcome_line(data.summary)}",
             file=sys.stderr,
         )
         return ExitStatus.OK

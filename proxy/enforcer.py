@@ -745,7 +745,19 @@ class Enforcer:
             # mitmproxy 11.0 cannot send HTTP/1 trailers to the client (the client hangs);
             # they are metadata, never the content, so they are dropped.
             flow.response.trailers = None
-        return self.responses.body(flow)
+        rest = self.responses.body(flow)
+        state = self._flows.get(flow)
+        if state is None:
+            return rest
+        if rest is None:
+            self.recorder.delivered(state)
+            return None
+
+        async def then() -> None:
+            await rest
+            self.recorder.delivered(state)
+
+        return then()
 
     def error(self, flow: http.HTTPFlow) -> None:
         """Record a response mitmproxy aborted (a body over body_size_limit): withheld, and said so."""

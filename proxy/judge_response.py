@@ -298,7 +298,7 @@ class ResponseJudge:
         record["request_id"] = state.request_id
         record["inspected"] = "over-cap"
         record["withheld"] = True
-        self.recorder.note(record)
+        self.recorder.note(record, state)
         state.last_id = record_id
 
     def _over_cap(

@@ -22,11 +22,21 @@ from typing import Any, BinaryIO, TextIO
 import orjson
 
 from proxy.audit import log_files
+from proxy.counting import (
+    BLOCKED,
+    DELIVERED,
+    OUTCOMES,
+    REFUSED,
+    RESPONSE_PHASE,
+    WITHHELD,
+    WOULD_BLOCK,
+    settle,
+)
 from proxy.errors import AuditError
 from proxy.policy import SIGNALS
 
 Progress = Callable[[int, int], None]  # (bytes read, bytes in all)
-BY = ("signal", "host", "holder", "rule", "agent", "decision", "day")
+BY = ("signal", "host", "holder", "rule", "agent", "user-agent", "outcome", "day")
 CSV_COLUMNS = (
     "ts", "id", "seq", "phase", "method", "url", "host", "agent", "decision", "enforced", "signal",
     "status", "reason", "deciding_detail", "deciding_document", "holder", "policy_sha256",
@@ -87,6 +97,13 @@ class Filter:
     until: str | None = None  # exclusive
     agent: str | None = None
 
+    def describe(self) -> str:
+        """The filter as `name=value` pairs (empty when it keeps everything), for banners and messages."""
+        return ", ".join(f"{k}={v}" for k, v in (
+            ("host", self.host), ("signal", self.signal), ("decision", self.decision),
+            ("since", self.since), ("until", self.until), ("agent", self.agent),
+        ) if v)  # fmt: skip
+
     def keeps(self, r: dict[str, Any]) -> bool:
         if self.host and not _host_matches(str(r.get("host", "")), self.host):
             return False
@@ -128,10 +145,12 @@ def key_of(r: dict[str, Any], by: str) -> str:
     """The value of dimension `by` for one record."""
     if by == "day":
         return str(r.get("ts", ""))[:10]
-    if by == "decision":
-        return outcome(r)
+    if by == "outcome":
+        return outcome(r)  # a record's own; Summary groups by the request's settled outcome instead
     if by in ("signal", "host", "agent"):
         return str(r.get(by) or "-")
+    if by == "user-agent":
+        return str(r.get("user_agent") or "-")
     d = deciding(r)
     if by == "holder":
         entry = (d or {}).get("entry") or {}
@@ -275,34 +294,80 @@ class Follower:
         return out
 
 
+def _request_key(record_id: object) -> int | str | None:
+    """A compact key for a record id (32 hex digits): a log of millions keeps one per open request."""
+    if not isinstance(record_id, str) or not record_id:
+        return None
+    try:
+        return int(record_id[:16], 16)
+    except ValueError:
+        return record_id
+
+
 @dataclass
 class Summary:
-    """Counts by outcome, and per value of one dimension."""
+    """Requests by outcome, in all and per value of one dimension; each request counted once.
+
+    A request has a request-phase record (blocked, allowed or, in monitor mode,
+    would-block); a response-phase record that withholds (or would) names it by
+    `request_id` and moves it from delivered to withheld. A record that settles
+    no request (a repair, a response allowed with findings) is counted in
+    `other`. Requests whose request record the filter left out are counted by
+    their response record alone.
+    """
 
     by: str
-    total: int = 0
+    also: tuple[str, ...] = ()  # more dimensions, counted the same way into `more`
+    records: int = 0  # records read (that the filter kept)
+    other: int = 0  # records that are not a request's outcome
     outcomes: Counter[str] = field(default_factory=Counter)
     groups: dict[str, Counter[str]] = field(default_factory=dict)
+    more: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)
     first_ts: str | None = None
     last_ts: str | None = None
+    # requests a later response record can still change: key -> (outcome, its group per dimension)
+    _open: dict[int | str, tuple[str, tuple[str, ...]]] = field(default_factory=dict, repr=False)
 
-    def add(self, r: dict[str, Any]) -> str:
-        """Count one record; returns its outcome."""
-        o = outcome(r)
-        self.total += 1
-        self.outcomes[o] += 1
-        self.groups.setdefault(key_of(r, self.by), Counter())[o] += 1
+    @property
+    def requests(self) -> int:
+        return sum(self.outcomes[o] for o in OUTCOMES)
+
+    def add(self, r: dict[str, Any]) -> str | None:
+        """Count one record; returns the outcome it settled, or None if it settled none."""
+        self.records += 1
         ts = r.get("ts")
         if isinstance(ts, str):
             if self.first_ts is None or ts < self.first_ts:
                 self.first_ts = ts
             if self.last_ts is None or ts > self.last_ts:
                 self.last_ts = ts
+        response = r.get("phase") == RESPONSE_PHASE
+        key = _request_key(r.get("request_id") if response else r.get("id"))
+        earlier = self._open.get(key) if response and key is not None else None
+        o = settle(
+            earlier[0] if earlier else None, r.get("phase"), r.get("decision"), r.get("enforced", True)
+        )
+        if o is None or (earlier is not None and o == earlier[0]):
+            self.other += 1  # a repair, or a response that changed nothing
+            return None
+        if earlier is not None and key is not None:
+            del self._open[key]
+            self._count(earlier[0], earlier[1], -1)  # it was not delivered after all
+        groups = tuple(o if by == "outcome" else key_of(r, by) for by in (self.by, *self.also))
+        self._count(o, groups)
+        if not response and o != BLOCKED and key is not None:
+            self._open[key] = (o, groups)
         return o
+
+    def _count(self, o: str, groups: tuple[str, ...], n: int = 1) -> None:
+        self.outcomes[o] += n
+        self.groups.setdefault(groups[0], Counter())[o] += n
+        for by, group in zip(self.also, groups[1:], strict=True):
+            self.more.setdefault(by, {}).setdefault(group, Counter())[o] += n
 
 
 def summarize(recs: Iterator[dict[str, Any]], by: str) -> Summary:
-    """One pass over the records: totals and per-`by` counts of allow / block / would-block."""
+    """One pass over the records: each request's outcome, in all and per `by`."""
     if by not in BY:
         raise ValueError(f"--by must be one of {', '.join(BY)}")
     s = Summary(by)
@@ -311,23 +376,33 @@ def summarize(recs: Iterator[dict[str, Any]], by: str) -> Summary:
     return s
 
 
+def outcome_line(s: Summary) -> str:
+    """The one-line account of a summary's requests (the summary's and the report's first line)."""
+    o = s.outcomes
+    return (
+        f"{s.requests} requests: {o[BLOCKED]} blocked before the fetch, {o[WITHHELD]} withheld after "
+        f"the fetch, {o[DELIVERED]} delivered, {o[WOULD_BLOCK]} would have been blocked (monitor)"
+    )
+
+
 def format_summary(s: Summary, top: int = 25) -> str:
-    """The summary as an aligned text table, largest groups first."""
+    """The summary as an aligned text table, groups with the most refusals first."""
     lines = [
-        f"{s.total} records ({s.first_ts or '-'} .. {s.last_ts or '-'}): "
-        f"{s.outcomes['block']} blocked, {s.outcomes['would-block']} would block (monitor), "
-        f"{s.outcomes['allow']} allowed",
+        outcome_line(s),
+        f"({s.records} records, {s.first_ts or '-'} .. {s.last_ts or '-'}; "
+        f"{s.other} records settled no request)",
         "",
-        f"{'block':>9} {'would':>9} {'allow':>9}  {s.by}",
+        f"{'blocked':>9} {'withheld':>9} {'would':>9} {'delivered':>9}  {s.by}",
     ]
     ordered = sorted(
         s.groups.items(),
-        key=lambda kv: (-(kv[1]["block"] + kv[1]["would-block"]), -sum(kv[1].values()), kv[0]),
+        key=lambda kv: (-sum(kv[1][o] for o in REFUSED), -sum(kv[1].values()), kv[0]),
     )
-    for key, c in ordered[:top]:
-        lines.append(f"{c['block']:>9} {c['would-block']:>9} {c['allow']:>9}  {key}")
-    if len(ordered) > top:
-        lines.append(f"... {len(ordered) - top} more (--top N shows more)")
+    shown = [(k, c) for k, c in ordered if any(c[o] for o in OUTCOMES)]
+    for key, c in shown[:top]:
+        lines.append(f"{c[BLOCKED]:>9} {c[WITHHELD]:>9} {c[WOULD_BLOCK]:>9} {c[DELIVERED]:>9}  {key}")
+    if len(shown) > top:
+        lines.append(f"... {len(shown) - top} more (--top N shows more)")
     return "\n".join(lines)
 
 

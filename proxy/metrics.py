@@ -47,6 +47,12 @@ class Metrics:
             "optout_decisions", "Decisions by phase, deciding signal, decision and whether enforced.",
             ["phase", "signal", "decision", "enforced"], registry=self.registry,
         )  # fmt: skip
+        self.requests = Counter(
+            "optout_requests",
+            "Requests by outcome, each counted once: blocked (before the fetch), "
+            "withheld (after it), delivered, would-block (monitor mode).",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
         self.documents = Counter(
             "optout_documents_fetched", "Policy documents fetched, by document and outcome.",
             ["document", "outcome"], registry=self.registry,

@@ -28,6 +28,7 @@ from proxy.answers import (
     withhold_in_place,
 )
 from proxy.audit import AuditLog, new_id, record_for
+from proxy.counting import DELIVERED, OUTCOMES, settle
 from proxy.documents import OriginDocuments
 from proxy.errors import AuditError, LocalLimit
 from proxy.evidence import Decision, Finding, Says, Verdict, utc_now
@@ -57,6 +58,7 @@ class FlowState:
     docs: OriginDocuments | None = None  # the origin's documents the request was decided on
     inspect: tuple[Any, ...] | None = None  # a body to judge in the response hook
     withholding: Withholding | None = None
+    outcome: str | None = None  # proxy.counting: what its records have settled so far
 
 
 def summary(decision: Decision, record_id: str) -> dict[str, Any]:
@@ -93,6 +95,7 @@ class Recorder:
         self.store: EvidenceStore | None = None
         self.metrics = metrics
         self._counters: dict[tuple[Any, ...], Any] = {}  # decisions counter children by labels
+        self._outcomes = {o: metrics.requests.labels(o) for o in OUTCOMES}
 
     def record(
         self, flow: http.HTTPFlow, decision: Decision, policy: Policy | None, record_id: str, *,
@@ -125,6 +128,7 @@ class Recorder:
                 raise AuditError("no audit log configured")
             self.audit.write(record)
             self._count(record)
+            self._settle(state, record)
             return True
         except AuditError as e:
             self.metrics.audit_failures.inc()
@@ -138,16 +142,29 @@ class Recorder:
             )
             return False
 
-    def note(self, record: dict[str, Any]) -> None:
+    def note(self, record: dict[str, Any], state: FlowState | None = None) -> None:
         """Write a record about a flow that is already ended (nothing left to answer); a failure is logged."""
         try:
             if self.audit is None:
                 raise AuditError("no audit log configured")
             self.audit.write(record)
             self._count(record)
+            self._settle(state or FlowState(None), record)
         except AuditError as e:
             self.metrics.audit_failures.inc()
             logger.error("optout: %s (the flow was not delivered anyway)", e)
+
+    def _settle(self, state: FlowState, record: dict[str, Any]) -> None:
+        """Move the flow's outcome on by one record; count a refusal once, when it is settled."""
+        now = settle(state.outcome, record.get("phase"), record.get("decision"), record.get("enforced"))
+        if now != state.outcome and now is not None and now != DELIVERED:
+            self._outcomes[now].inc()
+        state.outcome = now
+
+    def delivered(self, state: FlowState) -> None:
+        """The response went to the crawler: count it, unless a record already refused it."""
+        if state.decision is not None and state.outcome in (None, DELIVERED) and not state.answered:
+            self._outcomes[DELIVERED].inc()
 
     def _count(self, record: dict[str, Any]) -> None:
         key = (

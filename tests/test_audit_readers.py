@@ -97,3 +97,39 @@ def test_a_torn_or_foreign_line_is_reported_and_skipped(
         assert captured.out.count("\n") == 6
     # verify still fails on the torn line
     assert main(["audit", "verify", str(path)]) == ExitStatus.BLOCKED
+
+
+def test_each_request_is_counted_once_by_what_happened_to_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+
+    def write(
+        i: int, phase: str, decision: str, enforced: bool = True, request_id: str | None = None
+    ) -> None:
+        r = _record(i, decision)
+        r.update(phase=phase, enforced=enforced, signal=None if decision == "allow" else "x-robots-tag")
+        if request_id:
+            r["request_id"] = request_id
+        log.write(r)
+
+    write(1, "request", "allow")  # delivered
+    write(2, "request", "allow")
+    write(3, "response", "block", request_id="rec000002")  # request 2 withheld after the fetch
+    write(4, "request", "block")  # blocked before the fetch
+    write(5, "connect", "block")  # a CONNECT refused: blocked too
+    write(6, "request", "block", enforced=False)  # monitor: would-block ...
+    write(7, "response", "block", enforced=False, request_id="rec000006")  # ... still one request
+    write(8, "request", "allow")
+    write(9, "response", "allow", request_id="rec000008")  # findings, nothing withheld: still delivered
+    write(10, "request", "allow")
+    write(11, "response", "block", enforced=False, request_id="rec000010")  # monitor, response: would-block
+    log.close()
+    assert main(["audit", "summary", "--log", str(path)]) == ExitStatus.OK
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "7 requests: 2 blocked before the fetch, 1 withheld after the fetch, 2 delivered, "
+        "2 would have been blocked (monitor)"
+    ), out
+    assert "(11 records," in out and "2 records settled no request" in out

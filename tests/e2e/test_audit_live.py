@@ -68,6 +68,7 @@ def site(make_site: Callable[..., Site]) -> Site:
         "/robots.txt": Reply(200, ROBOTS),
         **{f"/page/{i}": Reply(200, f"page {i}") for i in range(50)},
         **{f"/private/{i}": Reply(200, "secret") for i in range(50)},
+        "/noai": Reply(200, "fetched, then withheld", {"X-Robots-Tag": "noai"}),
     })  # fmt: skip
 
 
@@ -143,13 +144,17 @@ def test_show_summary_export_and_tail(
     assert "holder Holder One" in holder
 
     summary = cli("audit", "summary", "--log", log, "--by", "signal", check=True).stdout
-    assert summary.startswith("4 records")
-    assert "        2         0         0  robots-txt" in summary
-    assert "        1         0         0  registry" in summary
+    assert summary.startswith(
+        "4 requests: 3 blocked before the fetch, 0 withheld after the fetch, 1 delivered, "
+        "0 would have been blocked (monitor)"
+    )
+    assert "        2         0         0         0  robots-txt" in summary
+    assert "        1         0         0         0  registry" in summary
+    assert "        0         0         0         1  -" in summary
     by_host = cli(
         "audit", "summary", "--log", log, "--by", "holder", "--decision", "block", check=True
     ).stdout
-    assert "Holder One" in by_host and by_host.startswith("3 records")
+    assert "Holder One" in by_host and by_host.startswith("3 requests: 3 blocked")
 
     exported = cli(
         "audit", "export", "--log", log, "--format", "csv", "--signal", "robots-txt", check=True
@@ -247,17 +252,27 @@ def test_hot_reload(site: Site, make_proxy: Callable[..., ProxyProcess], tmp_pat
 def test_metrics_endpoint(site: Site, make_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> None:
     port = free_port()
     proxy = make_proxy(write_policy(tmp_path), optout_metrics=str(port))
-    asyncio.run(load(proxy, [site.url("/page/1"), site.url("/page/2"), site.url("/private/1")]))
+    asyncio.run(
+        load(proxy, [site.url("/page/1"), site.url("/page/2"), site.url("/private/1"), site.url("/noai")])
+    )
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
+    # each request once, by what happened to it (the noai page is not also a delivery)
+    for outcome, n in (("blocked", 1), ("withheld", 1), ("delivered", 2), ("would-block", 0)):
+        assert f'optout_requests_total{{outcome="{outcome}"}} {n}.0' in text, text
+    summary = cli("audit", "summary", "--log", str(proxy.audit), check=True).stdout
+    assert summary.startswith(  # the log counts the same requests the same way
+        "4 requests: 1 blocked before the fetch, 1 withheld after the fetch, 2 delivered, "
+        "0 would have been blocked (monitor)"
+    ), summary
     assert (
         'optout_decisions_total{decision="block",enforced="true",phase="request",signal="robots-txt"} 1.0'
         in text
     )
-    assert 'optout_decisions_total{decision="allow",enforced="true",phase="request",signal="-"} 2.0' in text
+    assert 'optout_decisions_total{decision="allow",enforced="true",phase="request",signal="-"} 3.0' in text
     assert 'optout_documents_fetched_total{document="robots.txt",outcome="ok"} 1.0' in text
     assert 'optout_documents_fetched_total{document="ai.txt",outcome="unavailable"} 1.0' in text
     assert 'optout_cache_events_total{event="miss"} 1.0' in text
-    assert 'optout_cache_events_total{event="hit"} 2.0' in text
+    assert 'optout_cache_events_total{event="hit"} 3.0' in text
     assert "optout_fetch_seconds_count 1.0" in text
     assert "optout_audit_write_failures_total 0.0" in text
     # a policy change on disk is picked up and counted

@@ -178,9 +178,14 @@ def _parser() -> argparse.ArgumentParser:
     radd.add_argument("--reason", required=True, help="why, in one sentence (e.g. the letter and its date)")
     radd.add_argument("--source", required=True, help="URL documenting the opt-out")
     radd.add_argument("--since", required=True, help="date of the opt-out, YYYY-MM-DD")
-    rremove = rsub.add_parser("remove", help="remove entries by holder or domain")
-    rremove.add_argument("--holder")
-    rremove.add_argument("--domain")
+    rremove = rsub.add_parser(
+        "remove",
+        help="remove a holder's entries, a domain, or a domain from one holder",
+        description="--holder H removes H's entries; --domain D removes D from every entry listing it "
+        "(an entry left with no domain goes too); both remove D from H's entries only.",
+    )
+    rremove.add_argument("--holder", help="the holder whose entries to remove (or to remove --domain from)")
+    rremove.add_argument("--domain", help="the domain to remove (an entry keeps its other domains)")
     rlist = rsub.add_parser("list", help="list the registry entries")
     for p in (radd, rremove, rlist):
         p.add_argument("--policy", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})")
@@ -692,7 +697,10 @@ def _policy_edit(args: argparse.Namespace) -> int:
             return ExitStatus.OK
         target = registry_file(policy, args.registry)
         if args.policy_command == "import":
-            entries = entries_from_csv(Path(args.csv).read_text(encoding="utf-8"))
+            csv_path = Path(args.csv)
+            entries = entries_from_csv(
+                csv_path.read_text(encoding="utf-8"), csv_path, policy.registry.entries
+            )
             added = add_entries(target, entries)
             print(f"{target}: added {added} of {len(entries)} entries ({len(entries) - added} already there)")
             return ExitStatus.OK
@@ -702,9 +710,9 @@ def _policy_edit(args: argparse.Namespace) -> int:
             print(f"{target}: {'added' if added else 'already lists'} {args.holder}")
             return ExitStatus.OK
         if args.registry_command == "remove":
-            removed = remove_entries(target, holder=args.holder, domain=args.domain)
-            print(f"{target}: removed {len(removed)} entries: {', '.join(removed) or '-'}")
-            return ExitStatus.OK if removed else ExitStatus.INVALID
+            for removed in remove_entries(target, holder=args.holder, domain=args.domain):
+                print(f"{target}: {removed}")
+            return ExitStatus.OK
         for e in policy.registry.entries:
             paths = f" paths {', '.join(e.paths)}" if e.paths else ""
             print(

@@ -24,7 +24,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from proxy.errors import PolicyError, Problem
 from proxy.policy import DEFAULT_HONOR_AGENTS, OTHER_TOKEN, Policy, load_policy
-from proxy.registry import ENTRY_KEYS, read_entries
+from proxy.registry import ENTRY_KEYS, Entry, read_entries
 from proxy.yamldoc import Reader
 
 
@@ -128,45 +128,122 @@ def add_entries(path: Path, entries: list[CommentedMap]) -> int:
 
 
 def remove_entries(path: Path, *, holder: str | None = None, domain: str | None = None) -> list[str]:
-    """Remove entries by holder name or by one of their domains; returns the holders removed."""
+    """Remove what is named, nothing more; returns one line per change.
+
+    * `holder` alone: that holder's entries, whole;
+    * `domain` alone: that domain from every entry listing it; an entry left
+      with no domain goes too (its other domains stay listed);
+    * both: that domain from that holder's entries only.
+
+    Names are matched without case and trailing dot. Raises ValueError when
+    nothing matches, with what would (a subdomain of a listed domain cannot be
+    removed on its own: it is covered by the parent).
+    """
     if not holder and not domain:
-        raise ValueError("name a holder or a domain")
+        raise ValueError("name a holder (--holder), a domain (--domain) or both")
     data = _yaml().load(path.read_text(encoding="utf-8"))
-    entries = data.get("entries") or []
+    entries = (data or {}).get("entries") or []
+    wanted = domain.lower().rstrip(".") if domain else None
+    changes: list[str] = []
     keep: list[Any] = []
-    removed: list[Any] = []
     for e in entries:
-        hit = (holder and str(e.get("holder")).lower() == holder.lower()) or (
-            domain and domain.lower().rstrip(".") in [str(d).lower() for d in e.get("domains") or []]
-        )
-        (removed if hit else keep).append(e)
-    if removed:
-        del entries[:]
-        entries.extend(keep)
-        text = _dump(data)
-        _check_registry_text(path, text)
-        atomic_write(path, text)
-    return [str(e.get("holder")) for e in removed]
+        name = str(e.get("holder"))
+        if holder and name.lower() != holder.lower():
+            keep.append(e)
+            continue
+        domains = e.get("domains") or []
+        if wanted is None:
+            changes.append(f"removed {name} ({', '.join(str(d) for d in domains)})")
+            continue
+        left = [d for d in domains if str(d).lower().rstrip(".") != wanted]
+        if len(left) == len(domains):
+            keep.append(e)
+        elif left:
+            domains[:] = left  # in place: the list keeps its style and comments
+            changes.append(f"removed {wanted} from {name} (still listed: {', '.join(str(d) for d in left)})")
+            keep.append(e)
+        else:
+            changes.append(f"removed {name} ({wanted} was its only domain)")
+    if not changes:
+        raise ValueError(_nothing_to_remove(entries, holder, wanted, path))
+    del entries[:]
+    entries.extend(keep)
+    text = _dump(data)
+    _check_registry_text(path, text)
+    atomic_write(path, text)
+    return changes
 
 
-def entries_from_csv(text: str) -> list[CommentedMap]:
+def _nothing_to_remove(entries: list[Any], holder: str | None, domain: str | None, path: Path) -> str:
+    """Why a removal matched nothing, and what would match."""
+    if domain:
+        for e in entries:
+            for d in e.get("domains") or []:
+                parent = str(d).lower().rstrip(".")
+                if domain.endswith("." + parent):
+                    return (f"{path}: {domain} is not listed; it is covered by {parent} ({e.get('holder')}): "
+                            f"remove {parent}, or replace it by the subdomains that should stay")  # fmt: skip
+    what = " and ".join(
+        x for x in (f"holder {holder!r}" if holder else "", f"domain {domain}" if domain else "") if x
+    )
+    holders = sorted({str(e.get("holder")) for e in entries})
+    return f"{path}: no entry matches {what} (holders: {', '.join(holders) or 'none'})"
+
+
+def entries_from_csv(text: str, path: Path, existing: Iterable[Entry] = ()) -> list[CommentedMap]:
     """Registry entries from CSV with a header row: holder, domains, [paths], reason, source, since.
 
-    Lists (domains, paths) are separated by ';' or spaces.
+    Lists (domains, paths) are separated by ';' or spaces. Each row is
+    checked as `policy validate` checks an entry, and against `existing`
+    entries and earlier rows for a domain listed twice; every problem is
+    reported at the CSV file's line (PolicyError). A row identical in holder
+    and domains to an existing entry is not a problem (add_entries skips it).
     """
     rows = csv.DictReader(io.StringIO(text))
-    missing = {"holder", "domains", "reason", "source", "since"} - set(rows.fieldnames or [])
+    columns = rows.fieldnames or []
+    missing = {"holder", "domains", "reason", "source", "since"} - set(columns)
     if missing:
-        raise ValueError(f"CSV header lacks {', '.join(sorted(missing))} (columns: {', '.join(ENTRY_KEYS)})")
+        raise ValueError(
+            f"{path}: the header lacks {', '.join(sorted(missing))} (columns: {', '.join(ENTRY_KEYS)})"
+        )
+    unknown = [c for c in columns if c not in ENTRY_KEYS]
+    if unknown:
+        raise ValueError(
+            f"{path}:1: unknown column(s) {', '.join(unknown)} (columns: {', '.join(ENTRY_KEYS)})"
+        )
 
     def split(value: str | None) -> list[str]:
         return [v for v in (value or "").replace(";", " ").split() if v]
 
-    return [
-        make_entry(r["holder"].strip(), split(r["domains"]), split(r.get("paths")), r["reason"].strip(),
-                   r["source"].strip(), r["since"].strip())
-        for r in rows
-    ]  # fmt: skip
+    seen = {(d, e.paths): f"{Path(e.file).name}:{e.line} ({e.holder})" for e in existing for d in e.domains}
+    same = {(e.holder, e.domains) for e in existing}
+    problems: list[Problem] = []
+    entries: list[CommentedMap] = []
+    line = rows.line_num + 1
+    for row in rows:
+        here = line
+        line = rows.line_num + 1
+        if None in row:
+            extra = len(row[None])
+            problems.append(Problem(path, here, f"{extra} value(s) more than the header has columns"))
+            continue
+        cell = {k: (v or "").strip() for k, v in row.items()}
+        entry = make_entry(cell["holder"], split(cell["domains"]), split(cell.get("paths")), cell["reason"],
+                           cell["source"], cell["since"])  # fmt: skip
+        reader = Reader(path)
+        found = read_entries(reader, reader.compose(_dump({"entries": [entry]})))  # type: ignore[arg-type]
+        problems.extend(Problem(path, here, p.message) for p in reader.problems)
+        for e in found:
+            if (e.holder, e.domains) in same:
+                continue
+            for d in e.domains:
+                first = seen.setdefault((d, e.paths), f"{path.name}:{here} ({e.holder})")
+                if not first.startswith(f"{path.name}:{here} "):
+                    problems.append(Problem(path, here, f"'{d}' is already listed at {first}; list it once"))
+        entries.append(entry)
+    if problems:
+        raise PolicyError(problems)
+    return entries
 
 
 def tokens_from_robots_json(text: str, match: str | None = None) -> list[str]:

@@ -190,5 +190,6 @@ class Reader:
                 return dt.date.fromisoformat(str(node.value).strip()).isoformat()
             except ValueError:
                 pass
-        self.problem(node, f"{what} must be a date like 2025-10-27")
+        shown = f", not '{node.value}'" if isinstance(node, ScalarNode) else ""
+        self.problem(node, f"{what} must be a date like 2025-10-27{shown}")
         return None

@@ -102,18 +102,110 @@ def test_invalid_edit_changes_nothing(shipped: Path, capsys: pytest.CaptureFixtu
     assert not list(shipped.parent.glob(".*.tmp"))
 
 
-def test_list_and_remove_by_domain(shipped: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def holders(policy: Path) -> dict[str, tuple[str, ...]]:
+    return {e.holder: e.domains for e in load_policy(policy).registry.entries}
+
+
+def test_list_and_remove_by_holder(shipped: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("policy", "registry", "list", "--policy", str(shipped)) == ExitStatus.OK
     assert "Studio Ghibli: ghibli.jp" in capsys.readouterr().out
+    before = holders(shipped)
     assert (
-        run("policy", "registry", "remove", "--policy", str(shipped), "--domain", "cygames.co.jp")
-        == ExitStatus.OK
+        run("policy", "registry", "remove", "--policy", str(shipped), "--holder", "Cygames") == ExitStatus.OK
     )
-    assert "Cygames" not in {e.holder for e in load_policy(shipped).registry.entries}
+    after = holders(shipped)
+    assert "Cygames" not in after and {k: v for k, v in before.items() if k != "Cygames"} == after
     assert (
         run("policy", "registry", "remove", "--policy", str(shipped), "--holder", "Nobody")
         == ExitStatus.INVALID
     )
+    assert "no entry matches holder 'Nobody'" in capsys.readouterr().err
+
+
+def test_remove_a_domain_keeps_the_holders_other_domains(
+    shipped: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = holders(shipped)
+    assert before["Square Enix"] == ("square-enix.com", "square-enix-games.com")
+    text = shipped.with_name("registry.yaml").read_text()
+    assert run("policy", "registry", "remove", "--policy", str(shipped), "--domain", "Square-Enix.com.") == 0
+    assert (
+        "removed square-enix.com from Square Enix (still listed: square-enix-games.com)"
+        in capsys.readouterr().out
+    )
+    after = holders(shipped)
+    assert after["Square Enix"] == ("square-enix-games.com",)  # used to delete the whole entry
+    assert {k: v for k, v in after.items() if k != "Square Enix"} == {
+        k: v for k, v in before.items() if k != "Square Enix"
+    }
+    # comments survive the edit
+    assert text.splitlines()[0] == shipped.with_name("registry.yaml").read_text().splitlines()[0]
+    # the last domain takes the entry with it
+    assert (
+        run("policy", "registry", "remove", "--policy", str(shipped), "--domain", "square-enix-games.com")
+        == 0
+    )
+    assert "Square Enix" not in holders(shipped)
+
+
+def test_holder_and_domain_together_remove_that_domain_from_that_holder_only(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, registry=[
+        entry("Acme", "acme.test", "acme-shop.test"),
+        entry("Acme", "acme.test", paths=["/works/"]),  # the same holder again, path-scoped
+        entry("Other", "other.test", "acme-shop.test", paths=["/x/"]),
+    ])  # fmt: skip
+    assert run("policy", "registry", "remove", "--policy", str(policy), "--holder", "Acme", "--domain",
+               "acme-shop.test") == 0  # fmt: skip
+    entries = [(e.holder, e.domains, e.paths) for e in load_policy(policy).registry.entries]
+    # used to remove both Acme entries and Other's (the domain matched, or the holder did)
+    assert entries == [
+        ("Acme", ("acme.test",), ()),
+        ("Acme", ("acme.test",), ("/works/",)),
+        ("Other", ("other.test", "acme-shop.test"), ("/x/",)),
+    ]
+    # a pair that names nothing is an error, and nothing changes
+    assert run("policy", "registry", "remove", "--policy", str(policy), "--holder", "Other", "--domain",
+               "acme.test") == ExitStatus.INVALID  # fmt: skip
+    assert len(load_policy(policy).registry.entries) == 3
+
+
+def test_a_subdomain_of_a_listed_domain_is_explained_not_removed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = write_policy(tmp_path, registry=[entry("Acme", "acme.test")])
+    assert (
+        run("policy", "registry", "remove", "--policy", str(policy), "--domain", "www.acme.test")
+        == ExitStatus.INVALID
+    )
+    assert "www.acme.test is not listed; it is covered by acme.test (Acme)" in capsys.readouterr().err
+    assert load_policy(policy).registry.entries[0].domains == ("acme.test",)
+
+
+def test_import_errors_point_at_the_csv_row(
+    shipped: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv_file = tmp_path / "holders.csv"
+    csv_file.write_text(
+        "holder,domains,paths,reason,source,since\n"
+        "Alpha Studio,alpha.test,,Letter A,https://example.org/a,2026-01-05\n"
+        '"Beta Books","media..test",,"Letter B, two lines\nlong",https://example.org/b,2026-02-10\n'
+        "Gamma,gamma.test,,Letter C,ftp://example.org/c,2026-13-01\n"
+        "Delta,alpha.test,,Letter D,https://example.org/d,2026-03-01\n"
+        "Epsilon,square-enix.com,,Letter E,https://example.org/e,2026-03-01\n"
+    )
+    registry = shipped.with_name("registry.yaml")
+    before = registry.read_bytes()
+    assert run("policy", "import", "--csv", str(csv_file), "--policy", str(shipped)) == ExitStatus.INVALID
+    err = capsys.readouterr().err
+    assert f"{csv_file}:3: " in err and "media..test" in err  # row 3 (its reason spans two lines)
+    assert f"{csv_file}:5: " in err and "source must be an http(s) URL" in err
+    assert "2026-13-01" in err
+    assert f"{csv_file}:6: 'alpha.test' is already listed at holders.csv:2 (Alpha Studio)" in err
+    assert f"{csv_file}:7: 'square-enix.com' is already listed at registry.yaml:" in err
+    assert "registry.yaml:" not in err.replace(
+        "listed at registry.yaml:", ""
+    )  # nothing blamed on the registry
+    assert registry.read_bytes() == before  # nothing written
 
 
 def test_import_csv(shipped: Path, tmp_path: Path) -> None:

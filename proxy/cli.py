@@ -28,6 +28,7 @@ from proxy import __version__
 from proxy.assess import assess
 from proxy.audit import VerifyReport, log_files, new_id, record_for, verify_chain, writable_problem
 from proxy.decide import decide
+from proxy.discover import find_policy
 from proxy.documents import OptionalDoc, OriginDocuments, fetch_license, load_origin
 from proxy.errors import AuditError, PolicyError
 from proxy.evidence import Decision, Document, Finding, Verdict, utc_now
@@ -69,7 +70,10 @@ from proxy.policyedit import (
 from proxy.report import gather, render
 from proxy.store import EvidenceStore, store_dir
 
-DEFAULT_POLICY = "policies/default.yaml"
+POLICY_HELP = (
+    "policy file (default: $OPTOUT_POLICY, ./policies/default.yaml, ~/.config/optout-proxy/policy.yaml, "
+    "/etc/optout-proxy/policy.yaml)"
+)
 
 
 class ExitStatus(enum.IntEnum):
@@ -87,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the proxy (mitmdump with the optout addon)")
-    run.add_argument("--policy", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})")
+    run.add_argument("--policy", help=POLICY_HELP)
     run.add_argument("--listen-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     run.add_argument("--listen-port", type=int, default=8080, help="port to listen on (default 8080)")
     run.add_argument("--mode", choices=("enforce", "monitor"), help="override the policy's mode")
@@ -104,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="explain what the proxy would decide for a URL")
     check.add_argument("url", help="absolute http(s) URL")
     check.add_argument("--agent", help="product token to evaluate as (default: the policy's agent)")
-    check.add_argument("--policy", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})")
+    check.add_argument("--policy", help=POLICY_HELP)
     check.add_argument("--json", action="store_true", help="print the audit record instead of text")
     check.add_argument("--timeout", type=float, default=5.0, help="fetch timeout in seconds (default 5)")
     check.add_argument("--insecure", action="store_true", help="do not verify origin TLS certificates")
@@ -115,9 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def log_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--log", help="audit log (default: the policy's audit.path)")
-        p.add_argument(
-            "--policy", default=DEFAULT_POLICY, help=f"policy whose log to read (default {DEFAULT_POLICY})"
-        )
+        p.add_argument("--policy", help="policy whose log to read, if --log is not given (found as for run)")
 
     def filters(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", help="only this host and its subdomains")
@@ -131,10 +133,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--agent", help="only records for this agent")
 
     verify = asub.add_parser("verify", help="check the hash chain and checkpoints; exit 1 if broken")
-    verify.add_argument("path", nargs="?", help="audit log (default: the policy's)")
-    verify.add_argument(
-        "--policy", default=DEFAULT_POLICY, help=f"policy whose log to verify (default {DEFAULT_POLICY})"
-    )
+    verify.add_argument("path", nargs="?", help="audit log (the same as --log; default: the policy's)")
+    verify.add_argument("--log", help="audit log (default: the policy's audit.path)")
+    verify.add_argument("--policy", help="policy whose log to verify, if no log is given (found as for run)")
     show = asub.add_parser("show", help="one record with its evidence, the deciding line marked")
     show.add_argument("id", help="record id (or its first 8+ characters)")
     log_arg(show)
@@ -188,14 +189,14 @@ def _parser() -> argparse.ArgumentParser:
     rremove.add_argument("--domain", help="the domain to remove (an entry keeps its other domains)")
     rlist = rsub.add_parser("list", help="list the registry entries")
     for p in (radd, rremove, rlist):
-        p.add_argument("--policy", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})")
+        p.add_argument("--policy", help=POLICY_HELP)
         p.add_argument("--registry", help="registry file to edit (default: the policy's first)")
     pimport = psub.add_parser("import", help="import holders from CSV, or honor_agents from a robots.json")
     source = pimport.add_mutually_exclusive_group(required=True)
     source.add_argument("--csv", help="CSV with columns holder,domains,paths,reason,source,since")
     source.add_argument("--robots-json", help="ai.robots.txt robots.json: its tokens join honor_agents")
     pimport.add_argument("--match", help="robots.json: only entries whose fields mention this text")
-    pimport.add_argument("--policy", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})")
+    pimport.add_argument("--policy", help=POLICY_HELP)
     pimport.add_argument("--registry", help="registry file for --csv (default: the policy's first)")
     pdiff = psub.add_parser("diff", help="URLs whose decision differs between two policies (exit 1 if any)")
     pdiff.add_argument("old")
@@ -204,9 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     pdiff.add_argument("--timeout", type=float, default=5.0, help="fetch timeout in seconds (default 5)")
 
     validate = psub.add_parser("validate", help="check a policy and its registries")
-    validate.add_argument(
-        "path", nargs="?", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})"
-    )
+    validate.add_argument("path", nargs="?", help=POLICY_HELP)
     return parser
 
 
@@ -277,6 +276,43 @@ def serve(argv: Sequence[str]) -> None:
         return {}
 
     mitmproxy_main.run(dump.DumpMaster, cmdline.mitmdump, list(argv), install)
+
+
+def _resolve_policy(args: argparse.Namespace) -> bool:
+    """Settle which policy file the command uses (proxy.discover) and say so on stderr; False if none.
+
+    Commands that name everything they read (an audit command given its log,
+    `policy diff`) need no policy.
+    """
+    if args.command == "audit":
+        log = getattr(args, "log", None)
+        given = getattr(args, "path", None)
+        if log and given and Path(log) != Path(given):
+            print(f"optout-proxy audit verify: two logs named: {given} and --log {log}", file=sys.stderr)
+            return False
+        if log or given:
+            return True
+    if args.command == "policy" and args.policy_command == "validate":
+        found = _find(args.path)
+        if found is not None:
+            args.path = str(found)
+        return found is not None
+    if not hasattr(args, "policy"):
+        return True
+    found = _find(args.policy)
+    if found is not None:
+        args.policy = str(found)
+    return found is not None
+
+
+def _find(given: str | None) -> Path | None:
+    try:
+        path, how = find_policy(given)
+    except PolicyError as e:
+        _print_problems(e, sys.stderr)
+        return None
+    print(f"optout-proxy: policy {path} (from {how})", file=sys.stderr)
+    return path
 
 
 def _load_or_report(path: str) -> Policy | None:
@@ -732,6 +768,8 @@ def _policy_edit(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (sys.exit happens in entrypoint only)."""
     args = _parser().parse_args(argv)
+    if not _resolve_policy(args):
+        return ExitStatus.INVALID
     if args.command == "run":
         return _run(args)
     if args.command == "check":

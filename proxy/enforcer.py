@@ -32,6 +32,7 @@ from mitmproxy.utils import human
 from proxy.addresses import GuardedBackend, Resolver
 from proxy.audit import AuditLog, new_id, record_for
 from proxy.cache import OriginCache
+from proxy.discover import find_policy
 from proxy.documents import OptionalDoc, OriginDocuments, fetch_license, load_origin
 from proxy.errors import AuditError, PolicyError
 from proxy.evidence import utc_now
@@ -200,9 +201,11 @@ class Enforcer:
         loader.add_option(
             "optout_policy",
             str,
-            "policies/default.yaml",
+            "",
             "Policy file (YAML) that says which opt-out signals to honour; its registries "
-            "and audit path are relative to it.",
+            "and audit path are relative to it. Empty: $OPTOUT_POLICY, then policies/default.yaml "
+            "in the current folder, then ~/.config/optout-proxy/policy.yaml, then "
+            "/etc/optout-proxy/policy.yaml.",
         )
         loader.add_option(
             "optout_mode",
@@ -305,11 +308,12 @@ class Enforcer:
         self._guard_options(updated)
         self._cache_options()
         if "optout_policy" in updated or "optout_audit" in updated:
-            path = Path(ctx.options.optout_policy)
             try:
+                path, how = find_policy(ctx.options.optout_policy or None)
                 policy = load_policy(path)
             except PolicyError as e:
                 raise exceptions.OptionsError(f"invalid policy:\n{e.report()}") from e
+            logger.info("optout: policy %s (from %s)", path, how)
             self._install(policy)
             self._signature = _signature(policy)
         if "optout_metrics" in updated:
@@ -448,7 +452,7 @@ class Enforcer:
                 continue
             pending = None
             try:
-                policy = await asyncio.to_thread(load_policy, Path(ctx.options.optout_policy))
+                policy = await asyncio.to_thread(load_policy, current.path)
             except PolicyError as e:
                 self._signature = seen
                 self.metrics.reloads.labels("refused").inc()

@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -69,6 +69,7 @@ from proxy.policyedit import (
 )
 from proxy.report import gather, render
 from proxy.store import EvidenceStore, store_dir
+from proxy.warc import write_warc
 
 POLICY_HELP = (
     "policy file (default: $OPTOUT_POLICY, ./policies/default.yaml, ~/.config/optout-proxy/policy.yaml, "
@@ -155,7 +156,12 @@ def _parser() -> argparse.ArgumentParser:
     log_arg(summary)
     filters(summary)
     export = asub.add_parser("export", help="records as CSV or JSON Lines on stdout")
-    export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    export.add_argument(
+        "--format",
+        choices=("csv", "jsonl", "warc"),
+        default="csv",
+        help="csv or jsonl: the records; warc: their evidence as WARC 1.1 (needs --out; .warc.gz is gzipped)",
+    )
     export.add_argument("--out", help="write to this file instead of stdout")
     log_arg(export)
     filters(export)
@@ -628,6 +634,32 @@ def _audit(args: argparse.Namespace) -> int:
         skipped.close()
 
 
+def _export_warc(path: Path, args: argparse.Namespace, skipped: _Skipped) -> int:
+    """The evidence of the selected records as a WARC file (proxy.warc)."""
+    if not args.out:
+        print(
+            "optout-proxy audit export: --format warc writes a file: give --out FILE.warc.gz", file=sys.stderr
+        )
+        return ExitStatus.INVALID
+    flt = _filter(args)
+    passes = iter((skipped, lambda _problem: None))  # the second pass reads the same lines: report once
+
+    def selected() -> Iterator[dict[str, Any]]:
+        return records(path, flt, _Progress("exporting"), next(passes))
+
+    with open(args.out, "wb") as out:
+        done = write_warc(
+            out, selected, EvidenceStore(store_dir(path)), log=path, filtered=flt.describe(),
+            gzip=not args.out.endswith(".warc"),
+        )  # fmt: skip
+    missing = f"; {done.missing} cited document(s) not in the evidence store" if done.missing else ""
+    print(
+        f"wrote {args.out}: {done.decisions} decision(s), {done.documents} document(s){missing}",
+        file=sys.stderr,
+    )
+    return ExitStatus.OK
+
+
 def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> int:
     if args.audit_command == "verify":
         report = verify_chain(path)
@@ -652,6 +684,8 @@ def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> i
         s = summarize(records(path, _filter(args), _Progress("reading"), skipped), args.by)
         print(format_summary(s, args.top))
         return ExitStatus.OK
+    if args.audit_command == "export" and args.format == "warc":
+        return _export_warc(path, args, skipped)
     if args.audit_command == "export":
         recs = records(path, _filter(args), _Progress("exporting"), skipped)
         if args.out:

@@ -345,7 +345,9 @@ def test_optout_proxy_run_on_the_shipped_policy(tmp_path: Path, make_site: Calla
                 port = int(m.group(1))
                 break
         assert port is not None, "".join(seen)
-        assert "policy policies/default.yaml" in "".join(seen)
+        assert f"optout-proxy: policy {REPO / 'policies/default.yaml'} (from the current folder)" in "".join(
+            seen
+        )
         with httpx.Client(proxy=f"http://127.0.0.1:{port}", trust_env=False, timeout=20) as c:
             ghibli = c.get("http://www.ghibli.jp/works/")
             private = c.get(site.url("/private/x"))

@@ -209,23 +209,7 @@ class AuditLog:
         """
         if self._holder is not None:
             return
-        lock = lock_path(self.path)
-        try:
-            lock.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o640)
-        except OSError as e:
-            raise AuditError(f"cannot create the audit lock {lock}: {e.strerror or e}") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise AuditError(
-                f"audit log {self.path} is already being written by {holder}; one process writes "
-                "one log (give this one its own --set optout_audit=PATH)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}\n".encode(), 0)
+        fd = take_lock(self.path)
         self._holder = fd
         with self._lock:
             self._open()
@@ -387,6 +371,76 @@ def repair_record(cut: dict[str, Any]) -> dict[str, Any]:
         ),
         "repair": cut,
     }  # fmt: skip
+
+
+CHAIN_PHASE = "chain"
+
+
+def new_chain_record(archived: Path, report: VerifyReport) -> dict[str, Any]:
+    """The first record of a new chain: where the old log went and the head it ended with (or
+    where it broke), so the new chain names the old one in the record itself."""
+    state = "intact" if report.ok else f"BROKEN at {report.where}: {report.problem}"
+    return {
+        "v": SCHEMA_VERSION, "ts": utc_now(), "id": new_id(), "phase": CHAIN_PHASE, "decision": "new-chain",
+        "reason": (
+            f"a new chain starts; the previous log was archived to {archived} with {report.records} verified "
+            f"record(s), chain {state}, last verified head {report.head}"
+        ),
+        "previous": {
+            "log": str(archived), "head": report.head, "records": report.records, "intact": report.ok,
+            "problem": report.problem, "where": report.where, "files": list(report.files),
+        },
+    }  # fmt: skip
+
+
+def start_new_chain(path: Path, archive: Path) -> tuple[dict[str, Any], VerifyReport]:
+    """Move the log's files (live, rotated, checkpoints) into `archive`, verify them there, and
+    begin a new log at `path` whose first record points at the old head. Refuses while a proxy
+    writes the log (its lock is held) and when `archive` already holds a log of that name."""
+    files = log_files(path)
+    if not files:
+        raise AuditError(f"no audit log at {path}")
+    lock = take_lock(path)  # raises, naming the process, while a proxy writes this log
+    try:
+        archive.mkdir(parents=True, exist_ok=True)
+        moving = [*files, checkpoint_path(path)]
+        clash = [f.name for f in moving if (archive / f.name).exists()]
+        if clash:
+            raise AuditError(f"{archive} already holds {', '.join(clash)}: choose another archive folder")
+        for f in moving:
+            if f.exists():
+                os.rename(f, archive / f.name)
+        report = verify_chain(archive / path.name)
+        fresh = AuditLog(path)
+        first = new_chain_record(archive / path.name, report)
+        fresh.write(first)
+        fresh.close()
+        return first, report
+    finally:
+        os.close(lock)
+
+
+def take_lock(path: Path) -> int:
+    """Hold the writer's lock of the log at `path` (an open fd; closing it releases the lock);
+    AuditError naming the holder if another process has it."""
+    lock = lock_path(path)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o640)
+    except OSError as e:
+        raise AuditError(f"cannot create the audit lock {lock}: {e.strerror or e}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise AuditError(
+            f"audit log {path} is already being written by {holder}; one process writes "
+            "one log (give this one its own --set optout_audit=PATH)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}\n".encode(), 0)
+    return fd
 
 
 def lock_path(path: Path) -> Path:

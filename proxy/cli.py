@@ -26,7 +26,15 @@ from typing import Any, TextIO
 
 from proxy import __version__
 from proxy.assess import assess
-from proxy.audit import VerifyReport, log_files, new_id, record_for, verify_chain, writable_problem
+from proxy.audit import (
+    VerifyReport,
+    log_files,
+    new_id,
+    record_for,
+    start_new_chain,
+    verify_chain,
+    writable_problem,
+)
 from proxy.decide import decide
 from proxy.discover import find_policy
 from proxy.documents import OptionalDoc, OriginDocuments, fetch_license, load_origin
@@ -137,6 +145,15 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("path", nargs="?", help="audit log (the same as --log; default: the policy's)")
     verify.add_argument("--log", help="audit log (default: the policy's audit.path)")
     verify.add_argument("--policy", help="policy whose log to verify, if no log is given (found as for run)")
+    chain = asub.add_parser(
+        "new-chain",
+        help="archive a log (a broken chain, say) and start a new one that points at it",
+        description="Moves the log's files into --archive, verifies them there, and starts a new log whose "
+        "first record names the archive, its last verified head and whether it was intact. Refused while a "
+        "proxy writes the log.",
+    )
+    chain.add_argument("--archive", required=True, help="folder to move the old log's files into")
+    log_arg(chain)
     show = asub.add_parser("show", help="one record with its evidence, the deciding line marked")
     show.add_argument("id", help="record id (or its first 8+ characters)")
     log_arg(show)
@@ -676,6 +693,12 @@ def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> i
             file=sys.stderr,
         )
         return ExitStatus.BLOCKED
+    if args.audit_command == "new-chain":
+        first, old = start_new_chain(path, Path(args.archive))
+        print(f"{args.archive}: the old log, {old.records} verified record(s), chain "
+              f"{'intact' if old.ok else f'BROKEN at {old.where}: {old.problem}'}")  # fmt: skip
+        print(f"{path}: a new chain; its first record {first['id']} points at head {old.head}")
+        return ExitStatus.OK
     if args.audit_command == "show":
         return _show(path, args.id)
     if args.audit_command == "tail":

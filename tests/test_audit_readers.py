@@ -4,6 +4,7 @@ fails on it)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -133,3 +134,44 @@ def test_each_request_is_counted_once_by_what_happened_to_it(
         "2 would have been blocked (monitor)"
     ), out
     assert "(11 records," in out and "2 records settled no request" in out
+
+
+def test_a_broken_chain_is_archived_and_a_new_one_points_at_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, max_bytes=900)
+    for i in range(10):
+        log.write(_record(i))
+    log.close()
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:1] + lines[2:]))  # a record deleted: the chain is broken
+    assert main(["audit", "verify", "--log", str(path)]) == ExitStatus.BLOCKED
+    broken = capsys.readouterr()
+    old_files = sorted(f.name for f in log_files(path))
+
+    # refused while a proxy holds the log
+    holder = AuditLog(path)
+    holder.claim()
+    assert main(["audit", "new-chain", "--log", str(path), "--archive", str(tmp_path / "a")]) == 2
+    assert "already being written by pid" in capsys.readouterr().err
+    holder.release()
+
+    archive = tmp_path / "archive"
+    assert main(["audit", "new-chain", "--log", str(path), "--archive", str(archive)]) == ExitStatus.OK
+    out = capsys.readouterr().out
+    assert "chain BROKEN at" in out
+    assert sorted(f.name for f in log_files(archive / "audit.jsonl")) == old_files  # everything kept
+    assert main(["audit", "verify", "--log", str(archive / "audit.jsonl")]) == ExitStatus.BLOCKED
+    assert capsys.readouterr().out == broken.out.replace(str(path.parent), str(archive))  # the same break
+
+    assert main(["audit", "verify", "--log", str(path)]) == ExitStatus.OK  # the new chain is intact
+    capsys.readouterr()
+    first = json.loads(path.read_text().splitlines()[0])
+    assert first["seq"] == 1 and first["decision"] == "new-chain"
+    old_head = json.loads((archive / "audit.jsonl").read_text().splitlines()[0])  # before the gap
+    assert first["previous"]["log"] == str(archive / "audit.jsonl") and not first["previous"]["intact"]
+    assert first["previous"]["head"] == old_head["hash"]  # the last record verified before the break
+    AuditLog(path).write(_record(99))
+    assert main(["audit", "summary", "--log", str(path)]) == ExitStatus.OK
+    assert capsys.readouterr().out.startswith("1 requests: 1 blocked")  # the chain record counts no request

@@ -53,6 +53,7 @@ from proxy.logview import (
     BY,
     Filter,
     Follower,
+    check_agent,
     check_signal,
     export,
     find_record,
@@ -596,6 +597,7 @@ class _Skipped:
 
     def __init__(self) -> None:
         self.count = 0
+        self.agents: set[str] = set()  # every record's agent, to check an --agent filter
 
     def __call__(self, problem: str) -> None:
         self.count += 1
@@ -620,6 +622,8 @@ def _tail(path: Path, args: argparse.Namespace, skipped: _Skipped) -> int:
     follower = Follower(path, skipped)
     last: deque[str] = deque(maxlen=max(0, args.n))
     for r in follower.poll():
+        if not args.follow:  # a followed log may yet show the agent
+            skipped.agents.add(str(r.get("agent")))
         if flt.keeps(r):
             last.append(one_line(r))
     for line in last:
@@ -643,7 +647,10 @@ def _audit(args: argparse.Namespace) -> int:
         return ExitStatus.INVALID
     skipped = _Skipped()
     try:
-        return _audit_command(args, path, skipped)
+        status = _audit_command(args, path, skipped)
+        if status == ExitStatus.OK and getattr(args, "agent", None) and skipped.agents:
+            check_agent(args.agent, skipped.agents)  # after the fact: the log itself says which exist
+        return status
     except (AuditError, ValueError, OSError) as e:
         print(f"optout-proxy audit {args.audit_command}: {e}", file=sys.stderr)
         return ExitStatus.INVALID
@@ -662,7 +669,7 @@ def _export_warc(path: Path, args: argparse.Namespace, skipped: _Skipped) -> int
     passes = iter((skipped, lambda _problem: None))  # the second pass reads the same lines: report once
 
     def selected() -> Iterator[dict[str, Any]]:
-        return records(path, flt, _Progress("exporting"), next(passes))
+        return records(path, flt, _Progress("exporting"), next(passes), skipped.agents)
 
     with open(args.out, "wb") as out:
         done = write_warc(
@@ -704,13 +711,13 @@ def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> i
     if args.audit_command == "tail":
         return _tail(path, args, skipped)
     if args.audit_command == "summary":
-        s = summarize(records(path, _filter(args), _Progress("reading"), skipped), args.by)
+        s = summarize(records(path, _filter(args), _Progress("reading"), skipped, skipped.agents), args.by)
         print(format_summary(s, args.top))
         return ExitStatus.OK
     if args.audit_command == "export" and args.format == "warc":
         return _export_warc(path, args, skipped)
     if args.audit_command == "export":
-        recs = records(path, _filter(args), _Progress("exporting"), skipped)
+        recs = records(path, _filter(args), _Progress("exporting"), skipped, skipped.agents)
         if args.out:
             with open(args.out, "w", encoding="utf-8", newline="") as out:
                 n = export(recs, args.format, out)
@@ -720,7 +727,7 @@ def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> i
         return ExitStatus.OK
     if args.audit_command == "report":
         flt = _filter(args)
-        data = gather(records(path, flt, _Progress("reading"), skipped))
+        data = gather(records(path, flt, _Progress("reading"), skipped, skipped.agents))
         try:
             chain: VerifyReport | None = verify_chain(path)
         except AuditError:

@@ -77,6 +77,18 @@ def _offset(offset: str | None) -> str:
     return offset if ":" in offset else f"{offset[:3]}:{offset[3:]}"
 
 
+def check_agent(name: str, seen: set[str]) -> None:
+    """ValueError if no record read was for agent `name` (a typo would silently match nothing)."""
+    if name in seen:
+        return
+    known = sorted(a for a in seen if a != "None")
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise ValueError(
+        f"no record is for agent {name!r} (agents in the log: {', '.join(known) or 'none'}){hint}"
+    )
+
+
 def check_signal(name: str) -> str:
     """`name` if records can carry it, else ValueError naming the closest known ones."""
     if name in RECORD_SIGNALS:
@@ -187,13 +199,18 @@ def parse_line(line: bytes, where: str) -> dict[str, Any] | str:
 
 
 def records(
-    path: Path, flt: Filter | None = None, progress: Progress | None = None, on_skip: Skip = _strict
+    path: Path,
+    flt: Filter | None = None,
+    progress: Progress | None = None,
+    on_skip: Skip = _strict,
+    agents: set[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The records of the log (rotated files first) that the filter keeps.
 
     A line that is not a record goes to `on_skip` as `file:line: why`; the
     default raises AuditError. Reading commands report and go on; `verify`
-    (proxy.audit) fails on such a line.
+    (proxy.audit) fails on such a line. `agents`, if given, gathers the
+    agent of every record read, kept or not (to check an --agent filter).
     """
     files = log_files(path)
     if not files:
@@ -213,7 +230,10 @@ def records(
                 r = parse_line(line, f"{file}:{number}")
                 if isinstance(r, str):
                     on_skip(r)
-                elif flt is None or flt.keeps(r):
+                    continue
+                if agents is not None:
+                    agents.add(str(r.get("agent")))
+                if flt is None or flt.keeps(r):
                     yield r
     if progress is not None:
         progress(total, total)
@@ -295,11 +315,12 @@ class Follower:
 
 
 def _request_key(record_id: object) -> int | str | None:
-    """A compact key for a record id (32 hex digits): a log of millions keeps one per open request."""
+    """A compact key for a record id (32 hex digits, as an int: a log of millions keeps one per
+    request that a later response record could still change)."""
     if not isinstance(record_id, str) or not record_id:
         return None
     try:
-        return int(record_id[:16], 16)
+        return int(record_id, 16)
     except ValueError:
         return record_id
 

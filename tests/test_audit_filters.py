@@ -79,3 +79,19 @@ def test_the_cli_applies_offsets_and_refuses_what_would_match_nothing(
     assert "not a time" in capsys.readouterr().err
     assert main(["audit", "summary", "--log", str(path), "--signal", "robot-txt"]) == ExitStatus.INVALID
     assert "did you mean robots-txt" in capsys.readouterr().err
+
+
+def test_an_agent_no_record_has_is_an_error_with_a_suggestion(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    _log(path)
+    assert main(["audit", "summary", "--log", str(path), "--agent", "ExampleBot"]) == 0
+    assert capsys.readouterr().out.startswith("3 requests: 3 blocked")
+    for command in (["summary"], ["tail"], ["export", "--format", "jsonl"]):
+        assert main(["audit", *command, "--log", str(path), "--agent", "ExampleBt"]) == ExitStatus.INVALID
+        err = capsys.readouterr().err
+        assert (
+            "no record is for agent 'ExampleBt' (agents in the log: ExampleBot); did you mean ExampleBot?"
+            in err
+        )

@@ -333,21 +333,33 @@ class Summary:
     would-block); a response-phase record that withholds (or would) names it by
     `request_id` and moves it from delivered to withheld. A record that settles
     no request (a repair, a response allowed with findings) is counted in
-    `other`. Requests whose request record the filter left out are counted by
-    their response record alone.
+    `other`.
+
+    Pairing a response with its request needs the request's outcome at hand.
+    Memory stays bounded: requests are remembered for PAIRING_WINDOW of log
+    time (a response record follows its request within one flow's life). A
+    withholding response whose request is not at hand (older than that, left
+    out by the filter, or never recorded under `audit.log_allowed: false`) is
+    counted by itself, and in `unpaired`, which the summary prints.
     """
 
     by: str
     also: tuple[str, ...] = ()  # more dimensions, counted the same way into `more`
     records: int = 0  # records read (that the filter kept)
     other: int = 0  # records that are not a request's outcome
+    unpaired: int = 0  # withholding responses whose request record was not at hand
     outcomes: Counter[str] = field(default_factory=Counter)
     groups: dict[str, Counter[str]] = field(default_factory=dict)
     more: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)
     first_ts: str | None = None
     last_ts: str | None = None
-    # requests a later response record can still change: key -> (outcome, its group per dimension)
-    _open: dict[int | str, tuple[str, tuple[str, ...]]] = field(default_factory=dict, repr=False)
+    # requests a later response record can still change, in two generations of half the window
+    # each: key -> index into _kinds of (outcome, its group per dimension)
+    _open: dict[int | str, int] = field(default_factory=dict, repr=False)
+    _older: dict[int | str, int] = field(default_factory=dict, repr=False)
+    _since: str = ""  # when the current generation began (log time)
+    _kinds: list[tuple[str, tuple[str, ...]]] = field(default_factory=list, repr=False)
+    _kind_index: dict[tuple[str, tuple[str, ...]], int] = field(default_factory=dict, repr=False)
 
     @property
     def requests(self) -> int:
@@ -362,29 +374,61 @@ class Summary:
                 self.first_ts = ts
             if self.last_ts is None or ts > self.last_ts:
                 self.last_ts = ts
+            if ts >= self._since:
+                self._turn(ts)
         response = r.get("phase") == RESPONSE_PHASE
         key = _request_key(r.get("request_id") if response else r.get("id"))
-        earlier = self._open.get(key) if response and key is not None else None
+        earlier = None
+        if response and key is not None:
+            found = self._open.pop(key, None)
+            if found is None:
+                found = self._older.pop(key, None)
+            earlier = self._kinds[found] if found is not None else None
         o = settle(
             earlier[0] if earlier else None, r.get("phase"), r.get("decision"), r.get("enforced", True)
         )
         if o is None or (earlier is not None and o == earlier[0]):
             self.other += 1  # a repair, or a response that changed nothing
             return None
-        if earlier is not None and key is not None:
-            del self._open[key]
+        if earlier is not None:
             self._count(earlier[0], earlier[1], -1)  # it was not delivered after all
+        elif response:
+            self.unpaired += 1
         groups = tuple(o if by == "outcome" else key_of(r, by) for by in (self.by, *self.also))
         self._count(o, groups)
         if not response and o != BLOCKED and key is not None:
-            self._open[key] = (o, groups)
+            kind = (o, groups)
+            index = self._kind_index.get(kind)
+            if index is None:
+                index = self._kind_index[kind] = len(self._kinds)
+                self._kinds.append(kind)
+            self._open[key] = index
         return o
+
+    def _turn(self, ts: str) -> None:
+        """Start a new generation of open requests; the one before the last is forgotten (both,
+        after a pause in the log longer than a generation)."""
+        skipped = bool(self._since) and ts >= _later(self._since, PAIRING_WINDOW / 2)
+        self._older, self._open = ({} if skipped else self._open), {}
+        self._since = _later(ts, PAIRING_WINDOW / 2)
 
     def _count(self, o: str, groups: tuple[str, ...], n: int = 1) -> None:
         self.outcomes[o] += n
         self.groups.setdefault(groups[0], Counter())[o] += n
         for by, group in zip(self.also, groups[1:], strict=True):
             self.more.setdefault(by, {}).setdefault(group, Counter())[o] += n
+
+
+PAIRING_WINDOW = dt.timedelta(minutes=30)
+
+
+def _later(ts: str, by: dt.timedelta) -> str:
+    """The record timestamp `by` after `ts` (records write UTC as 2026-12-02T15:00:00.000Z)."""
+    try:
+        when = dt.datetime.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return "~"  # not a timestamp: never turn again on this one
+    return (when + by).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 def summarize(recs: Iterator[dict[str, Any]], by: str) -> Summary:
@@ -412,6 +456,16 @@ def format_summary(s: Summary, top: int = 25) -> str:
         outcome_line(s),
         f"({s.records} records, {s.first_ts or '-'} .. {s.last_ts or '-'}; "
         f"{s.other} records settled no request)",
+        *(
+            [
+                f"({s.unpaired} withholding response record(s) found no request record within "
+                f"{PAIRING_WINDOW.seconds // 60} min of log time, under the filter, or at all "
+                "(audit.log_allowed: false): each counts as withheld, and its request, if recorded "
+                "earlier, also as delivered)"
+            ]
+            if s.unpaired
+            else []
+        ),
         "",
         f"{'blocked':>9} {'withheld':>9} {'would':>9} {'delivered':>9}  {s.by}",
     ]

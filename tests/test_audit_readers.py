@@ -175,3 +175,23 @@ def test_a_broken_chain_is_archived_and_a_new_one_points_at_it(
     AuditLog(path).write(_record(99))
     assert main(["audit", "summary", "--log", str(path)]) == ExitStatus.OK
     assert capsys.readouterr().out.startswith("1 requests: 1 blocked")  # the chain record counts no request
+
+
+def test_a_response_without_its_request_at_hand_is_counted_and_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    early = _record(1, "allow")
+    log.write({**early, "ts": "2026-12-02T10:00:00.000Z"})
+    late = _record(2)  # its response, two hours of log time later (a very slow origin)
+    log.write({**late, "ts": "2026-12-02T12:00:00.000Z", "phase": "response", "request_id": "rec000001"})
+    log.close()
+    assert main(["audit", "summary", "--log", str(path)]) == ExitStatus.OK
+    out = capsys.readouterr().out
+    assert out.startswith("2 requests: 0 blocked before the fetch, 1 withheld after the fetch, 1 delivered")
+    assert "(1 withholding response record(s) found no request record within 30 min" in out
+    # under a filter that leaves the request record out, the same is said
+    assert main(["audit", "summary", "--log", str(path), "--signal", "robots-txt"]) == ExitStatus.OK
+    out = capsys.readouterr().out
+    assert out.startswith("1 requests: 0 blocked before the fetch, 1 withheld") and "1 withholding" in out

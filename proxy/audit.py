@@ -136,6 +136,12 @@ def log_files(path: Path) -> list[Path]:
     return files
 
 
+def worker_log(path: Path, worker: int | str) -> Path:
+    """The log of worker `worker` for the audit path `path`: `decisions.jsonl` -> `decisions.w2.jsonl`
+    (each worker keeps its own chain; `audit` commands read them together)."""
+    return path.with_name(f"{path.stem}.w{worker}{path.suffix}")
+
+
 def rotated_name(path: Path, index: int) -> Path:
     return path.with_name(f"{path.stem}.{index:05d}{path.suffix}")
 

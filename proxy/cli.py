@@ -33,6 +33,7 @@ from proxy.audit import (
     record_for,
     start_new_chain,
     verify_chain,
+    worker_log,
     writable_problem,
 )
 from proxy.decide import decide
@@ -79,6 +80,7 @@ from proxy.policyedit import (
 from proxy.report import gather, render
 from proxy.store import EvidenceStore, store_dir
 from proxy.warc import write_warc
+from proxy.workers import Supervisor, ensure_ca, reserve_port, share_port, worker_count
 
 POLICY_HELP = (
     "policy file (default: $OPTOUT_POLICY, ./policies/default.yaml, ~/.config/optout-proxy/policy.yaml, "
@@ -114,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="OPTION=VALUE",
         help="any mitmproxy or optout_* option, e.g. --set flow_detail=1 (repeatable)",
     )
+    run.add_argument(
+        "--workers", default="1",
+        help="how many enforcer processes share the listening address (SO_REUSEPORT), supervised; "
+        "auto = one per core (default 1)",
+    )  # fmt: skip
+    run.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its workers
 
     check = sub.add_parser("check", help="explain what the proxy would decide for a URL")
     check.add_argument("url", help="absolute http(s) URL")
@@ -352,7 +360,19 @@ def _run(args: argparse.Namespace) -> int:
     policy = _load_or_report(args.policy)
     if policy is None:
         return ExitStatus.INVALID
-    audit = args.audit or policy.audit.path
+    try:
+        workers = worker_count(args.workers)
+    except ValueError as e:
+        print(f"optout-proxy run: {e}", file=sys.stderr)
+        return ExitStatus.INVALID
+    if args.worker_id is not None:
+        share_port()
+        args.options = [*args.options, f"optout_worker={args.worker_id}"]
+    elif workers > 1:
+        return _supervise(args, workers, policy)
+    audit = Path(args.audit) if args.audit else policy.audit.path
+    if args.worker_id is not None:
+        audit = worker_log(audit, args.worker_id)
     print(
         f"optout-proxy {__version__}: policy {args.policy} (sha256 {policy.digest[:12]}), "
         f"mode {args.mode or policy.mode}, audit log {audit}\n"
@@ -367,6 +387,46 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return ExitStatus.OK
+
+
+def _supervise(args: argparse.Namespace, workers: int, policy: Policy) -> int:
+    """`run --workers N`: N worker processes on one address, each its own `run --worker-id K`."""
+    confdir = next((o.split("=", 1)[1] for o in args.options if o.startswith("confdir=")), "~/.mitmproxy")
+    try:
+        ensure_ca(Path(confdir))
+        held, port = reserve_port(args.listen_host, args.listen_port)
+    except OSError as e:
+        print(
+            f"optout-proxy run: cannot listen on {args.listen_host}:{args.listen_port}: {e}", file=sys.stderr
+        )
+        return ExitStatus.INVALID
+    metrics = next((o.split("=", 1)[1] for o in args.options if o.startswith("optout_metrics=")), "")
+
+    def command(k: int) -> list[str]:
+        argv = [sys.executable, "-m", "proxy", "run", "--policy", args.policy, "--listen-host",
+                args.listen_host, "--listen-port", str(port), "--worker-id", str(k)]  # fmt: skip
+        if args.mode:
+            argv += ["--mode", args.mode]
+        if args.audit:
+            argv += ["--audit", args.audit]
+        for option in args.options:
+            if option.startswith("optout_metrics=") and metrics:
+                host, _, first = metrics.rpartition(":")
+                option = f"optout_metrics={host + ':' if host else ''}{int(first) + k - 1}"
+            argv += ["--set", option]
+        return argv
+
+    audit = Path(args.audit) if args.audit else policy.audit.path
+    print(
+        f"optout-proxy {__version__}: {workers} workers on {args.listen_host}:{port}, policy {args.policy} "
+        f"(sha256 {policy.digest[:12]}), audit logs {worker_log(audit, 1).name} ... in {audit.parent}"
+        + (f", metrics on port {metrics} + worker - 1" if metrics else ""),
+        file=sys.stderr,
+    )
+    try:
+        return Supervisor(command, workers).run()
+    finally:
+        held.close()
 
 
 # -- check -----------------------------------------------------------------

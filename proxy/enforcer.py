@@ -30,7 +30,7 @@ from mitmproxy.tls import ClientHelloData
 from mitmproxy.utils import human
 
 from proxy.addresses import GuardedBackend, Resolver
-from proxy.audit import AuditLog, new_id, record_for
+from proxy.audit import AuditLog, new_id, record_for, worker_log
 from proxy.cache import OriginCache
 from proxy.discover import find_policy
 from proxy.documents import OptionalDoc, OriginDocuments, fetch_license, load_origin
@@ -222,6 +222,13 @@ class Enforcer:
             "Audit log path (JSON Lines), overriding the policy's audit.path. Empty: use the policy's.",
         )
         loader.add_option(
+            "optout_worker",
+            str,
+            "",
+            "This process's worker id under `optout-proxy run --workers N` (set by the supervisor): its "
+            "audit log is the audit path with .w<id> before the suffix. Empty: a single process.",
+        )
+        loader.add_option(
             "optout_fetch_timeout",
             int,
             5,
@@ -365,6 +372,8 @@ class Enforcer:
     def _install(self, policy: Policy) -> None:
         """Make `policy` the one in force, with its audit log (opened before the swap)."""
         audit_path = Path(ctx.options.optout_audit) if ctx.options.optout_audit else policy.audit.path
+        if ctx.options.optout_worker:
+            audit_path = worker_log(audit_path, ctx.options.optout_worker)
         if self.audit is None or self.audit.path != audit_path:
             audit = AuditLog(
                 audit_path,

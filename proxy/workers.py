@@ -1,0 +1,174 @@
+"""`optout-proxy run --workers N`: N full enforcers behind one listening address, supervised.
+
+mitmproxy uses one core. Each worker is a complete `optout-proxy run` process
+(its own enforcer, cache and audit chain) listening on the same address with
+SO_REUSEPORT, so the kernel spreads connections over the workers; no process
+sits in the data path. The supervisor starts them, restarts one that dies
+(and says so), and stops them all on SIGINT or SIGTERM.
+
+mitmproxy 11.0 has no option for SO_REUSEPORT. It binds its listeners with
+`asyncio.start_server` in `mitmproxy.proxy.mode_servers`; `share_port` hands
+that module an `asyncio` whose `start_server` asks for `reuse_port=True`.
+That is the one thing this relies on: pyproject pins mitmproxy <11.1, and
+tests/e2e/test_workers.py fails if the workers stop sharing the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+QUICK_DEATH = 5.0  # a worker that dies this soon after its first start cannot start at all
+RESTART_BACKOFF_MAX = 30.0
+STOP_GRACE = 10.0
+
+
+def worker_count(text: str) -> int:
+    """`--workers`: a positive number, or `auto` for one per core this process may use."""
+    if text == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"--workers must be a number or auto, not {text!r}") from None
+    if n < 1:
+        raise ValueError(f"--workers must be at least 1, not {n}")
+    return n
+
+
+class _SharedPortAsyncio(ModuleType):
+    """`asyncio`, except that `start_server` binds with SO_REUSEPORT."""
+
+    def __init__(self) -> None:
+        super().__init__("asyncio")
+        self.start_server = functools.partial(asyncio.start_server, reuse_port=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+
+def share_port() -> None:
+    """Make mitmproxy's listeners in this process bind with SO_REUSEPORT (see the module doc)."""
+    from mitmproxy.proxy import mode_servers
+
+    if not isinstance(getattr(mode_servers, "asyncio", None), _SharedPortAsyncio):
+        setattr(mode_servers, "asyncio", _SharedPortAsyncio())  # noqa: B010 (not an exported name)
+
+
+def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
+    """A bound (not listening) SO_REUSEPORT socket on `host:port` and its port: holds a port
+    chosen by the system (port 0) for the workers, who bind it too. Close it once they listen."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((host, port))
+    return s, int(s.getsockname()[1])
+
+
+def ensure_ca(confdir: Path) -> None:
+    """Create mitmproxy's CA before the workers start: N workers creating it at once would each
+    write their own, and crawlers would trust only one of them."""
+    from mitmproxy import certs
+
+    confdir = confdir.expanduser()
+    confdir.mkdir(parents=True, exist_ok=True)
+    certs.CertStore.from_store(confdir, "mitmproxy", 2048)
+
+
+@dataclass
+class Worker:
+    """One supervised worker process."""
+
+    ident: int
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    starts: int = 0
+    deaths: list[float] = field(default_factory=list)
+
+
+class Supervisor:
+    """Starts N workers, restarts the dead, stops them all on a signal."""
+
+    def __init__(
+        self, command: Callable[[int], Sequence[str]], n: int, *, say: Callable[[str], None] | None = None
+    ) -> None:
+        self.command = command
+        self.workers = [Worker(i) for i in range(1, n + 1)]
+        self.say = say or (lambda text: print(f"optout-proxy: {text}", file=sys.stderr, flush=True))
+        self.stopping = False
+
+    def start(self, w: Worker) -> None:
+        w.proc = subprocess.Popen(list(self.command(w.ident)))
+        w.started, w.starts = time.monotonic(), w.starts + 1
+
+    def run(self, *, poll: float = 0.2) -> int:
+        """Supervise until a signal; the exit status is 0, or 1 if a worker could not start."""
+        previous = {s: signal.signal(s, self._stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for w in self.workers:
+                self.start(w)
+            pids = ", ".join(str(w.proc.pid) for w in self.workers if w.proc)
+            self.say(f"{len(self.workers)} workers started (pids {pids})")
+            while not self.stopping:
+                time.sleep(poll)
+                for w in self.workers:
+                    status = self._reap(w)
+                    if status is not None and not self.stopping:
+                        if w.starts == 1 and time.monotonic() - w.started < QUICK_DEATH and status != 0:
+                            self.say(f"worker {w.ident} could not start (exit status {status}); stopping all")
+                            self.stopping = True
+                            self._stop_all()
+                            return 1
+                        self._restart(w, status)
+            self._stop_all()
+            return 0
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _reap(self, w: Worker) -> int | None:
+        if w.proc is None or w.proc.poll() is None:
+            return None
+        status = w.proc.returncode
+        w.proc = None
+        return status
+
+    def _restart(self, w: Worker, status: int) -> None:
+        now = time.monotonic()
+        w.deaths = [t for t in w.deaths if now - t < 60] + [now]
+        wait = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (len(w.deaths) - 1)) if len(w.deaths) > 1 else 0.0
+        how = f"signal {-status}" if status < 0 else f"exit status {status}"
+        self.say(f"worker {w.ident} died ({how}); restarting it" + (f" in {wait:.1f} s" if wait else ""))
+        deadline = now + wait
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not self.stopping:
+            self.start(w)
+            self.say(f"worker {w.ident} restarted (pid {w.proc.pid if w.proc else '?'})")
+
+    def _stop(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def _stop_all(self) -> None:
+        running = [w.proc for w in self.workers if w.proc is not None and w.proc.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for proc in running:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.say("all workers stopped")

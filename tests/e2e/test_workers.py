@@ -1,0 +1,163 @@
+"""`optout-proxy run --workers N`: real worker processes sharing one address (SO_REUSEPORT), each
+a full enforcer with its own audit chain; a worker killed with kill -9 is restarted and continues
+its chain while the others keep serving; a worker that cannot start stops the run."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from proxy.audit import verify_chain, worker_log
+from tests.policies import entry, write_policy
+from tests.sites import Reply, Site
+
+ROBOTS = "User-agent: *\nDisallow: /private/\n"
+
+
+class Fleet:
+    """`optout-proxy run --workers N` as a subprocess; its output (the workers' too) collected by line."""
+
+    def __init__(self, policy: Path, workers: int, tmp_path: Path, *extra: str) -> None:
+        self.audit = tmp_path / "audit" / "decisions.jsonl"
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "run", "--policy", str(policy), "--listen-port", "0", "--workers",
+             str(workers), "--audit", str(self.audit), "--set", f"confdir={tmp_path / 'ca'}", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        threading.Thread(target=self._read, daemon=True).start()
+        self.port = int(self.wait_for(r"workers on 127\.0\.0\.1:(\d+)").group(1))
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = 60) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [m for line in list(self.lines) if (m := re.search(pattern, line))]
+            if len(found) >= count:
+                return found[count - 1]
+            if self.proc.poll() is not None and not found:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} x{count} not seen:\n{''.join(self.lines)[-4000:]}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def worker_pids(self) -> dict[int, int]:
+        found = subprocess.run(
+            ["pgrep", "-a", "-P", str(self.proc.pid)], capture_output=True, text=True
+        ).stdout
+        return {
+            int(m.group(2)): int(m.group(1)) for m in re.finditer(r"^(\d+) .*--worker-id (\d+)", found, re.M)
+        }
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
+    made: list[Fleet] = []
+
+    def make(policy: Path, workers: int, *extra: str) -> Fleet:
+        f = Fleet(policy, workers, tmp_path, *extra)
+        made.append(f)
+        return f
+
+    yield make
+    for f in made:
+        f.stop()
+
+
+async def many(url: str, targets: list[str], concurrency: int = 30) -> list[int]:
+    """Status of each request; each on a new connection, so the kernel spreads them over the workers."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(target: str) -> int:
+        async with gate, httpx.AsyncClient(proxy=url, trust_env=False, timeout=30) as c:
+            try:
+                return (await c.get(target)).status_code
+            except httpx.TransportError:
+                return 0  # a connection the killed worker held
+
+    return await asyncio.gather(*(one(t) for t in targets))
+
+
+def records_of(log: Path) -> int:
+    return sum(1 for line in log.read_text().splitlines() if line.strip()) if log.exists() else 0
+
+
+def test_three_workers_share_the_address_and_keep_their_own_chains(
+    fleet: Callable[..., Fleet], make_site: Callable[..., Site], tmp_path: Path
+) -> None:
+    site = make_site(
+        {"/robots.txt": Reply(200, ROBOTS), "/page": Reply(200, "ok"), "/private/x": Reply(200, "s")}
+    )
+    policy = write_policy(tmp_path, registry=[entry("Holder One", "holder.test")])
+    f = fleet(policy, 3)
+    f.wait_for(r"listening at", count=3)
+    targets = [site.url("/page"), site.url("/private/x"), "http://holder.test:9/x"] * 60
+    statuses = asyncio.run(many(f.url, targets))
+    assert statuses == [200, 451, 451] * 60  # every worker a full enforcer
+    counts = {k: records_of(worker_log(f.audit, k)) for k in (1, 2, 3)}
+    assert sum(counts.values()) == len(targets)  # every decision on the record, once
+    assert all(n > 0 for n in counts.values()), counts  # the kernel spread the connections over all three
+    for k in (1, 2, 3):
+        assert verify_chain(worker_log(f.audit, k)).ok
+
+
+def test_a_killed_worker_is_restarted_and_continues_its_chain(
+    fleet: Callable[..., Fleet], make_site: Callable[..., Site], tmp_path: Path
+) -> None:
+    site = make_site({"/robots.txt": Reply(200, ROBOTS), "/page": Reply(200, "ok")})
+    policy = write_policy(tmp_path)
+    f = fleet(policy, 2)
+    f.wait_for(r"listening at", count=2)
+    asyncio.run(many(f.url, [site.url("/page")] * 40))
+    before = records_of(worker_log(f.audit, 2))
+    victim = f.worker_pids()[2]
+
+    async def load_while_killing() -> list[int]:
+        task = asyncio.create_task(many(f.url, [site.url("/page")] * 200, concurrency=10))
+        await asyncio.sleep(0.3)
+        subprocess.run(["kill", "-9", str(victim)], check=True)
+        return await task
+
+    statuses = asyncio.run(load_while_killing())
+    f.wait_for(r"worker 2 died \(signal 9\); restarting it")
+    f.wait_for(r"worker 2 restarted")
+    f.wait_for(r"listening at", count=3)
+    assert (
+        statuses.count(200) >= len(statuses) - 10
+    )  # the other worker kept serving; at most the killed one's
+    assert set(statuses) <= {200, 0}  # nothing forwarded undecided, nothing refused for it
+    assert asyncio.run(many(f.url, [site.url("/page")] * 60)) == [200] * 60  # and the fleet is whole again
+    f.stop()
+    log = worker_log(f.audit, 2)
+    report = verify_chain(log)
+    assert report.ok, report.problem  # the restarted worker continued its chain (a repair at most)
+    assert report.records > before
+    assert f.worker_pids() == {}  # stopping the supervisor stopped every worker
+
+
+def test_a_worker_that_cannot_start_stops_the_run(fleet: Callable[..., Fleet], tmp_path: Path) -> None:
+    f = fleet(write_policy(tmp_path), 2, "--set", "optout_body_cap=abc")
+    assert f.proc.wait(60) == 1
+    f.wait_for(r"could not start")

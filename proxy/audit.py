@@ -136,6 +136,35 @@ def log_files(path: Path) -> list[Path]:
     return files
 
 
+_ROTATED = re.compile(r"\.\d{5}(\.[^.]+)$")
+_WORKER = re.compile(r"\.w([A-Za-z0-9_-]+)$")
+
+
+def logs_at(path: Path) -> list[Path]:
+    """Every log that `path` stands for, each named by its live file: the logs in a folder, or the
+    log at `path` and its workers' logs beside it (`decisions.w1.jsonl` ... for `decisions.jsonl`)."""
+    if path.is_dir():
+        folder, wanted = path, None
+    else:
+        folder, wanted = path.parent, path
+    found: set[Path] = set()
+    if folder.is_dir():
+        for f in folder.iterdir():
+            if not f.name.endswith(".jsonl") or f.name.startswith("."):
+                continue
+            base = f.with_name(_ROTATED.sub(r"\1", f.name))  # decisions.00003.jsonl -> decisions.jsonl
+            if wanted is None or base == wanted or (
+                base.suffix == wanted.suffix and _WORKER.search(base.stem) and
+                _WORKER.sub("", base.stem) == wanted.stem
+            ):  # fmt: skip
+                found.add(base)
+    return sorted(found, key=lambda b: (_WORKER.search(b.stem) is not None, _natural(b.name)))
+
+
+def _natural(name: str) -> list[object]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def worker_log(path: Path, worker: int | str) -> Path:
     """The log of worker `worker` for the audit path `path`: `decisions.jsonl` -> `decisions.w2.jsonl`
     (each worker keeps its own chain; `audit` commands read them together)."""

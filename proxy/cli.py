@@ -29,6 +29,7 @@ from proxy.assess import assess
 from proxy.audit import (
     VerifyReport,
     log_files,
+    logs_at,
     new_id,
     record_for,
     start_new_chain,
@@ -53,7 +54,7 @@ from proxy.inband import (
 from proxy.logview import (
     BY,
     Filter,
-    Follower,
+    Tail,
     check_agent,
     check_signal,
     export,
@@ -677,9 +678,9 @@ class _Skipped:
 
 def _tail(path: Path, args: argparse.Namespace, skipped: _Skipped) -> int:
     flt = _filter(args)
-    if not log_files(path):
+    if not any(log_files(log) for log in logs_at(path)):
         raise AuditError(f"no audit log at {path}")
-    follower = Follower(path, skipped)
+    follower = Tail(path, skipped)
     last: deque[str] = deque(maxlen=max(0, args.n))
     for r in follower.poll():
         if not args.follow:  # a followed log may yet show the agent
@@ -744,22 +745,30 @@ def _export_warc(path: Path, args: argparse.Namespace, skipped: _Skipped) -> int
     return ExitStatus.OK
 
 
+def _verify_one(path: Path) -> bool:
+    """Verify one chain and print the verdict; True if intact."""
+    report = verify_chain(path)
+    for repair in report.repairs:
+        # A repair is chained like any record: written by the proxy, not an edit.
+        print(f"{repair} (a repair, not tampering)")
+    if report.ok:
+        print(f"{path}: chain intact: {report.records} records in {len(report.files)} file(s), "
+              f"{report.checkpoints} checkpoint(s); head {report.head}")  # fmt: skip
+        return True
+    print(f"{report.where}: {report.problem}")
+    print(f"{path}: chain BROKEN; records before {report.where} verified ({report.records})", file=sys.stderr)
+    return False
+
+
 def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> int:
     if args.audit_command == "verify":
-        report = verify_chain(path)
-        for repair in report.repairs:
-            # A repair is chained like any record: written by the proxy, not an edit.
-            print(f"{repair} (a repair, not tampering)")
-        if report.ok:
-            print(f"{path}: chain intact: {report.records} records in {len(report.files)} file(s), "
-                  f"{report.checkpoints} checkpoint(s); head {report.head}")  # fmt: skip
-            return ExitStatus.OK
-        print(f"{report.where}: {report.problem}")
-        print(
-            f"{path}: chain BROKEN; records before {report.where} verified ({report.records})",
-            file=sys.stderr,
-        )
-        return ExitStatus.BLOCKED
+        logs = [log for log in logs_at(path) if log_files(log)] or [path]
+        broken = 0
+        for log in logs:  # one chain per worker: each verified on its own, each named
+            broken += not _verify_one(log)
+        if len(logs) > 1:
+            print(f"{path}: {len(logs)} chains, {len(logs) - broken} intact, {broken} broken")
+        return ExitStatus.BLOCKED if broken else ExitStatus.OK
     if args.audit_command == "new-chain":
         first, old = start_new_chain(path, Path(args.archive))
         print(f"{args.archive}: the old log, {old.records} verified record(s), chain "

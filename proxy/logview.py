@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import difflib
+import heapq
 import io
 import os
 import re
@@ -21,7 +22,7 @@ from typing import Any, BinaryIO, TextIO
 
 import orjson
 
-from proxy.audit import log_files
+from proxy.audit import log_files, logs_at
 from proxy.counting import (
     BLOCKED,
     DELIVERED,
@@ -205,38 +206,65 @@ def records(
     on_skip: Skip = _strict,
     agents: set[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The records of the log (rotated files first) that the filter keeps.
+    """The records of the log at `path` (rotated files first) that the filter keeps; for a folder,
+    or a log with worker logs beside it (`run --workers`), every log's records merged by time.
 
     A line that is not a record goes to `on_skip` as `file:line: why`; the
     default raises AuditError. Reading commands report and go on; `verify`
     (proxy.audit) fails on such a line. `agents`, if given, gathers the
     agent of every record read, kept or not (to check an --agent filter).
     """
-    files = log_files(path)
-    if not files:
+    logs = [(log, files) for log in logs_at(path) if (files := log_files(log))]
+    if not logs:
         raise AuditError(f"no audit log at {path}")
-    total = sum(f.stat().st_size for f in files)
-    done = 0
-    tick = 0
-    for file in files:
-        with open(file, "rb") as f:
-            for number, line in enumerate(f, start=1):
-                done += len(line)
-                tick += 1
-                if progress is not None and tick % 50_000 == 0:
-                    progress(done, total)
-                if not line.strip():
-                    continue
-                r = parse_line(line, f"{file}:{number}")
-                if isinstance(r, str):
-                    on_skip(r)
-                    continue
-                if agents is not None:
-                    agents.add(str(r.get("agent")))
-                if flt is None or flt.keeps(r):
-                    yield r
+    total = sum(f.stat().st_size for _, files in logs for f in files)
+    read = [0, 0]  # bytes, lines: shared by the logs read side by side
+
+    def one(files: list[Path]) -> Iterator[dict[str, Any]]:
+        for file in files:
+            with open(file, "rb") as f:
+                for number, line in enumerate(f, start=1):
+                    read[0] += len(line)
+                    read[1] += 1
+                    if progress is not None and read[1] % 50_000 == 0:
+                        progress(read[0], total)
+                    if not line.strip():
+                        continue
+                    r = parse_line(line, f"{file}:{number}")
+                    if isinstance(r, str):
+                        on_skip(r)
+                        continue
+                    if agents is not None:
+                        agents.add(str(r.get("agent")))
+                    if flt is None or flt.keeps(r):
+                        yield r
+
+    if len(logs) == 1:
+        yield from one(logs[0][1])
+    else:
+        # Each worker's log is in time order; merged, the fleet's records are too.
+        yield from heapq.merge(*(one(files) for _, files in logs), key=lambda r: str(r.get("ts", "")))
     if progress is not None:
         progress(total, total)
+
+
+class Tail:
+    """New records of every log at a path (proxy.audit.logs_at), merged by time; logs that appear
+    later (a worker started since) are followed too."""
+
+    def __init__(self, path: Path, on_skip: Skip = _strict) -> None:
+        self.path = path
+        self.on_skip = on_skip
+        self._followers: dict[Path, Follower] = {}
+
+    def poll(self) -> list[dict[str, Any]]:
+        for log in logs_at(self.path):
+            if log not in self._followers:
+                self._followers[log] = Follower(log, self.on_skip)
+        batches = [f.poll() for f in self._followers.values()]
+        if len(batches) == 1:
+            return batches[0]
+        return list(heapq.merge(*batches, key=lambda r: str(r.get("ts", ""))))
 
 
 class Follower:
@@ -519,7 +547,7 @@ def find_record(path: Path, record_id: str) -> dict[str, Any] | None:
     if len(record_id) < 8:
         raise ValueError("give at least 8 characters of the record id")
     needle = f'"id":"{record_id}'.encode()
-    for file in log_files(path):
+    for file in (f for log in logs_at(path) for f in log_files(log)):
         with open(file, "rb") as f:
             for line in f:
                 if needle in line and isinstance(r := parse_line(line, str(file)), dict):

@@ -41,8 +41,8 @@ def redact(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def store_dir(audit_path: Path) -> Path:
-    """Where the evidence of the log at `audit_path` lives."""
-    return audit_path.parent / "evidence"
+    """Where the evidence of the log at `audit_path` (or of the logs in that folder) lives."""
+    return (audit_path if audit_path.is_dir() else audit_path.parent) / "evidence"
 
 
 class EvidenceStore:

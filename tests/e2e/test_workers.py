@@ -121,6 +121,30 @@ def test_three_workers_share_the_address_and_keep_their_own_chains(
     assert all(n > 0 for n in counts.values()), counts  # the kernel spread the connections over all three
     for k in (1, 2, 3):
         assert verify_chain(worker_log(f.audit, k)).ok
+    f.stop()
+
+    # every audit command reads the workers' logs together: by the policy's path or by the folder
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "proxy", "audit", *argv], capture_output=True, text=True)
+
+    for where in (f.audit, f.audit.parent):
+        summary = cli("summary", "--log", str(where))
+        assert summary.stdout.startswith("180 requests: 120 blocked before the fetch, 0 withheld after the fetch, "
+                                         "60 delivered"), summary.stdout + summary.stderr  # fmt: skip
+    verified = cli("verify", "--log", str(f.audit))
+    assert verified.returncode == 0 and "3 chains, 3 intact, 0 broken" in verified.stdout
+    times = [
+        line.split()[0]
+        for line in cli("tail", "-n", "1000", "--log", str(f.audit.parent)).stdout.splitlines()
+    ]
+    assert len(times) == 180 and times == sorted(times)  # merged by time
+    # a break in one worker's chain is named by that worker's file and line
+    log = worker_log(f.audit, 2)
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:1] + lines[2:]))
+    verified = cli("verify", "--log", str(f.audit.parent))
+    assert verified.returncode == 1 and "3 chains, 2 intact, 1 broken" in verified.stdout
+    assert f"{log}:2: " in verified.stdout or f"{log}.checkpoints" in verified.stdout, verified.stdout
 
 
 def test_a_killed_worker_is_restarted_and_continues_its_chain(

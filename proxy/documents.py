@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +133,9 @@ def _parse_time(value: str) -> dt.datetime:
 
 # Called with every document fetched with a body, and what kind it is (the evidence store).
 Keep = Callable[[Fetched, str], None]
+Get = Callable[
+    ..., Awaitable[Fetched]
+]  # fetch_document's signature: (client, url, *, max_bytes, total_timeout)
 
 
 def _no_keep(fetched: Fetched, kind: str) -> None:
@@ -160,12 +163,13 @@ async def fetch_optional(
     total_timeout: float,
     keep: Keep = _no_keep,
     kind: str = "document",
+    get: Get = fetch_document,
 ) -> OptionalDoc:
     """Fetch and parse an optional document; never blocks on failure.
 
     Raises LocalLimit only when the failure was ours (the origin said nothing).
     """
-    got: Fetched = await fetch_document(client, url, max_bytes=max_bytes, total_timeout=total_timeout)
+    got: Fetched = await get(client, url, max_bytes=max_bytes, total_timeout=total_timeout)
     if got.outcome == "ok":
         keep(got, kind)
     if got.outcome != "ok":
@@ -178,7 +182,12 @@ async def fetch_optional(
 
 
 async def fetch_license(
-    client: httpx.AsyncClient, url: str, *, total_timeout: float, keep: Keep = _no_keep
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    total_timeout: float,
+    keep: Keep = _no_keep,
+    get: Get = fetch_document,
 ) -> OptionalDoc:
     """Fetch and parse an RSL licence document, wherever it was named (robots.txt, Link, HTML)."""
     return await fetch_optional(
@@ -189,6 +198,7 @@ async def fetch_license(
         total_timeout=total_timeout,
         keep=keep,
         kind="rsl-licence",
+        get=get,
     )
 
 
@@ -201,27 +211,29 @@ async def load_origin(
     unreachable_retry: float,
     keep: Keep = _no_keep,
     tokens: tuple[str, ...] = (),
+    get: Get = fetch_document,
 ) -> tuple[OriginDocuments, float]:
     """Fetch `origin`'s documents; returns the new cache value and its TTL in seconds.
 
     `keep` sees every document that came with a body (for the evidence store).
     `tokens` (our agent first, then the honored ones) get their rule matchers
-    built with the parse, off the event loop for a large file.
+    built with the parse, off the event loop for a large file. `get` fetches
+    one document (proxy.shared: from the fleet's store, or by us).
     """
     limit = total_timeout
     fetched, ai, ai_well_known, tdm = await asyncio.gather(
-        fetch_document(client, origin.url(robots.PATH), max_bytes=robots.MAX_BYTES, total_timeout=limit),
+        get(client, origin.url(robots.PATH), max_bytes=robots.MAX_BYTES, total_timeout=limit),
         fetch_optional(
             client, origin.url(aitxt.PATH), aitxt.parse, max_bytes=aitxt.MAX_BYTES, total_timeout=limit,
-            keep=keep, kind="ai.txt",
+            keep=keep, kind="ai.txt", get=get,
         ),
         fetch_optional(
             client, origin.url(aitxt.WELL_KNOWN_PATH), aitxt.parse, max_bytes=aitxt.MAX_BYTES,
-            total_timeout=limit, keep=keep, kind="well-known-ai.txt",
+            total_timeout=limit, keep=keep, kind="well-known-ai.txt", get=get,
         ),
         fetch_optional(
             client, origin.url(tdmrep.PATH), tdmrep.parse, max_bytes=tdmrep.MAX_BYTES, total_timeout=limit,
-            keep=keep, kind="tdmrep.json",
+            keep=keep, kind="tdmrep.json", get=get,
         ),
     )  # fmt: skip
     if fetched.outcome == "ok":
@@ -229,7 +241,7 @@ async def load_origin(
         parsed = await parse_off_loop(lambda body: robots.parse(body).warm(tokens), fetched.body or b"")
         sources = [r.value for r in parsed.file_records("license") if r.value][:MAX_LICENSES]
         licenses = await asyncio.gather(
-            *(fetch_license(client, src, total_timeout=total_timeout, keep=keep) for src in sources)
+            *(fetch_license(client, src, total_timeout=total_timeout, keep=keep, get=get) for src in sources)
         )  # fmt: skip
         docs = OriginDocuments(
             origin, "ok", fetched.document, parsed, ai_txt=ai, tdm_json=tdm, ai_txt_well_known=ai_well_known,

@@ -33,10 +33,10 @@ from proxy.addresses import GuardedBackend, Resolver
 from proxy.audit import AuditLog, new_id, record_for, worker_log
 from proxy.cache import OriginCache
 from proxy.discover import find_policy
-from proxy.documents import OptionalDoc, OriginDocuments, fetch_license, load_origin
+from proxy.documents import Get, OptionalDoc, OriginDocuments, fetch_license, load_origin
 from proxy.errors import AuditError, PolicyError
 from proxy.evidence import utc_now
-from proxy.fetch import MAX_TTL, Fetched, answer_deadline, make_client
+from proxy.fetch import MAX_TTL, Fetched, answer_deadline, fetch_document, make_client
 from proxy.guard import FORCED_OPTIONS, address_refusal, harden_layer, mode_name, option_problems
 from proxy.inband import BODY_SIGNALS, DEFAULT_BODY_CAP
 from proxy.judge_request import RequestJudge
@@ -46,6 +46,7 @@ from proxy.origin import Origin, canonical_host
 from proxy.outcome import FlowState, Recorder, refusal
 from proxy.policy import Policy, load_policy, registry_shrinkage
 from proxy.reclaim import Reclaimer
+from proxy.shared import SharedState, make_shared_state
 from proxy.store import EvidenceStore, store_dir
 from proxy.trailers import install as drop_trailers
 
@@ -89,6 +90,7 @@ class Enforcer:
         self.policy: Policy | None = None  # last good policy; replaced only whole
         self.ready = False  # a policy and an audit log are in force: traffic may be judged
         self.cache: OriginCache[Origin, OriginDocuments] = OriginCache(10_000)
+        self.shared: SharedState = SharedState()  # memory until a policy names Redis
         self.licenses: OriginCache[str, OptionalDoc] = OriginCache(1_000)  # RSL licences named in responses
         self.resolver = Resolver()
         self._client: httpx.AsyncClient | None = None
@@ -220,6 +222,13 @@ class Enforcer:
             str,
             "",
             "Audit log path (JSON Lines), overriding the policy's audit.path. Empty: use the policy's.",
+        )
+        loader.add_option(
+            "optout_workers",
+            int,
+            1,
+            "How many workers share the origins (set by `run --workers N`): while the shared state "
+            "(Redis) is down, each paces an origin at its interval times this.",
         )
         loader.add_option(
             "optout_worker",
@@ -397,6 +406,17 @@ class Enforcer:
             # allows: a new agent or address rule needs a new client.
             old, self._client = self._client, None
             self._close_later(old)
+        if self.shared.kind == "memory" and policy.shared_state == "memory":
+            pass  # nothing to change: the pace kept so far stays
+        elif getattr(self.shared, "url", "memory") != policy.shared_state:
+            old_shared, self.shared = (
+                self.shared,
+                make_shared_state(
+                    policy.shared_state, ctx.options.optout_workers, self.metrics.shared_state_changed
+                ),
+            )
+            self.metrics.shared_state_changed(True)
+            self._close_shared_later(old_shared)
         self.policy = policy
         logger.info(
             "optout: policy %s loaded (sha256 %s, agent %s, %d honored agents, %d registry entries, "
@@ -505,6 +525,7 @@ class Enforcer:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        await self.shared.close()
         self.ready = False
         if self.audit is not None:
             self.audit.release()
@@ -531,6 +552,7 @@ class Enforcer:
                 total_timeout=answer_deadline(timeout),
                 unreachable_retry=float(ctx.options.optout_unreachable_retry),
                 tokens=self.policy.tokens if self.policy is not None else (),
+                get=self._get(),
             )
             self.metrics.fetch_seconds.observe(time.monotonic() - started)
             self._count_documents(docs)
@@ -553,7 +575,9 @@ class Enforcer:
 
         async def load(previous: OptionalDoc | None) -> tuple[OptionalDoc, float]:
             deadline = answer_deadline(float(ctx.options.optout_fetch_timeout))
-            lic = await fetch_license(self.client(), url, total_timeout=deadline, keep=self._keep)
+            lic = await fetch_license(
+                self.client(), url, total_timeout=deadline, keep=self._keep, get=self._get()
+            )
             ttl = MAX_TTL if lic.outcome == "ok" else float(ctx.options.optout_unreachable_retry)
             return lic, ttl
 
@@ -784,6 +808,30 @@ class Enforcer:
         except Exception:
             logger.exception("optout: cannot record the aborted response of %s", flow.request.pretty_url)
         self._reclaimer.soon()
+
+    def _close_shared_later(self, shared: SharedState) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(shared.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _get(self) -> Get:
+        """How this process gets one policy document: itself, or through the fleet's shared store."""
+        shared = self.shared
+        if shared.kind == "memory":
+            return fetch_document
+
+        async def get(
+            client: httpx.AsyncClient, url: str, *, max_bytes: int, total_timeout: float
+        ) -> Fetched:
+            return await shared.document(
+                url, lambda: fetch_document(client, url, max_bytes=max_bytes, total_timeout=total_timeout)
+            )
+
+        return get
 
     def _close_later(self, client: httpx.AsyncClient) -> None:
         """Close a replaced client without blocking configure (which is synchronous)."""

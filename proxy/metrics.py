@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -69,8 +69,22 @@ class Metrics:
             "optout_audit_write_failures", "Audit records that could not be written (the flow got 503).",
             registry=self.registry,
         )  # fmt: skip
+        self.shared_state_up = Gauge(
+            "optout_shared_state_up", "1 while the shared state (Redis) answers, 0 while workers fetch "
+            "and pace on their own.", registry=self.registry,
+        )  # fmt: skip
+        self.shared_state_up.set(1)
+        self.shared_state_outages = Counter(
+            "optout_shared_state_outages", "Times the shared state stopped answering.", registry=self.registry
+        )
         self.registry.register(_CacheCollector(cache_stats, cache_size))
         self._server: Any = None
+
+    def shared_state_changed(self, up: bool) -> None:
+        """The shared state went down (False) or answers again (True)."""
+        self.shared_state_up.set(1 if up else 0)
+        if not up:
+            self.shared_state_outages.inc()
 
     def serve(self, address: str) -> str:
         """Start the endpoint on `address` (`PORT` or `HOST:PORT`; the host defaults to 127.0.0.1)."""

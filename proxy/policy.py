@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from proxy.errors import PolicyError, Problem
 from proxy.registry import Registry, read_entries
@@ -70,10 +71,14 @@ POLICY_KEYS = (
     "registries",
     "signals",
     "audit",
+    "shared_state",
+    "politeness",
     *INTERPRETATIONS,
     "aipref_legacy",  # the former name of lenient_readings, still read
 )
 AUDIT_KEYS = ("path", "log_allowed")
+POLITENESS_KEYS = ("crawl_delay", "min_interval", "max_crawl_delay", "max_wait", "backoff")
+SHARED_SCHEMES = ("redis://", "rediss://", "unix://")
 # RFC 9309 §2.2.1: a product token is letters, "-" and "_"; our own must be,
 # so that every parser reads it the same way (signals.md §2.5).
 _OWN_TOKEN = re.compile(r"[A-Za-z_-]+")
@@ -81,6 +86,22 @@ _OWN_TOKEN = re.compile(r"[A-Za-z_-]+")
 OTHER_TOKEN = re.compile(r"[A-Za-z0-9_.-]+")
 
 DEFAULT_HONOR_AGENTS = ("GPTBot", "CCBot", "Google-Extended", "ClaudeBot", "anthropic-ai")
+
+
+@dataclass(frozen=True, slots=True)
+class Politeness:
+    """How often the fleet may ask one origin (proxy.politeness)."""
+
+    crawl_delay: str = "honor"  # honor | ignore: robots.txt Crawl-delay of the group that binds us
+    min_interval: float = 0.0  # seconds between requests to one origin, whatever robots.txt says
+    max_crawl_delay: float = 60.0  # a larger Crawl-delay is read as this
+    max_wait: float = 10.0  # a request waits this long for its turn, then gets 429
+    backoff: bool = True  # an origin's 429/503 with Retry-After holds the whole fleet back
+
+    @property
+    def active(self) -> bool:
+        """Whether any request may have to wait (else the check costs nothing)."""
+        return self.crawl_delay == "honor" or self.min_interval > 0 or self.backoff
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +132,8 @@ class Policy:
     interpretations: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({k: v[1] for k, v in INTERPRETATIONS.items()})
     )
+    shared_state: str = "memory"  # memory, or a Redis URL: what the workers of a fleet share
+    politeness: Politeness = field(default_factory=Politeness)
 
     def reading(self, key: str) -> str:
         """The policy's reading of one ambiguity (a key of INTERPRETATIONS)."""
@@ -226,6 +249,31 @@ def load_policy(path: Path) -> Policy:
             if b is not None:
                 log_allowed = b
 
+    shared_state = "memory"
+    if "shared_state" in fields:
+        value = reader.string(fields["shared_state"], "shared_state")
+        if value is not None and value != "memory" and not value.startswith(SHARED_SCHEMES):
+            reader.problem(
+                fields["shared_state"],
+                f"shared_state must be memory or a Redis URL (redis://host:6379/0), not '{value}'",
+            )
+        elif value is not None:
+            shared_state = value
+    politeness = Politeness()
+    if "politeness" in fields:
+        pol = reader.mapping(fields["politeness"], "politeness", allowed=POLITENESS_KEYS) or {}
+        changes: dict[str, Any] = {}
+        if "crawl_delay" in pol:
+            changes["crawl_delay"] = reader.choice(
+                pol["crawl_delay"], "politeness.crawl_delay", ("honor", "ignore")
+            )
+        for key in ("min_interval", "max_crawl_delay", "max_wait"):
+            if key in pol:
+                changes[key] = reader.seconds(pol[key], f"politeness.{key}")
+        if "backoff" in pol:
+            changes["backoff"] = reader.boolean(pol["backoff"], "politeness.backoff")
+        politeness = Politeness(**{k: v for k, v in changes.items() if v is not None})
+
     digest = hashlib.sha256(data)
     registry_paths: list[Path] = []
     entries = []
@@ -269,6 +317,8 @@ def load_policy(path: Path) -> Policy:
         purpose=purpose,
         private_addresses=private_addresses,
         interpretations=MappingProxyType(interpretations),
+        shared_state=shared_state,
+        politeness=politeness,
     )
 
 

@@ -21,6 +21,7 @@ from proxy.errors import Problem
 
 _STR = "tag:yaml.org,2002:str"
 _BOOL = "tag:yaml.org,2002:bool"
+_FLOAT = "tag:yaml.org,2002:float"
 _INT = "tag:yaml.org,2002:int"
 _NULL = "tag:yaml.org,2002:null"
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
@@ -133,6 +134,17 @@ class Reader:
             self.problem(node, f"{what} must be true or false, not {_kind(node)}")
             return None
         return str(node.value).lower() in ("true", "yes", "on")
+
+    def seconds(self, node: Node, what: str) -> float | None:
+        """A duration in seconds: a number (whole or not) at least 0."""
+        if not isinstance(node, ScalarNode) or node.tag not in (_INT, _FLOAT):
+            self.problem(node, f"{what} must be a number of seconds, not {_kind(node)}")
+            return None
+        value = float(yaml.safe_load(node.value))
+        if not 0 <= value < float("inf"):
+            self.problem(node, f"{what} must be 0 or more seconds, not {node.value}")
+            return None
+        return value
 
     def integer(self, node: Node, what: str, *, minimum: int = 0) -> int | None:
         """A whole number at least `minimum`."""

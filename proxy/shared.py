@@ -1,0 +1,383 @@
+"""What the workers of a fleet share: policy documents, their fetches, and each origin's pace.
+
+One small interface, two backends, chosen by the policy key `shared_state`:
+
+* `memory` (the default; nothing to install): this process only. Documents
+  are not shared (the origin cache already fetches each origin once per
+  process) and the pace is kept here, by the same GCRA as below.
+* a Redis URL (`redis://host:6379/0`): the fleet. A policy document fetched
+  by one worker is stored in Redis (raw bytes, status, headers, fetch time)
+  for its RFC 9309 lifetime (at most 24 h); at most one worker fetches a
+  document at a time (`SET NX PX` lock with a random token, released only by
+  its holder; a holder that dies loses it after LOCK_TTL); the others wait
+  on a pub/sub message, not a hot loop; a store never overwrites a newer
+  fetch. The pace of each origin is a GCRA on Redis's clock (one Lua script).
+
+Redis is a helper, never a gate to open: when it is down or slow, a worker
+fetches documents itself and paces origins locally at the interval times the
+number of workers, says so (log and `optout_shared_state_up`), and goes back
+to Redis by itself when it answers again. Nothing is forwarded undecided
+either way: a failure here only ever means a fetch of our own or a wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from proxy.evidence import Document
+from proxy.fetch import Fetched
+
+logger = logging.getLogger(__name__)
+
+LOCK_TTL = 30.0  # seconds a fetch lock outlives a crashed holder (fetches are bounded far below)
+LOCK_TTL_MS = int(LOCK_TTL * 1000)
+MAX_CONNECTIONS = 32  # per worker; a pub/sub subscription holds one
+DOWN_FOR = 5.0  # after a Redis failure, seconds before it is tried again
+REDIS_TIMEOUT = 2.0  # seconds any Redis call may take before it counts as down
+PREFIX = "optout:"
+Fetch = Callable[[], Awaitable[Fetched]]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """The answer to "may I ask this origin now?": wait `wait` seconds first, or (not `granted`)
+    do not ask at all: the turn is more than the bound away (`wait` says how far)."""
+
+    granted: bool
+    wait: float
+
+
+class Pace:
+    """GCRA per origin in this process: one request per `interval`, no burst; the same algorithm
+    as the Redis script, on the monotonic clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._tat: dict[str, float] = {}  # theoretical arrival time of the next request, per origin
+        self._clock = clock
+
+    def turn(self, key: str, interval: float, max_wait: float) -> Turn:
+        now = self._clock()
+        tat = max(self._tat.get(key, now), now)
+        wait = tat - now
+        if wait > max_wait:
+            return Turn(False, wait)
+        if interval > 0:
+            self._tat[key] = tat + interval
+        if len(self._tat) > 100_000:  # forget origins whose turn is long past
+            self._tat = {k: v for k, v in self._tat.items() if v > now}
+        return Turn(True, wait)
+
+    def hold(self, key: str, seconds: float) -> None:
+        """No turn for `key` for `seconds` (an origin's Retry-After)."""
+        now = self._clock()
+        self._tat[key] = max(self._tat.get(key, now), now + seconds)
+
+
+class SharedState:
+    """The in-process backend (`shared_state: memory`) and the interface the enforcer uses."""
+
+    kind = "memory"
+
+    def __init__(self, workers: int = 1) -> None:
+        self.pace = Pace()
+        self.workers = max(1, workers)
+
+    @property
+    def up(self) -> bool:
+        return True
+
+    async def document(self, url: str, fetch: Fetch) -> Fetched:
+        """The document at `url`: fetched by `fetch`, or (Redis) by another worker."""
+        return await fetch()
+
+    async def turn(self, origin: str, interval: float, max_wait: float) -> Turn:
+        return self.pace.turn(origin, interval, max_wait)
+
+    async def hold(self, origin: str, seconds: float) -> None:
+        self.pace.hold(origin, seconds)
+
+    async def close(self) -> None:
+        pass
+
+
+def encode(got: Fetched) -> bytes:
+    d = got.document
+    return orjson.dumps({
+        "outcome": got.outcome, "ttl": got.ttl, "headers": got.headers, "stored": time.time(),
+        "body": base64.b64encode(got.body).decode() if got.body is not None else None,
+        "document": {"url": d.url, "status": d.status, "sha256": d.sha256, "fetched_at": d.fetched_at,
+                     "final_url": d.final_url, "error": d.error, "truncated": d.truncated},
+    })  # fmt: skip
+
+
+def decode(raw: bytes) -> Fetched:
+    """A stored fetch, its lifetime shortened by the time it spent in the store."""
+    v = orjson.loads(raw)
+    body = base64.b64decode(v["body"]) if v["body"] is not None else None
+    left = float(v["ttl"]) - max(0.0, time.time() - float(v["stored"]))
+    return Fetched(
+        v["outcome"], Document(**v["document"]), body, max(1.0, left), tuple(tuple(h) for h in v["headers"])
+    )
+
+
+# KEYS[1] the document; ARGV: value, lifetime ms, fetched_at. A store never replaces a newer fetch.
+_STORE = """
+local at = redis.call('HGET', KEYS[1], 'at')
+if at and at > ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'at', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+# KEYS[1] the lock; ARGV[1] the holder's token: only the holder releases it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# GCRA on Redis's clock. KEYS[1] the origin's TAT (ms); ARGV: interval ms, max wait ms.
+# Returns {1, wait ms} (granted: ask after the wait) or {0, wait ms} (refused).
+_TURN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local wait = tat - now
+if wait > tonumber(ARGV[2]) then return {0, wait} end
+local interval = tonumber(ARGV[1])
+if interval > 0 then
+  redis.call('SET', KEYS[1], tat + interval, 'PX', wait + interval + 1000)
+end
+return {1, wait}
+"""
+# KEYS[1] the origin's TAT; ARGV[1] ms to hold it back (Retry-After), on Redis's clock.
+_HOLD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ = now + tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+if tat < until_ then redis.call('SET', KEYS[1], until_, 'PX', tonumber(ARGV[1]) + 1000) end
+return 1
+"""
+
+
+class RedisState(SharedState):
+    """`shared_state: redis://...`: documents, fetch locks and pace shared by every worker."""
+
+    kind = "redis"
+
+    def __init__(
+        self, url: str, workers: int = 1, *, on_change: Callable[[bool], None] | None = None
+    ) -> None:
+        super().__init__(workers)
+        import redis.asyncio as aioredis
+
+        self.url = url
+        # A bounded pool that waits for a free connection: a burst of new origins queues here
+        # instead of failing with "Too many connections" (which would read as Redis being down).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+        )  # fmt: skip
+        self.redis: Any = aioredis.Redis(connection_pool=pool)
+        self._down_until = 0.0
+        self._on_change = on_change
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed: asyncio.Task[None] | None = None
+        self._probe: asyncio.Task[None] | None = None
+        scripts = (("store", _STORE), ("release", _RELEASE), ("turn", _TURN), ("hold", _HOLD))
+        self._scripts = {name: self.redis.register_script(src) for name, src in scripts}
+        self.calls = 0  # Redis round trips (bench/fleet.py reports them per request)
+
+    @property
+    def up(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, e: BaseException) -> None:
+        was_up = self.up
+        self._down_until = time.monotonic() + DOWN_FOR
+        if was_up:
+            logger.warning(
+                "optout: shared state %s unavailable (%s); deciding on our own fetches", self.url, e
+            )
+            if self._on_change:
+                self._on_change(False)
+            if self._probe is None or self._probe.done():
+                self._probe = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Ping Redis every DOWN_FOR seconds while it is down: back in use (and said so) as soon as
+        it answers, traffic or not."""
+        while self._down_until:
+            await asyncio.sleep(DOWN_FOR)
+            try:
+                await asyncio.wait_for(self.redis.ping(), REDIS_TIMEOUT * 2)
+            except (TimeoutError, OSError, _redis_errors()):
+                self._down_until = time.monotonic() + DOWN_FOR
+                continue
+            self._worked()
+
+    def _worked(self) -> None:
+        if self._down_until:
+            self._down_until = 0.0
+            logger.warning("optout: shared state %s is back", self.url)
+            if self._on_change:
+                self._on_change(True)
+
+    async def _call(self, what: Callable[[], Awaitable[Any]]) -> Any:
+        """One Redis round trip; raises _Down when Redis is down or slow (and marks it so)."""
+        if not self.up:
+            raise _Down
+        self.calls += 1
+        try:
+            result = await asyncio.wait_for(what(), REDIS_TIMEOUT * 2)
+        except (TimeoutError, OSError, _redis_errors()) as e:
+            self._failed(e)
+            raise _Down from e
+        self._worked()
+        return result
+
+    # -- documents ------------------------------------------------------------
+
+    async def document(self, url: str, fetch: Fetch) -> Fetched:
+        digest = hashlib.sha256(url.encode()).hexdigest()[:32]
+        key, lock, channel = f"{PREFIX}doc:{digest}", f"{PREFIX}lock:{digest}", f"{PREFIX}done:{digest}"
+        deadline = time.monotonic() + LOCK_TTL + 5
+        try:
+            while True:
+                stored = await self._call(lambda: self.redis.hget(key, "v"))
+                if stored is not None:
+                    return decode(stored)
+                token = os.urandom(16).hex()
+                if await self._call(functools.partial(self.redis.set, lock, token, nx=True, px=LOCK_TTL_MS)):
+                    return await self._fetch_and_store(fetch, key, lock, channel, token)
+                if time.monotonic() > deadline:
+                    break  # the holder is taking too long: fetch it ourselves
+                await self._wait_for(channel, lock)
+        except _Down:
+            pass
+        return await fetch()
+
+    async def _fetch_and_store(self, fetch: Fetch, key: str, lock: str, channel: str, token: str) -> Fetched:
+        try:
+            got = await fetch()
+            if got.outcome in ("ok", "unavailable", "unreachable"):
+                with contextlib.suppress(_Down):
+                    ms = max(1000, int(got.ttl * 1000))
+                    await self._call(
+                        lambda: self._scripts["store"](
+                            keys=[key], args=[encode(got), ms, got.document.fetched_at]
+                        )
+                    )
+                    await self._call(lambda: self.redis.publish(channel, b"1"))
+            return got
+        finally:
+            with contextlib.suppress(_Down):
+                await self._call(lambda: self._scripts["release"](keys=[lock], args=[token]))
+
+    async def _wait_for(self, channel: str, lock: str) -> None:
+        """Until the fetch behind `lock` is stored (a pub/sub message), or the lock is gone, or a
+        quarter of its lifetime passed (then look again: its holder may have died)."""
+        await self._listen()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(channel, []).append(future)
+        try:
+            # Subscribed before looking: a store that lands now is not missed.
+            if not await self._call(lambda: self.redis.exists(lock)):
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(future, LOCK_TTL / 4)
+        finally:
+            waiting = self._waiters.get(channel, [])
+            if future in waiting:
+                waiting.remove(future)
+            if not waiting:
+                self._waiters.pop(channel, None)
+
+    async def _listen(self) -> None:
+        """Subscribe once per process (the first waiter does; the others await the same)."""
+        if self._subscribed is None or (self._subscribed.done() and self._subscribed.exception() is not None):
+            self._subscribed = asyncio.get_running_loop().create_task(self._subscribe())
+        await asyncio.shield(self._subscribed)
+
+    async def _subscribe(self) -> None:
+        pubsub = self.redis.pubsub()
+        await self._call(lambda: pubsub.psubscribe(f"{PREFIX}done:*"))
+        self._listener = asyncio.get_running_loop().create_task(self._dispatch(pubsub))
+
+    async def _dispatch(self, pubsub: Any) -> None:
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") != "pmessage":
+                    continue
+                channel = (
+                    message["channel"].decode()
+                    if isinstance(message["channel"], bytes)
+                    else message["channel"]
+                )
+                for future in self._waiters.pop(channel, []):
+                    if not future.done():
+                        future.set_result(None)
+        except Exception as e:  # the connection dropped: waiters fall back to their timeouts
+            logger.info("optout: shared state subscription ended (%s)", e)
+        finally:
+            self._subscribed = None  # the next waiter subscribes again
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    # -- pace -------------------------------------------------------------------
+
+    async def turn(self, origin: str, interval: float, max_wait: float) -> Turn:
+        try:
+            args = [int(interval * 1000), int(max_wait * 1000)]
+            granted, wait_ms = await self._call(
+                lambda: self._scripts["turn"](keys=[f"{PREFIX}pace:{origin}"], args=args)
+            )
+            return Turn(bool(granted), int(wait_ms) / 1000)
+        except _Down:
+            # Alone now: pace as if every worker asked this origin at the same interval.
+            return self.pace.turn(origin, interval * self.workers, max_wait)
+
+    async def hold(self, origin: str, seconds: float) -> None:
+        self.pace.hold(origin, seconds)
+        with contextlib.suppress(_Down):
+            await self._call(
+                lambda: self._scripts["hold"](keys=[f"{PREFIX}pace:{origin}"], args=[int(seconds * 1000)])
+            )
+
+    async def close(self) -> None:
+        for task in (self._listener, self._probe):
+            if task is not None:
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+
+
+class _Down(Exception):
+    """Redis did not answer in time (or at all)."""
+
+
+def _redis_errors() -> type[BaseException]:
+    import redis.exceptions
+
+    return redis.exceptions.RedisError
+
+
+def make_shared_state(
+    spec: str, workers: int = 1, on_change: Callable[[bool], None] | None = None
+) -> SharedState:
+    """The backend the policy's `shared_state` names."""
+    if spec == "memory":
+        return SharedState(workers)
+    return RedisState(spec, workers, on_change=on_change)

@@ -64,3 +64,31 @@ class RedisServer:
             return str(client.execute_command(*args))
         finally:
             client.close()
+
+
+REPO = Path(__file__).resolve().parent.parent
+HAPROXY_CFG = REPO / "deploy" / "haproxy.cfg"
+
+
+class HAProxy:
+    """A real haproxy running the shipped deploy/haproxy.cfg in front of three workers."""
+
+    def __init__(self, workers: list[str]) -> None:
+        binary = shutil.which("haproxy")
+        if binary is None:
+            pytest.skip("haproxy is not installed (.ci/run installs Debian's haproxy)")
+        assert len(workers) == 3, "deploy/haproxy.cfg names three workers"
+        self.port = free_port()
+        env = {
+            "OPTOUT_LISTEN": f"127.0.0.1:{self.port}",
+            **{f"OPTOUT_W{i}": w for i, w in enumerate(workers, 1)},
+        }
+        self.proc = subprocess.Popen([binary, "-db", "-f", str(HAPROXY_CFG)], env={**env, "PATH": "/usr/bin:/bin"},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        wait_for_port(self.port)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)

@@ -410,6 +410,8 @@ def _supervise(args: argparse.Namespace, workers: int, policy: Policy) -> int:
             argv += ["--mode", args.mode]
         if args.audit:
             argv += ["--audit", args.audit]
+        if not any(o.startswith("optout_fleet_size=") for o in args.options):
+            argv += ["--set", f"optout_fleet_size={workers}"]
         for option in args.options:
             if option.startswith("optout_metrics=") and metrics:
                 host, _, first = metrics.rpartition(":")

@@ -224,11 +224,12 @@ class Enforcer:
             "Audit log path (JSON Lines), overriding the policy's audit.path. Empty: use the policy's.",
         )
         loader.add_option(
-            "optout_workers",
+            "optout_fleet_size",
             int,
             1,
-            "How many workers share the origins (set by `run --workers N`): while the shared state "
-            "(Redis) is down, each paces an origin at its interval times this.",
+            "How many proxy processes share the origins, fleet-wide (`run --workers N` sets N unless "
+            "given): while the shared state (Redis) is down, each paces an origin at its interval "
+            "times this.",
         )
         loader.add_option(
             "optout_worker",
@@ -412,7 +413,7 @@ class Enforcer:
             old_shared, self.shared = (
                 self.shared,
                 make_shared_state(
-                    policy.shared_state, ctx.options.optout_workers, self.metrics.shared_state_changed
+                    policy.shared_state, ctx.options.optout_fleet_size, self.metrics.shared_state_changed
                 ),
             )
             self.metrics.shared_state_changed(True)

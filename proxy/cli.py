@@ -79,6 +79,7 @@ from proxy.policyedit import (
     tokens_from_robots_json,
 )
 from proxy.report import gather, render
+from proxy.shared import fleet_workers
 from proxy.store import EvidenceStore, store_dir
 from proxy.warc import write_warc
 from proxy.workers import Supervisor, ensure_ca, reserve_port, share_port, worker_count
@@ -196,6 +197,15 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="report.html", help="output file (default report.html)")
     log_arg(report)
     filters(report)
+
+    fleet = sub.add_parser("fleet", help="the workers of a fleet, as the shared state (Redis) sees them")
+    fsub = fleet.add_subparsers(dest="fleet_command", required=True)
+    status = fsub.add_parser(
+        "status", help="workers seen in the last 30 s: id, policy, requests/s, last seen"
+    )
+    status.add_argument("--policy", help=POLICY_HELP + "; its shared_state names Redis")
+    status.add_argument("--redis", help="Redis URL (default: the policy's shared_state)")
+    status.add_argument("--json", action="store_true", help="print the workers as JSON")
 
     policy = sub.add_parser("policy", help="work with policy files")
     psub = policy.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
@@ -813,6 +823,48 @@ def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> i
     raise AssertionError(args.audit_command)
 
 
+# -- fleet -----------------------------------------------------------------
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    """`fleet status`: the workers Redis has heard from, with the policy each enforces."""
+    url = args.redis
+    if not url:
+        policy = _load_or_report(args.policy)
+        if policy is None:
+            return ExitStatus.INVALID
+        if policy.shared_state == "memory":
+            print(
+                f"optout-proxy fleet: {policy.path} keeps its state in memory (shared_state: memory): "
+                "there is no fleet view; set shared_state to a Redis URL, or give --redis",
+                file=sys.stderr,
+            )
+            return ExitStatus.INVALID
+        url = policy.shared_state
+    try:
+        workers = asyncio.run(fleet_workers(url))
+    except Exception as e:
+        print(f"optout-proxy fleet: cannot read {url}: {e}", file=sys.stderr)
+        return ExitStatus.INVALID
+    if args.json:
+        print(json.dumps(workers, indent=2))
+        return ExitStatus.OK
+    now = time.time()
+    policies = {w.get("policy_sha256") for w in workers}
+    print(f"{len(workers)} worker(s) seen in the last 30 s at {url}; {len(policies)} policy version(s)")
+    print(f"{'worker':<28} {'policy':<13} {'req/s':>8} {'requests':>10} {'shared':>7} {'seen':>6}")
+    for w in workers:
+        sha = str(w.get("policy_sha256") or "-")[:12]
+        print(f"{w['id']:<28} {sha:<13} {w.get('requests_per_s', 0):>8} {w.get('requests', 0):>10} "
+              f"{w.get('shared_state', '-'):>7} {now - float(w.get('seen', now)):>5.0f}s")  # fmt: skip
+    if len(policies) > 1:
+        print(
+            "workers enforce different policies: a reload is still spreading, or a file differs",
+            file=sys.stderr,
+        )
+    return ExitStatus.OK
+
+
 # -- policy validate -------------------------------------------------------
 
 
@@ -911,6 +963,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args)
     if args.command == "audit":
         return _audit(args)
+    if args.command == "fleet":
+        return _fleet(args)
     if args.command == "policy" and args.policy_command == "validate":
         return _validate(args)
     if args.command == "policy":

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -46,7 +48,7 @@ from proxy.origin import Origin, canonical_host
 from proxy.outcome import FlowState, Recorder, refusal
 from proxy.policy import Policy, load_policy, registry_shrinkage
 from proxy.reclaim import Reclaimer
-from proxy.shared import SharedState, make_shared_state
+from proxy.shared import HEARTBEAT_EVERY, SharedState, make_shared_state
 from proxy.store import EvidenceStore, store_dir
 from proxy.trailers import install as drop_trailers
 
@@ -91,6 +93,8 @@ class Enforcer:
         self.ready = False  # a policy and an audit log are in force: traffic may be judged
         self.cache: OriginCache[Origin, OriginDocuments] = OriginCache(10_000)
         self.shared: SharedState = SharedState()  # memory until a policy names Redis
+        self.requests_seen = 0  # requests this process judged (the heartbeat's rate)
+        self._beat: asyncio.Task[None] | None = None
         self.licenses: OriginCache[str, OptionalDoc] = OriginCache(1_000)  # RSL licences named in responses
         self.resolver = Resolver()
         self._client: httpx.AsyncClient | None = None
@@ -454,7 +458,29 @@ class Enforcer:
     def running(self) -> None:
         if self._watch is None and ctx.options.optout_reload_interval > 0:
             self._watch = asyncio.get_running_loop().create_task(self._watch_policy())
+        if self._beat is None:
+            self._beat = asyncio.get_running_loop().create_task(self._heartbeat())
         self._reclaimer.settle()
+
+    async def _heartbeat(self) -> None:
+        """Tell the shared state (Redis) this worker is alive: `optout-proxy fleet status` lists it."""
+        worker = f"{socket.gethostname()}/{ctx.options.optout_worker or os.getpid()}"
+        last, last_at = self.requests_seen, time.monotonic()
+        while True:
+            now = time.monotonic()
+            rate = (self.requests_seen - last) / max(now - last_at, 1e-6)
+            last, last_at = self.requests_seen, now
+            policy = self.policy
+            info = {
+                "host": socket.gethostname(), "pid": os.getpid(), "requests": self.requests_seen,
+                "requests_per_s": round(rate, 1), "policy_sha256": policy.digest if policy else None,
+                "shared_state": "up" if self.shared.up else "down",
+            }  # fmt: skip
+            try:
+                await self.shared.heartbeat(worker, info)
+            except Exception:
+                logger.debug("optout: heartbeat failed", exc_info=True)
+            await asyncio.sleep(HEARTBEAT_EVERY)
 
     async def _watch_policy(self) -> None:
         """Poll the policy and registry files; apply a settled, valid change whole, refuse an invalid one.
@@ -522,6 +548,9 @@ class Enforcer:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+        if self._beat is not None:
+            self._beat.cancel()
+            self._beat = None
         self.metrics.stop()
         if self._client is not None:
             await self._client.aclose()
@@ -684,6 +713,7 @@ class Enforcer:
         """Judge a CONNECT on its authority: registry and addresses, before any upstream contact."""
         if flow.response is not None:
             return None
+        self.requests_seen += 1
         state = self._flows[flow] = FlowState(self.policy)
 
         def tunnel_opened() -> None:
@@ -730,6 +760,7 @@ class Enforcer:
         if flow.response is not None:
             return None  # answered by another addon (or replayed); nothing goes upstream
         # One policy for the whole flow, even if a reload lands meanwhile.
+        self.requests_seen += 1
         state = self._flows[flow] = FlowState(self.policy)
 
         def judge() -> Awaitable[None] | None:

@@ -44,7 +44,11 @@ logger = logging.getLogger(__name__)
 LOCK_TTL = 30.0  # seconds a fetch lock outlives a crashed holder (fetches are bounded far below)
 LOCK_TTL_MS = int(LOCK_TTL * 1000)
 MAX_CONNECTIONS = 32  # per worker; a pub/sub subscription holds one
-DOWN_FOR = 5.0  # after a Redis failure, seconds before it is tried again
+DOWN_FOR = 5.0
+HEARTBEAT_EVERY = 5.0  # seconds between a worker's "alive" notes in Redis
+HEARTBEAT_TTL = (
+    30  # seconds a silent worker stays listed  # after a Redis failure, seconds before it is tried again
+)
 REDIS_TIMEOUT = 2.0  # seconds any Redis call may take before it counts as down
 PREFIX = "optout:"
 Fetch = Callable[[], Awaitable[Fetched]]
@@ -107,6 +111,9 @@ class SharedState:
 
     async def hold(self, origin: str, seconds: float) -> None:
         self.pace.hold(origin, seconds)
+
+    async def heartbeat(self, worker: str, info: dict[str, Any]) -> None:
+        """Say this worker is alive (Redis: seen by `optout-proxy fleet status`)."""
 
     async def close(self) -> None:
         pass
@@ -356,6 +363,13 @@ class RedisState(SharedState):
                 lambda: self._scripts["hold"](keys=[f"{PREFIX}pace:{origin}"], args=[int(seconds * 1000)])
             )
 
+    async def heartbeat(self, worker: str, info: dict[str, Any]) -> None:
+        with contextlib.suppress(_Down):
+            payload = orjson.dumps({**info, "seen": time.time()})
+            await self._call(
+                functools.partial(self.redis.set, f"{PREFIX}worker:{worker}", payload, ex=HEARTBEAT_TTL)
+            )
+
     async def close(self) -> None:
         for task in (self._listener, self._probe):
             if task is not None:
@@ -381,3 +395,24 @@ def make_shared_state(
     if spec == "memory":
         return SharedState(workers)
     return RedisState(spec, workers, on_change=on_change)
+
+
+async def fleet_workers(url: str) -> list[dict[str, Any]]:
+    """The workers that said they were alive in the last HEARTBEAT_TTL seconds, by id."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(
+        url, socket_timeout=REDIS_TIMEOUT * 2, socket_connect_timeout=REDIS_TIMEOUT * 2
+    )
+    try:
+        keys = sorted([k async for k in client.scan_iter(match=f"{PREFIX}worker:*", count=500)])
+        values = await client.mget(keys) if keys else []
+    finally:
+        await client.aclose()
+    out = []
+    for key, value in zip(keys, values, strict=True):
+        if value is not None:
+            info = orjson.loads(value)
+            info["id"] = key.decode().removeprefix(f"{PREFIX}worker:")
+            out.append(info)
+    return out

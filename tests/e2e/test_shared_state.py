@@ -5,7 +5,11 @@ undecided, no record lost, every chain intact) and go back to Redis when it retu
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +17,7 @@ import httpx
 import pytest
 
 from proxy.audit import verify_chain
+from proxy.policy import load_policy
 from tests.engines import RedisServer
 from tests.policies import write_policy
 from tests.proxyproc import ProxyProcess
@@ -66,6 +71,22 @@ def test_two_proxies_fetch_each_robots_txt_once_between_them(
     assert [s.hits["/robots.txt"] for s in sites] == [1] * len(sites)  # once per origin, fleet-wide
     assert [s.hits["/ai.txt"] for s in sites] == [1] * len(sites)  # the other documents too
     assert int(redis_server.cli("DBSIZE")) >= len(sites)  # the documents are in Redis
+
+    # `fleet status` lists both workers, with the policy each enforces and what it has done
+    deadline = time.monotonic() + 15
+    while True:
+        done = subprocess.run([sys.executable, "-m", "proxy", "fleet", "status", "--redis", redis_server.url,
+                               "--json"], capture_output=True, text=True, timeout=30)  # fmt: skip
+        workers = json.loads(done.stdout)
+        if sum(w["requests"] for w in workers) >= len(targets) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert len(workers) == 2 and {w["pid"] for w in workers} == {p.proc.pid for p in proxies}
+    assert {w["policy_sha256"] for w in workers} == {load_policy(policy).digest}
+    assert sum(w["requests"] for w in workers) == len(targets)
+    table = subprocess.run([sys.executable, "-m", "proxy", "fleet", "status", "--policy", str(policy)],
+                           capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+    assert table.startswith(f"2 worker(s) seen in the last 30 s at {redis_server.url}; 1 policy version(s)")
 
 
 def test_redis_down_mid_load_decides_alone_and_recovers(

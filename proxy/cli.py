@@ -82,7 +82,7 @@ from proxy.report import gather, render
 from proxy.shared import fleet_workers
 from proxy.store import EvidenceStore, store_dir
 from proxy.warc import write_warc
-from proxy.workers import Supervisor, ensure_ca, reserve_port, share_port, worker_count
+from proxy.workers import Supervisor, ensure_ca, reserve_port, serve_merged_metrics, share_port, worker_count
 
 POLICY_HELP = (
     "policy file (default: $OPTOUT_POLICY, ./policies/default.yaml, ~/.config/optout-proxy/policy.yaml, "
@@ -424,22 +424,34 @@ def _supervise(args: argparse.Namespace, workers: int, policy: Policy) -> int:
             argv += ["--set", f"optout_fleet_size={workers}"]
         for option in args.options:
             if option.startswith("optout_metrics=") and metrics:
-                host, _, first = metrics.rpartition(":")
-                option = f"optout_metrics={host + ':' if host else ''}{int(first) + k - 1}"
+                option = f"optout_metrics=127.0.0.1:{worker_ports[k]}"  # merged by the supervisor
             argv += ["--set", option]
         return argv
 
+    worker_ports: dict[int, int] = {}
+    merged = None
+    if metrics:
+        base = int(metrics.rpartition(":")[2])
+        worker_ports = {k: base + k for k in range(1, workers + 1)}
+        try:
+            merged = serve_merged_metrics(metrics, worker_ports)
+        except (OSError, ValueError) as e:
+            print(f"optout-proxy run: cannot serve metrics on {metrics}: {e}", file=sys.stderr)
+            return ExitStatus.INVALID
     audit = Path(args.audit) if args.audit else policy.audit.path
+    shown = metrics if ":" in metrics else f"127.0.0.1:{metrics}"
     print(
         f"optout-proxy {__version__}: {workers} workers on {args.listen_host}:{port}, policy {args.policy} "
         f"(sha256 {policy.digest[:12]}), audit logs {worker_log(audit, 1).name} ... in {audit.parent}"
-        + (f", metrics on port {metrics} + worker - 1" if metrics else ""),
+        + (f", metrics of all workers at http://{shown}/metrics" if metrics else ""),
         file=sys.stderr,
     )
     try:
         return Supervisor(command, workers).run()
     finally:
         held.close()
+        if merged is not None:
+            merged.shutdown()
 
 
 # -- check -----------------------------------------------------------------

@@ -172,3 +172,59 @@ class Supervisor:
                 proc.kill()
                 proc.wait()
         self.say("all workers stopped")
+
+
+def merge_metrics(texts: dict[int, str]) -> str:
+    """One exposition from the workers' (Prometheus text format): every sample gains a
+    `worker` label; each metric's HELP and TYPE lines appear once."""
+    seen_meta: set[str] = set()
+    out: list[str] = []
+    for worker, text in sorted(texts.items()):
+        for line in text.splitlines():
+            if not line:
+                continue
+            if line.startswith("#"):
+                if line not in seen_meta:
+                    seen_meta.add(line)
+                    out.append(line)
+                continue
+            name, brace, rest = line.partition("{")
+            if brace:
+                out.append(f'{name}{{worker="{worker}",{rest}')
+            else:
+                metric, _, value = line.partition(" ")
+                out.append(f'{metric}{{worker="{worker}"}} {value}')
+    return "\n".join(out) + "\n"
+
+
+def serve_merged_metrics(address: str, worker_ports: dict[int, int]) -> Any:
+    """Serve /metrics on `address` (PORT or HOST:PORT; host 127.0.0.1 by default): the workers'
+    metrics (each on 127.0.0.1 at its own port) merged, so a machine has one endpoint."""
+    import http.server
+    import threading
+    import urllib.request
+
+    host, _, port = address.rpartition(":")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            texts: dict[int, str] = {}
+            for worker, wport in worker_ports.items():
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{wport}/metrics", timeout=2) as r:
+                        texts[worker] = r.read().decode()
+                except OSError:
+                    continue  # a worker restarting: its samples are missing from this scrape
+            body = merge_metrics(texts).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

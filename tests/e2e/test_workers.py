@@ -185,3 +185,23 @@ def test_a_worker_that_cannot_start_stops_the_run(fleet: Callable[..., Fleet], t
     f = fleet(write_policy(tmp_path), 2, "--set", "optout_body_cap=abc")
     assert f.proc.wait(60) == 1
     f.wait_for(r"could not start")
+
+
+def test_one_metrics_endpoint_covers_every_worker(
+    fleet: Callable[..., Fleet], make_site: Callable[..., Site], tmp_path: Path
+) -> None:
+    from tests.engines import free_port
+
+    site = make_site({"/robots.txt": Reply(200, ROBOTS), "/page": Reply(200, "ok")})
+    port = free_port()
+    f = fleet(write_policy(tmp_path), 2, "--set", f"optout_metrics={port}")
+    f.wait_for(r"listening at", count=2)
+    assert asyncio.run(many(f.url, [site.url("/page")] * 60)) == [200] * 60
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False, timeout=10).text
+    delivered = {
+        int(m.group(1)): float(m.group(2))
+        for m in re.finditer(r'optout_requests_total\{worker="(\d)",outcome="delivered"\} (\S+)', text)
+    }
+    assert set(delivered) == {1, 2}  # both workers, one endpoint
+    assert sum(delivered.values()) == 60  # and together they count every request once
+    assert text.count("# TYPE optout_requests_total counter") == 1

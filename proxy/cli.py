@@ -43,6 +43,7 @@ from proxy.documents import OptionalDoc, OriginDocuments, fetch_license, load_or
 from proxy.errors import AuditError, PolicyError
 from proxy.evidence import Decision, Document, Finding, Verdict, utc_now
 from proxy.fetch import answer_deadline, make_client
+from proxy.fleetlog import verify_fleet, write_fleet_checkpoint
 from proxy.inband import (
     DEFAULT_BODY_CAP,
     ResponseView,
@@ -446,8 +447,12 @@ def _supervise(args: argparse.Namespace, workers: int, policy: Policy) -> int:
         + (f", metrics of all workers at http://{shown}/metrics" if metrics else ""),
         file=sys.stderr,
     )
+
+    def checkpoint() -> None:
+        write_fleet_checkpoint(audit, list(range(1, workers + 1)))
+
     try:
-        return Supervisor(command, workers).run()
+        return Supervisor(command, workers, tick=checkpoint).run()
     finally:
         held.close()
         if merged is not None:
@@ -792,7 +797,13 @@ def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> i
             broken += not _verify_one(log)
         if len(logs) > 1:
             print(f"{path}: {len(logs)} chains, {len(logs) - broken} intact, {broken} broken")
-        return ExitStatus.BLOCKED if broken else ExitStatus.OK
+        checked, problems = verify_fleet(path)
+        for problem in problems:
+            print(problem)
+        if checked:
+            verdict = "bind the workers' chains" if not problems else f"BROKEN ({len(problems)} problem(s))"
+            print(f"{path}: {checked} fleet checkpoint(s) {verdict}")
+        return ExitStatus.BLOCKED if broken or problems else ExitStatus.OK
     if args.audit_command == "new-chain":
         first, old = start_new_chain(path, Path(args.archive))
         print(f"{args.archive}: the old log, {old.records} verified record(s), chain "

@@ -101,8 +101,10 @@ class Supervisor:
     """Starts N workers, restarts the dead, stops them all on a signal."""
 
     def __init__(
-        self, command: Callable[[int], Sequence[str]], n: int, *, say: Callable[[str], None] | None = None
-    ) -> None:
+        self, command: Callable[[int], Sequence[str]], n: int, *, say: Callable[[str], None] | None = None,
+        tick: Callable[[], None] | None = None, tick_every: float = 60.0,
+    ) -> None:  # fmt: skip
+        self.tick, self.tick_every = tick, tick_every  # e.g. the fleet checkpoint, and once more at the end
         self.command = command
         self.workers = [Worker(i) for i in range(1, n + 1)]
         self.say = say or (lambda text: print(f"optout-proxy: {text}", file=sys.stderr, flush=True))
@@ -120,8 +122,12 @@ class Supervisor:
                 self.start(w)
             pids = ", ".join(str(w.proc.pid) for w in self.workers if w.proc)
             self.say(f"{len(self.workers)} workers started (pids {pids})")
+            ticked = time.monotonic()
             while not self.stopping:
                 time.sleep(poll)
+                if self.tick is not None and time.monotonic() - ticked >= self.tick_every:
+                    ticked = time.monotonic()
+                    self._tick()
                 for w in self.workers:
                     status = self._reap(w)
                     if status is not None and not self.stopping:
@@ -132,10 +138,19 @@ class Supervisor:
                             return 1
                         self._restart(w, status)
             self._stop_all()
+            self._tick()  # after the workers' final checkpoints
             return 0
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def _tick(self) -> None:
+        if self.tick is None:
+            return
+        try:
+            self.tick()
+        except Exception as e:  # a full disk, say: the workers keep their own chains regardless
+            self.say(f"fleet checkpoint not written: {e}")
 
     def _reap(self, w: Worker) -> int | None:
         if w.proc is None or w.proc.poll() is None:

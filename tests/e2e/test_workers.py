@@ -133,6 +133,17 @@ def test_three_workers_share_the_address_and_keep_their_own_chains(
                                          "60 delivered"), summary.stdout + summary.stderr  # fmt: skip
     verified = cli("verify", "--log", str(f.audit))
     assert verified.returncode == 0 and "3 chains, 3 intact, 0 broken" in verified.stdout
+    assert "fleet checkpoint(s) bind the workers' chains" in verified.stdout  # written as the fleet stopped
+    # a whole worker's log removed: each remaining chain is intact, but the fleet line misses it
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    for file in f.audit.parent.glob("decisions.w3.*"):
+        file.rename(gone / file.name)
+    verified = cli("verify", "--log", str(f.audit))
+    assert verified.returncode == 1 and "2 chains, 2 intact, 0 broken" in verified.stdout
+    assert "worker 3's record" in verified.stdout and "is missing" in verified.stdout
+    for file in gone.iterdir():
+        file.rename(f.audit.parent / file.name)
     times = [
         line.split()[0]
         for line in cli("tail", "-n", "1000", "--log", str(f.audit.parent)).stdout.splitlines()

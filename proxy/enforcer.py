@@ -47,6 +47,7 @@ from proxy.metrics import Metrics
 from proxy.origin import Origin, canonical_host
 from proxy.outcome import FlowState, Recorder, refusal
 from proxy.policy import Policy, load_policy, registry_shrinkage
+from proxy.politeness import hold_for
 from proxy.reclaim import Reclaimer
 from proxy.shared import HEARTBEAT_EVERY, SharedState, make_shared_state
 from proxy.store import EvidenceStore, store_dir
@@ -117,7 +118,7 @@ class Enforcer:
         self._direct_connections = True
         self.requests = RequestJudge(
             self.recorder, self.documents, self.resolver, cached=self.cache.fresh, own_ports=self.own_ports,
-            mode=self._mode, direct=self._direct,
+            mode=self._mode, direct=self._direct, shared=lambda: self.shared,
         )  # fmt: skip
         self.responses = ResponseJudge(
             self.recorder,
@@ -422,6 +423,7 @@ class Enforcer:
             )
             self.metrics.shared_state_changed(True)
             self._close_shared_later(old_shared)
+            self._start_shared()
         self.policy = policy
         logger.info(
             "optout: policy %s loaded (sha256 %s, agent %s, %d honored agents, %d registry entries, "
@@ -460,6 +462,7 @@ class Enforcer:
             self._watch = asyncio.get_running_loop().create_task(self._watch_policy())
         if self._beat is None:
             self._beat = asyncio.get_running_loop().create_task(self._heartbeat())
+            self._start_shared()
         self._reclaimer.settle()
 
     async def _heartbeat(self) -> None:
@@ -806,7 +809,27 @@ class Enforcer:
 
     def responseheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Judge the response headers as they arrive (synchronous when there is nothing to judge)."""
+        response = flow.response
+        if response is not None and response.status_code in (429, 503):
+            self._back_off(flow)
         return self.responses.headers(flow)
+
+    def _back_off(self, flow: http.HTTPFlow) -> None:
+        """An origin's 429/503 with Retry-After holds the fleet back from it (politeness.backoff)."""
+        policy = self.policy
+        response = flow.response
+        if policy is None or response is None or not policy.politeness.backoff:
+            return
+        seconds = hold_for(response.status_code, response.headers.get("Retry-After"))
+        if seconds is None or seconds <= 0:
+            return
+        origin = Origin.of(flow.request.scheme, flow.request.host, flow.request.port).key
+        logger.info(
+            "optout: %s answered %d, Retry-After %.0f s: held back", origin, response.status_code, seconds
+        )
+        task = asyncio.get_running_loop().create_task(self.shared.hold(origin, seconds))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Judge a buffered body before delivery (a coroutine only when there is one to judge)."""
@@ -840,6 +863,16 @@ class Enforcer:
         except Exception:
             logger.exception("optout: cannot record the aborted response of %s", flow.request.pretty_url)
         self._reclaimer.soon()
+
+    def _start_shared(self) -> None:
+        """Let the shared state listen to the fleet (once the event loop runs)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not yet running: running() starts it
+        task = loop.create_task(self.shared.start())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _close_shared_later(self, shared: SharedState) -> None:
         try:

@@ -31,6 +31,9 @@ from proxy.guard import RequestNames, address_refusal, fix_host, refusal_for, re
 from proxy.origin import Origin
 from proxy.outcome import FlowState, Recorder, refusal, summary
 from proxy.policy import Policy
+from proxy.politeness import STATUS as PACE_STATUS
+from proxy.politeness import Interval, interval_for, retry_after, slow_down
+from proxy.shared import SharedState
 
 # RFC 9110 §7.2 / RFC 9112 §3.2: a request with more than one Host is a 400.
 AMBIGUOUS_STATUS = 400
@@ -52,8 +55,10 @@ class RequestJudge:
         own_ports: Callable[[], Sequence[int]],
         mode: Callable[[], str | None],
         direct: Callable[[], bool],
+        shared: Callable[[], SharedState] = SharedState,
     ) -> None:
         self.recorder = recorder
+        self.shared = shared  # the pace of each origin (proxy.shared, proxy.politeness)
         self.documents = documents  # fetches (once) when not cached
         self.cached = cached  # fresh cached documents, or None
         self.resolver = resolver
@@ -87,6 +92,9 @@ class RequestJudge:
         if addresses_ok and all(d is not None for d in docs):
             state.docs = docs[0]
             decision = finish(policy, begun, origins, docs, mode=self.mode())  # type: ignore[arg-type]
+            interval = self._pace(policy, decision, docs[0])
+            if interval is not None:
+                return self._conclude_in_turn(flow, state, policy, decision, names, rewritten, interval)
             self._conclude(flow, state, policy, decision, names, rewritten)
             return None
         return self._judge_later(
@@ -108,6 +116,39 @@ class RequestJudge:
         # Kept for the response phase, which reads the documents the request was decided on.
         state.docs = docs[0]
         decision = finish(policy, begun, origins, docs, mode=self.mode())
+        interval = self._pace(policy, decision, docs[0])
+        if interval is not None:
+            await self._conclude_in_turn(flow, state, policy, decision, names, rewritten, interval)
+            return
+        self._conclude(flow, state, policy, decision, names, rewritten)
+
+    def _pace(self, policy: Policy, decision: Decision, docs: OriginDocuments | None) -> Interval | None:
+        """The interval a forwarded request must keep at its origin, or None when it need not wait
+        (no Crawl-delay, no minimum interval, no Retry-After in force): then it costs nothing."""
+        if decision.blocks or docs is None:
+            return None
+        interval = interval_for(policy, docs)
+        if interval.seconds <= 0 and not self.shared().held(docs.origin.key):
+            return None
+        return interval
+
+    async def _conclude_in_turn(
+        self, flow: http.HTTPFlow, state: FlowState, policy: Policy, decision: Decision, names: RequestNames,
+        rewritten: str | None, interval: Interval,
+    ) -> None:  # fmt: skip
+        """Wait for the origin's turn (fleet-wide with Redis), then conclude; a turn more than
+        politeness.max_wait away is a 429 of our own, recorded."""
+        assert state.docs is not None
+        key = state.docs.origin.key
+        turn = await self.shared().turn(key, interval.seconds, policy.politeness.max_wait)
+        if not turn.granted:
+            refused = slow_down(policy, key, turn.wait, interval)
+            self.recorder.block(flow, state, refused, phase="request", status=PACE_STATUS)
+            if flow.response is not None and state.answered:
+                flow.response.headers["Retry-After"] = str(retry_after(turn.wait))
+            return
+        if turn.wait > 0:
+            await asyncio.sleep(turn.wait)
         self._conclude(flow, state, policy, decision, names, rewritten)
 
     def _conclude(

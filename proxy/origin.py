@@ -73,6 +73,11 @@ class Origin:
     def __str__(self) -> str:
         return self.url("")
 
+    @property
+    def key(self) -> str:
+        """The origin as one string: the key of its pace (proxy.politeness)."""
+        return self.url("")
+
 
 def path_and_query(url: str) -> str:
     """The part of `url` that robots.txt rules match: path plus `?query`, `/` if empty."""

@@ -88,6 +88,11 @@ class Pace:
         now = self._clock()
         self._tat[key] = max(self._tat.get(key, now), now + seconds)
 
+    def held(self, key: str) -> bool:
+        """Whether `key`'s next turn is still ahead (a request to it would wait)."""
+        tat = self._tat.get(key)
+        return tat is not None and tat > self._clock()
+
 
 class SharedState:
     """The in-process backend (`shared_state: memory`) and the interface the enforcer uses."""
@@ -106,11 +111,19 @@ class SharedState:
         """The document at `url`: fetched by `fetch`, or (Redis) by another worker."""
         return await fetch()
 
+    def held(self, origin: str) -> bool:
+        """Whether requests to `origin` must wait their turn now although it sets no interval (a
+        Retry-After in force): answered from this process's memory, no round trip."""
+        return self.pace.held(origin)
+
     async def turn(self, origin: str, interval: float, max_wait: float) -> Turn:
         return self.pace.turn(origin, interval, max_wait)
 
     async def hold(self, origin: str, seconds: float) -> None:
         self.pace.hold(origin, seconds)
+
+    async def start(self) -> None:
+        """Begin listening to the fleet (Redis: holds other workers announce)."""
 
     async def heartbeat(self, worker: str, info: dict[str, Any]) -> None:
         """Say this worker is alive (Redis: seen by `optout-proxy fleet status`)."""
@@ -318,15 +331,23 @@ class RedisState(SharedState):
             self._subscribed = asyncio.get_running_loop().create_task(self._subscribe())
         await asyncio.shield(self._subscribed)
 
+    async def start(self) -> None:
+        with contextlib.suppress(_Down):
+            await self._listen()
+
     async def _subscribe(self) -> None:
         pubsub = self.redis.pubsub()
-        await self._call(lambda: pubsub.psubscribe(f"{PREFIX}done:*"))
+        await self._call(lambda: pubsub.psubscribe(f"{PREFIX}done:*", f"{PREFIX}hold"))
         self._listener = asyncio.get_running_loop().create_task(self._dispatch(pubsub))
 
     async def _dispatch(self, pubsub: Any) -> None:
         try:
             async for message in pubsub.listen():
                 if message.get("type") != "pmessage":
+                    continue
+                if message["pattern"] in (b"optout:hold", "optout:hold"):
+                    hold = orjson.loads(message["data"])
+                    self.pace.hold(str(hold["origin"]), float(hold["seconds"]))
                     continue
                 channel = (
                     message["channel"].decode()
@@ -359,6 +380,9 @@ class RedisState(SharedState):
     async def hold(self, origin: str, seconds: float) -> None:
         self.pace.hold(origin, seconds)
         with contextlib.suppress(_Down):
+            # Every worker hears of it at once, so none asks the origin before its turn.
+            message = orjson.dumps({"origin": origin, "seconds": seconds})
+            await self._call(functools.partial(self.redis.publish, f"{PREFIX}hold", message))
             await self._call(
                 lambda: self._scripts["hold"](keys=[f"{PREFIX}pace:{origin}"], args=[int(seconds * 1000)])
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,7 +57,9 @@ class Site:
                 path = self.path
                 with site.lock:
                     site.hits[path.split("?")[0]] += 1
-                    site.requests.append({"path": path, "headers": dict(self.headers)})
+                    site.requests.append(
+                        {"path": path, "headers": dict(self.headers), "at": time.monotonic()}
+                    )
                 route = site.routes.get(path) or site.routes.get(path.split("?")[0])
                 if route is None:
                     route = Reply(404, "not found\n")

@@ -5,6 +5,7 @@ its chain while the others keep serving; a worker that cannot start stops the ru
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
@@ -98,6 +99,14 @@ async def many(url: str, targets: list[str], concurrency: int = 30) -> list[int]
                 return 0  # a connection the killed worker held
 
     return await asyncio.gather(*(one(t) for t in targets))
+
+
+async def pooled(url: str, targets: list[str], connections: int) -> list[int]:
+    """Status of each request, all at once over `connections` kept-alive connections (which the
+    kernel spread over the workers as they opened)."""
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(proxy=url, trust_env=False, timeout=120, limits=limits) as c:
+        return [r.status_code for r in await asyncio.gather(*(c.get(t) for t in targets))]
 
 
 def records_of(log: Path) -> int:
@@ -216,3 +225,37 @@ def test_one_metrics_endpoint_covers_every_worker(
     assert set(delivered) == {1, 2}  # both workers, one endpoint
     assert sum(delivered.values()) == 60  # and together they count every request once
     assert text.count("# TYPE optout_requests_total counter") == 1
+
+
+def test_three_workers_on_redis_fetch_once_and_all_take_a_reload(
+    fleet: Callable[..., Fleet], make_site: Callable[..., Site], tmp_path: Path
+) -> None:
+    from tests.engines import RedisServer
+
+    redis_server = RedisServer(tmp_path / "redis")
+    try:
+        sites = [make_site({"/robots.txt": Reply(200, ROBOTS), "/page": Reply(200, "ok"),
+                            "/private/x": Reply(200, "s")}) for _ in range(50)]  # fmt: skip
+        policy = write_policy(tmp_path, shared_state=redis_server.url)
+        f = fleet(policy, 3)
+        f.wait_for(r"listening at", count=3)
+        targets = [s.url(p) for s in sites for p in ("/page", "/private/x")] * 10
+        statuses = asyncio.run(pooled(f.url, targets, connections=60))
+        assert statuses == [451 if "/private/" in t else 200 for t in targets]
+        assert [s.hits["/robots.txt"] for s in sites] == [1] * len(sites)  # once per origin, three workers
+        assert all(records_of(worker_log(f.audit, k)) for k in (1, 2, 3))
+
+        # a policy change reaches every worker: the registry now names 127.0.0.1's holder
+        registry = policy.with_name("policy-registry.yaml")
+        registry.write_text(
+            "entries:\n  - holder: Loopback Holder\n    domains: [127.0.0.1]\n    reason: a test letter\n"
+            "    source: https://example.org/letter\n    since: 2026-12-03\n"
+        )
+        f.wait_for(r"policy reloaded", count=3, timeout=30)
+        statuses = asyncio.run(many(f.url, [sites[0].url("/page")] * 60))
+        assert statuses == [451] * 60  # whichever worker took it
+        for k in (1, 2, 3):
+            records = [json.loads(line) for line in worker_log(f.audit, k).read_text().splitlines()]
+            assert records[-1]["signal"] == "registry", k  # each worker enforces the new policy
+    finally:
+        redis_server.kill()

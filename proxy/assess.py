@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from proxy.decide import decide
 from proxy.documents import OriginDocuments
@@ -17,11 +18,68 @@ from proxy.evidence import Decision, Finding, Says
 from proxy.origin import Origin
 from proxy.paths import variants
 from proxy.policy import Policy
+from proxy.signals.robots import is_self
 
 GetDocuments = Callable[[Origin], Awaitable[OriginDocuments]]
 
 # The finding that says which reading of an ambiguous path decided.
 PATH_FORM = "path-form"
+# Decisions kept by `DecisionMemo`, across all origins (the oldest dropped first).
+MEMO_SIZE = 4096
+
+
+class DecisionMemo:
+    """Decisions reached from one origin's documents, kept by what they depended on (never by URL).
+
+    When an origin's documents give findings that depend on the path only through
+    the robots.txt rules matching it (`OriginDocuments.rule_matchers`), the
+    decision is a function of (documents, policy, mode, matched rules): it is kept
+    under that key and shared, since Decision and Finding are immutable. Entries hold
+    the documents and the policy they were made from and are used only for those very
+    objects, so a refreshed cache entry or a reloaded policy starts afresh.
+    """
+
+    def __init__(self, size: int = MEMO_SIZE) -> None:
+        self.size = size
+        # Per (documents, policy): the robots.txt matchers the decision depends on, or None.
+        self._plans: dict[tuple[int, int], tuple[OriginDocuments, Policy, Any]] = {}
+        self._decisions: dict[tuple[Any, ...], tuple[OriginDocuments, Policy, Decision]] = {}
+
+    def _keep(self, table: dict[Any, Any], key: Any, value: Any) -> None:
+        if len(table) >= self.size:
+            del table[next(iter(table))]
+        table[key] = value
+
+    def decision(
+        self, docs: OriginDocuments, origin: Origin, path: str, policy: Policy, mode: str | None
+    ) -> Decision:
+        """`decide(docs.prefetch_findings(origin.url(path), path, policy), policy, mode=mode)`."""
+        pkey = (id(docs), id(policy))
+        plan = self._plans.get(pkey)
+        if plan is None or plan[0] is not docs or plan[1] is not policy:
+            plan = (docs, policy, docs.rule_matchers(policy))
+            self._keep(self._plans, pkey, plan)
+        matchers = plan[2]
+        if matchers is None:
+            return decide(docs.prefetch_findings(origin.url(path), path, policy), policy, mode=mode)
+        # What the findings depend on: /robots.txt itself (always allowed), else the rules matched.
+        rules: Any
+        if is_self(path):
+            rules = True
+        elif len(matchers) == 1:
+            rules = matchers[0].match(path) if matchers[0] is not None else None
+        else:
+            rules = tuple(m.match(path) if m is not None else None for m in matchers)
+        key = (id(docs), id(policy), mode, rules)
+        hit = self._decisions.get(key)
+        if hit is not None and hit[0] is docs and hit[1] is policy:
+            return hit[2]
+        decision = decide(docs.prefetch_findings(origin.url(path), path, policy), policy, mode=mode)
+        self._keep(self._decisions, key, (docs, policy, decision))
+        return decision
+
+
+_memo = DecisionMemo()
 
 
 def _strictest(decisions: Sequence[tuple[str, Decision]]) -> tuple[str, Decision]:
@@ -70,6 +128,11 @@ def finish(
     mode: str | None = None,
 ) -> Decision:
     """The decision, from the registry's findings and each origin's documents (pure)."""
+    if len(docs) == 1 and len(pending.by_form) == 1 and not pending.by_form[0][1]:
+        # The usual request: one origin, one path form, nothing in the registry.
+        form = pending.by_form[0][0]
+        decision = _memo.decision(docs[0], origins[0], form, policy, mode)
+        return _with_form(pending.path, form, decision)
     decisions = []
     for form, registry_found in pending.by_form:
         found = list(registry_found)

@@ -45,12 +45,51 @@ from proxy.evidence import Decision, utc_now
 SCHEMA_VERSION = 1
 
 
+# Random bytes for record ids, read from the kernel 256 ids at a time: one getrandom(2) per
+# id was a system call on every request. Emptied in a forked child, which must not repeat
+# its parent's ids; taken under a lock (the CLI writes from threads).
+_ID_BATCH = 16 * 256
+_random = bytearray()
+_random_lock = threading.Lock()
+
+
+def _forget_random() -> None:
+    del _random[:]
+
+
+os.register_at_fork(after_in_child=_forget_random)
+
+
 def new_id() -> str:
     """A fresh record id (also sent to the crawler as X-Optout-Id): a random UUID, as 32 hex digits."""
-    raw = bytearray(os.urandom(16))
+    with _random_lock:
+        if not _random:
+            _random.extend(os.urandom(_ID_BATCH))
+        raw = _random[-16:]
+        del _random[-16:]
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     return raw.hex()  # what uuid.uuid4().hex gives, without building a UUID object
+
+
+def _deciding_index(decision: Decision) -> int | None:
+    if decision.deciding is not None and decision.deciding in decision.findings:
+        return decision.findings.index(decision.deciding)
+    return None
+
+
+def evidence_of(decision: Decision) -> tuple[orjson.Fragment, int | None]:
+    """The record's `evidence`, serialised as `_dump` would serialise it in place, and `deciding`.
+
+    Made once per decision and kept on it: a decision from the memo of proxy.assess
+    is written in many records.
+    """
+    cached: tuple[orjson.Fragment, int | None] | None = decision._evidence
+    if cached is None:
+        evidence = orjson.Fragment(orjson.dumps([f.to_json() for f in decision.findings]))
+        cached = (evidence, _deciding_index(decision))
+        object.__setattr__(decision, "_evidence", cached)
+    return cached
 
 
 def record_for(
@@ -66,12 +105,18 @@ def record_for(
     status: int | None,
     user_agent: str | None = None,
     policy_path: str | None = None,
+    serialised: bool = False,
 ) -> dict[str, Any]:
-    """The audit record of one decision (what `check --json` prints, too)."""
-    evidence = [f.to_json() for f in decision.findings]
-    deciding = None
-    if decision.deciding is not None and decision.deciding in decision.findings:
-        deciding = decision.findings.index(decision.deciding)
+    """The audit record of one decision (what `check --json` prints, too).
+
+    `serialised`: the evidence is put in already serialised (`evidence_of`), for a
+    record that only `AuditLog.write` reads; its line is the same byte for byte.
+    """
+    evidence: Any
+    if serialised:
+        evidence, deciding = evidence_of(decision)
+    else:
+        evidence, deciding = [f.to_json() for f in decision.findings], _deciding_index(decision)
     record: dict[str, Any] = {
         "v": SCHEMA_VERSION,
         "ts": ts,
@@ -112,7 +157,7 @@ def seal(record: dict[str, Any]) -> tuple[bytes, str]:
     """(line without newline, hash) of a record that already holds `seq` and `prev`."""
     body = _dump(record)
     digest = hashlib.sha256(body).hexdigest()
-    return body[:-1] + b',"hash":"' + digest.encode() + b'"}', digest
+    return b"".join((body[:-1], b',"hash":"', digest.encode(), b'"}')), digest
 
 
 def recompute_hash(record: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ from proxy.fetch import Fetched, fetch_document
 from proxy.origin import Origin
 from proxy.policy import Policy
 from proxy.signals import aitxt, contentsignal, contentusage, robots, rsl, tdmrep
+from proxy.signals.robots import RuleMatcher
 
 # RFC 9309 §2.3.1.4: after "a reasonably long period (e.g. 30 days)" of
 # unreachability a crawler MAY stop using its cached copy; we then fall back to
@@ -109,6 +110,54 @@ class OriginDocuments:
             for source, lic in self.licenses:
                 found += license_findings(url, source, lic, policy)
         return found
+
+    def depends_on_rules_only(self, policy: Policy) -> bool:
+        """True if, under `policy`, `prefetch_findings` depends on the path only through which
+        robots.txt rules match it (and whether it is /robots.txt itself): no path-scoped
+        records, no ai.txt, no tdmrep.json entry, no licence (whose findings name the URL)."""
+        mode = policy.signal_mode
+        parsed = self.robots if self.robots_outcome == "ok" else None
+        if parsed is not None:
+            inherit = policy.reading("star_group_preferences") == "inherit"
+            if mode(robots.NAME) != "off" and any(
+                parsed.records_for(policy.agent, key, inherit_star=inherit) for key in robots.AI_TRAINING_KEYS
+            ):
+                return False
+            if mode(contentusage.NAME) != "off" and parsed.records_for(
+                policy.agent, contentusage.KEY, inherit_star=inherit
+            ):
+                return False
+        if mode(aitxt.NAME) != "off" and any(
+            ai is not None and ai.parsed is not None for ai in (self.ai_txt, self.ai_txt_well_known)
+        ):
+            return False
+        if mode(tdmrep.NAME) != "off" and self.tdm_json is not None and self.tdm_json.parsed is not None:
+            return False
+        return not (mode(rsl.NAME) != "off" and self.licenses)
+
+    def rule_matchers(self, policy: Policy) -> tuple[RuleMatcher | None, ...] | None:
+        """The robots.txt matchers `robots_findings` asks, when nothing else in `prefetch_findings`
+        depends on the path; None when something does.
+
+        Then the findings for a path are a function of whether it is /robots.txt itself and
+        of the rule each matcher returns: our agent's (star groups included) first, then one
+        per honored token that a group names. Empty when robots.txt is not read for rules.
+        """
+        if not self.depends_on_rules_only(policy):
+            return None
+        parsed = self.robots if self.robots_outcome == "ok" else None
+        if parsed is None or policy.signal_mode(robots.NAME) == "off":
+            return ()
+        matchers = [parsed.matcher_for(policy.agent, star_fallback=True)]
+        seen = {policy.agent.lower()}
+        named = parsed.named_tokens()
+        for token in policy.honor_agents:
+            lowered = token.lower()
+            if lowered not in named or lowered in seen:
+                continue
+            seen.add(lowered)
+            matchers.append(parsed.matcher_for(token, star_fallback=False))
+        return tuple(matchers)
 
     def tdm_file(self, path: str, policy: Policy) -> tdmrep.Channel | None:
         """The tdmrep.json statement for `path`, if the origin has the file and an entry matches."""

@@ -764,15 +764,20 @@ class Enforcer:
             return None  # answered by another addon (or replayed); nothing goes upstream
         # One policy for the whole flow, even if a reload lands meanwhile.
         self.requests_seen += 1
-        state = self._flows[flow] = FlowState(self.policy)
-
-        def judge() -> Awaitable[None] | None:
-            if state.policy is None or not self.ready:
+        policy = self.policy
+        state = self._flows[flow] = FlowState(policy)
+        # What _fail_closed does, without its closures: this is every request's path.
+        try:
+            if policy is None or not self.ready:
                 raise RuntimeError("no policy loaded")
             tunnelled = flow.client_conn.id in self._tunnels
-            return self.requests.judge(flow, state, state.policy, tunnelled=tunnelled)
-
-        return self._fail_closed(flow, state, "request", judge)
+            rest = self.requests.judge(flow, state, policy, tunnelled=tunnelled)
+        except Exception as e:
+            self.recorder.failed(flow, state, e, phase="request")
+            return None
+        if rest is None:
+            return None
+        return self._fail_closed(flow, state, "request", lambda: rest)
 
     def _fail_closed(
         self, flow: http.HTTPFlow, state: FlowState, phase: str, judge: Callable[[], Awaitable[None] | None],

@@ -106,6 +106,9 @@ class Decision:
     deciding: Finding | None
     findings: tuple[Finding, ...] = field(default=())
     policy_sha256: str = ""
+    # The audit record's `evidence` (serialised) and `deciding`, made once per decision
+    # (proxy.audit.evidence_of): a decision is often shared by many requests (proxy.assess).
+    _evidence: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def blocks(self) -> bool:

@@ -16,6 +16,7 @@ when it is awaitable, and most of a crawl is such requests.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
@@ -40,6 +41,8 @@ AMBIGUOUS_STATUS = 400
 UNRESOLVED_STATUS = 502
 
 CachedDocuments = Callable[[Origin], "OriginDocuments | None"]
+# The same Origin object for the same (scheme, name, port): built once per origin, not per request.
+_origin = functools.lru_cache(maxsize=16384)(Origin.of)
 
 
 class RequestJudge:
@@ -80,18 +83,21 @@ class RequestJudge:
             self._ambiguous(flow, state, policy, names)
             return None
         rewritten = names.host_headers[0] if fix_host(flow, names) else None
-        begun = start(policy, req.path or "/", names.all, mode=self.mode())
+        mode = self.mode()
+        every = names.all
+        begun = start(policy, req.path or "/", every, mode=mode)
         if isinstance(begun, Decision):
             self._conclude(flow, state, policy, begun, names, rewritten)
             return None
-        origins = [Origin.of(req.scheme, name, req.port) for name in names.served]
+        scheme, port = req.scheme, req.port
+        origins = [_origin(scheme, name, port) for name in (every if names.tunnelled else (names.target,))]
         addresses_ok = self._addresses_known_ok(flow, state, policy, names) if self.direct() else True
         if addresses_ok is False:
             return None
         docs = [self.cached(o) for o in origins] if addresses_ok else []
         if addresses_ok and all(d is not None for d in docs):
             state.docs = docs[0]
-            decision = finish(policy, begun, origins, docs, mode=self.mode())  # type: ignore[arg-type]
+            decision = finish(policy, begun, origins, docs, mode=mode)  # type: ignore[arg-type]
             interval = self._pace(policy, decision, docs[0])
             if interval is not None:
                 return self._conclude_in_turn(flow, state, policy, decision, names, rewritten, interval)

@@ -117,6 +117,7 @@ class Recorder:
             status=status,
             user_agent=fields.first(req.headers.fields, b"user-agent"),
             policy_path=str(policy.path) if policy is not None else None,
+            serialised=True,
         )
 
     def write(

@@ -158,8 +158,11 @@ def xmp_packets(body: bytes) -> list[bytes]:
 
 
 def has_xmp(body: bytes) -> bool:
-    """True if `body` holds an XMP packet or bare XMP metadata anywhere (a C-speed search)."""
-    return b"<?xpacket" in body or b"adobe:ns:meta" in body
+    """True if `body` holds an XMP packet or bare XMP metadata anywhere (a C-speed search).
+
+    A packet starts with "<": a body without one (memchr) needs only the second search.
+    """
+    return (b"<" in body and b"<?xpacket" in body) or b"adobe:ns:meta" in body
 
 
 @functools.lru_cache(maxsize=16)

@@ -153,5 +153,3 @@ def test_record_ids_are_unique_uuid4() -> None:
     for value in ids[::97]:
         parsed = uuid.UUID(value)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == value
-
-

@@ -38,7 +38,7 @@ from proxy.outcome import FlowState, Recorder, refusal, summary
 from proxy.policy import Policy
 from proxy.signals import tdmrep
 from proxy.signals.media import has_xmp
-from proxy.sniff import SNIFF_BYTES
+from proxy.sniff import SNIFF_BYTES, contains
 from proxy.store import headers_bytes
 
 logger = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ class ResponseJudge:
             kinds = frozenset({"media"})  # as in `body`, now that the compressed body is decoded
         if kinds:
             # The C2PA SDK is native code that may take its time: never on the event loop.
-            if len(body) > OFF_LOOP_BYTES or b"c2pa" in body:
+            if len(body) > OFF_LOOP_BYTES or contains(body, b"c2pa", 1):
                 from_body = await _in_thread(
                     self._worker, view, body, kinds, policy, document, tdm_file, self.license
                 )

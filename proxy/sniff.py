@@ -43,6 +43,25 @@ _MEDIA_MAGIC = (
 )  # fmt: skip
 
 
+def contains(data: bytes, needle: bytes, pivot: int) -> bool:
+    """`needle in data`, found from the occurrences of the byte `needle[pivot]` (memchr).
+
+    CPython searches for a short needle at a fraction of memchr's speed; when the pivot
+    byte is rare in `data` this is several times faster. After a few occurrences it
+    hands the rest to the plain search, so a body full of the pivot costs no more.
+    """
+    byte = needle[pivot : pivot + 1]
+    end = len(needle) - pivot
+    at = data.find(byte)
+    for _ in range(16):
+        if at < 0:
+            return False
+        if at >= pivot and data[at - pivot : at + end] == needle:
+            return True
+        at = data.find(byte, at + 1)
+    return at >= 0 and data.find(needle, max(0, at - pivot)) >= 0
+
+
 def _text_start(head: bytes) -> bytes:
     """The first bytes as lower-case ASCII-ish text: BOMs removed, UTF-16 narrowed, whitespace skipped."""
     if head.startswith(b"\xef\xbb\xbf"):

@@ -46,6 +46,7 @@ from defusedxml import ElementTree
 
 from proxy.evidence import Document, Finding, Says
 from proxy.signals import c2pa_store
+from proxy.sniff import contains
 
 NAME = "media-metadata"
 PLUS_NS = "http://ns.useplus.org/ldf/xmp/1.0/"
@@ -377,7 +378,7 @@ def c2pa_findings(
     Read by the C2PA SDK, which validates the signatures; our own scan only
     where the SDK cannot read the body.
     """
-    if b"c2pa" not in body:
+    if not contains(body, b"c2pa", 1):
         return []  # every manifest store carries the label; most bodies have none
     mime = c2pa_store.format_of(body, declared)
     fallback = "the C2PA SDK does not read this format"

@@ -26,6 +26,7 @@ closed here:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -150,6 +151,7 @@ class RequestNames:
         return self.all
 
 
+@functools.lru_cache(maxsize=65536)
 def _host_of(authority: str) -> str | None:
     if not authority:
         return None
@@ -171,7 +173,7 @@ def request_names(flow: http.HTTPFlow, *, tunnelled: bool) -> RequestNames:
     """
     req = flow.request
     fields = values(req.headers.fields, b"host")
-    hosts = [h for h in (_host_of(v) for v in fields) if h]
+    hosts = [h for h in map(_host_of, fields) if h]
     if req.is_http2 or req.is_http3:
         authority = _host_of(req.authority)
         if authority:
@@ -179,7 +181,7 @@ def request_names(flow: http.HTTPFlow, *, tunnelled: bool) -> RequestNames:
     sni = flow.client_conn.sni
     return RequestNames(
         target=canonical_host(req.host),
-        host_headers=tuple(dict.fromkeys(hosts)),
+        host_headers=tuple(hosts) if len(hosts) < 2 else tuple(dict.fromkeys(hosts)),
         sni=canonical_host(sni) if sni else None,
         tunnelled=tunnelled,
         host_fields=len(fields),

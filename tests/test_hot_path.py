@@ -153,3 +153,14 @@ def test_record_ids_are_unique_uuid4() -> None:
     for value in ids[::97]:
         parsed = uuid.UUID(value)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == value
+
+
+def test_judge_response_copies_every_field() -> None:
+    """proxy.judge_response builds a hashed Document and its Findings field by field (not with
+    dataclasses.replace, which costs several µs each): a new field must be copied there too."""
+    assert [f.name for f in dataclasses.fields(Document)] == [
+        "url", "status", "sha256", "fetched_at", "final_url", "error", "truncated",
+    ]  # fmt: skip
+    assert [f.name for f in dataclasses.fields(Finding)] == [
+        "signal", "says", "detail", "document", "line", "agent", "entry",
+    ]  # fmt: skip

@@ -324,8 +324,33 @@ class AuditLog:
         back to the last complete record before anything else is written.
         """
         with self._lock:
-            self._open()
-            self._append(record)
+            fd = self._fd
+            if fd is None or self._seq is None or self._since_checkpoint + 1 >= self.checkpoint_every:
+                self._open()
+                self._append(record)
+                return
+            # The usual record, inline (every request writes one): what _append does when the
+            # file is open, the record does not rotate it and no checkpoint is due.
+            record["seq"] = seq = self._seq + 1
+            record["prev"] = self._head
+            body = orjson.dumps(record)  # _dump
+            digest = hashlib.sha256(body).hexdigest()
+            line = b"".join((body[:-1], b',"hash":"', digest.encode(), b'"}\n'))  # seal, and the newline
+            if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:
+                self._append(record)  # rotates first, then chains and writes it
+                return
+            try:
+                written = os.write(fd, line)
+            except OSError as e:
+                self._roll_back(fd)
+                raise AuditError(f"cannot write audit log {self.path}: {e.strerror or e}") from e
+            if written != len(line):
+                self._roll_back(fd)
+                raise AuditError(f"short write to audit log {self.path}: {written}/{len(line)} bytes")
+            record["hash"] = digest
+            self._seq, self._head = seq, digest
+            self._size += written
+            self._since_checkpoint += 1
 
     def _append(self, record: dict[str, Any]) -> None:
         assert self._fd is not None

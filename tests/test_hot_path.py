@@ -16,14 +16,18 @@ from pathlib import Path
 
 import orjson
 import pytest
+from mitmproxy import http
+from mitmproxy.test import tflow, tutils
 
 from proxy.assess import DecisionMemo
-from proxy.audit import _dump, new_id, record_for
+from proxy.audit import AuditLog, _dump, log_files, new_id, record_for, seal, verify_chain
 from proxy.decide import decide
 from proxy.documents import OptionalDoc, OriginDocuments
 from proxy.evidence import Decision, Document, Finding, Says, Verdict
-from proxy.origin import Origin
-from proxy.outcome import refusal
+from proxy.fields import first, request_url
+from proxy.metrics import Metrics
+from proxy.origin import Origin, canonical_host
+from proxy.outcome import Recorder, refusal
 from proxy.policy import Policy, load_policy
 from proxy.signals import aitxt, robots, tdmrep
 from tests.policies import write_policy
@@ -164,3 +168,68 @@ def test_judge_response_copies_every_field() -> None:
     assert [f.name for f in dataclasses.fields(Finding)] == [
         "signal", "says", "detail", "document", "line", "agent", "entry",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("max_bytes", "every"), [(0, 100), (0, 1), (0, 7), (1500, 5), (700, 1000)])
+def test_the_inline_write_is_what_seal_writes(tmp_path: Path, max_bytes: int, every: int) -> None:
+    """AuditLog.write's inline path writes the lines `seal` makes, rotates and checkpoints as before."""
+    log = AuditLog(tmp_path / "a.jsonl", max_bytes=max_bytes, checkpoint_every=every)
+    written = []
+    for i in range(40):
+        record = {"v": 1, "id": new_id(), "n": i, "text": "é" * (i % 7), "evidence": orjson.Fragment(b"[]")}
+        log.write(record)
+        expected, digest = seal({k: v for k, v in record.items() if k != "hash"})
+        assert record["hash"] == digest
+        written.append(expected)
+    log.close()
+    report = verify_chain(tmp_path / "a.jsonl")
+    assert report.ok and report.records == 40
+    lines = b"".join(p.read_bytes() for p in log_files(tmp_path / "a.jsonl")).splitlines()
+    assert lines == written
+    if max_bytes:
+        assert len(log_files(tmp_path / "a.jsonl")) > 1
+    assert report.checkpoints >= 40 // every
+
+
+def _flows() -> list[http.HTTPFlow]:
+    out = []
+    for scheme, host, port, path, method, headers in [
+        ("http", "a.example", 80, "/x?y=1", "GET", [(b"User-Agent", b"Bot/1 \xc3\xa9")]),
+        ("https", "a.example", 443, "/", "GET", []),
+        ("https", "a.example", 8443, "/p%20q", "POST", [(b"user-agent", b"one"), (b"User-Agent", b"two")]),
+        ("http", "::1", 8080, "/v6", "GET", []),
+        ("http", "a.example", 80, "*", "OPTIONS", []),
+        ("https", "xn--bcher-kva.example", 443, "/b\\udcff", "GET", []),
+        ("http", "a.example", 443, "/", "GET", []),
+        ("https", "a.example", 80, "/", "HEAD", []),
+    ]:
+        flow = tflow.tflow()
+        flow.request = tutils.treq(
+            host=host, port=port, scheme=scheme.encode(), method=method.encode(), headers=http.Headers(headers),
+            path=path.encode("utf-8", "surrogateescape"),
+        )  # fmt: skip
+        out.append(flow)
+    connect = tflow.tflow()
+    connect.request = tutils.treq(method=b"CONNECT", host="a.example", port=443, path=b"", scheme=b"")
+    out.append(connect)
+    return out
+
+
+def test_request_url_is_mitmproxys(tmp_path: Path) -> None:
+    for flow in _flows():
+        assert request_url(flow.request) == flow.request.url
+
+
+@pytest.mark.parametrize("with_policy", [True, False])
+def test_recorder_record_is_record_for(tmp_path: Path, with_policy: bool) -> None:
+    policy = load_policy(write_policy(tmp_path)) if with_policy else None
+    recorder = Recorder(Metrics(lambda: None, lambda: 0))
+    for flow, decision in itertools.product(_flows(), _decisions(load_policy(write_policy(tmp_path / "p")))):
+        got = recorder.record(flow, decision, policy, "r1", phase="response", status=None)
+        req = flow.request
+        want = record_for(
+            decision, record_id="r1", ts=got["ts"], method=req.method, url=req.url,
+            host=canonical_host(req.host), agent=policy.agent if policy else "", phase="response", status=None,
+            user_agent=first(req.headers.fields, b"user-agent"), policy_path=str(policy.path) if policy else None,
+        )  # fmt: skip
+        assert _dump(got) == _dump(want)

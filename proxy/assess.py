@@ -8,6 +8,7 @@ which the addon backs with its cache and `check` with a direct fetch.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,32 +35,27 @@ class DecisionMemo:
     When an origin's documents give findings that depend on the path only through
     the robots.txt rules matching it (`OriginDocuments.rule_matchers`), the
     decision is a function of (documents, policy, mode, matched rules): it is kept
-    under that key and shared, since Decision and Finding are immutable. Entries hold
-    the documents and the policy they were made from and are used only for those very
-    objects, so a refreshed cache entry or a reloaded policy starts afresh.
+    under that key and shared, since Decision and Finding are immutable. An entry
+    holds its documents and policy weakly and is used only for those very objects,
+    so a refreshed cache entry or a reloaded policy starts afresh, and the memo
+    keeps neither alive (a large robots.txt is freed with its cache entry). At most
+    `size` decisions are kept, the oldest dropped first.
     """
 
     def __init__(self, size: int = MEMO_SIZE) -> None:
         self.size = size
-        # Per (documents, policy): the robots.txt matchers the decision depends on, or None.
-        self._plans: dict[tuple[int, int], tuple[OriginDocuments, Policy, Any]] = {}
-        self._decisions: dict[tuple[Any, ...], tuple[OriginDocuments, Policy, Decision]] = {}
-
-    def _keep(self, table: dict[Any, Any], key: Any, value: Any) -> None:
-        if len(table) >= self.size:
-            del table[next(iter(table))]
-        table[key] = value
+        self._decisions: dict[tuple[Any, ...], tuple[weakref.ref[Any], weakref.ref[Any], Decision]] = {}
 
     def decision(
         self, docs: OriginDocuments, origin: Origin, path: str, policy: Policy, mode: str | None
     ) -> Decision:
         """`decide(docs.prefetch_findings(origin.url(path), path, policy), policy, mode=mode)`."""
-        pkey = (id(docs), id(policy))
-        plan = self._plans.get(pkey)
-        if plan is None or plan[0] is not docs or plan[1] is not policy:
-            plan = (docs, policy, docs.rule_matchers(policy))
-            self._keep(self._plans, pkey, plan)
-        matchers = plan[2]
+        plan = docs.plans.get(id(policy))
+        if plan is None or plan[0]() is not policy:
+            if len(docs.plans) >= 4:  # policies replaced by reloads
+                docs.plans.clear()
+            plan = docs.plans[id(policy)] = (weakref.ref(policy), docs.rule_matchers(policy))
+        matchers = plan[1]
         if matchers is None:
             return decide(docs.prefetch_findings(origin.url(path), path, policy), policy, mode=mode)
         # What the findings depend on: /robots.txt itself (always allowed), else the rules matched.
@@ -71,11 +67,14 @@ class DecisionMemo:
         else:
             rules = tuple(m.match(path) if m is not None else None for m in matchers)
         key = (id(docs), id(policy), mode, rules)
-        hit = self._decisions.get(key)
-        if hit is not None and hit[0] is docs and hit[1] is policy:
+        table = self._decisions
+        hit = table.get(key)
+        if hit is not None and hit[0]() is docs and hit[1]() is policy:
             return hit[2]
         decision = decide(docs.prefetch_findings(origin.url(path), path, policy), policy, mode=mode)
-        self._keep(self._decisions, key, (docs, policy, decision))
+        if len(table) >= self.size:
+            del table[next(iter(table))]
+        table[key] = (weakref.ref(docs), weakref.ref(policy), decision)
         return decision
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -48,7 +48,7 @@ class OptionalDoc:
     parsed: Any  # the module's parse() result when ok, else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # weakly held by proxy.assess.DecisionMemo
 class OriginDocuments:
     """What one origin's policy documents said when last fetched."""
 
@@ -61,6 +61,9 @@ class OriginDocuments:
     tdm_json: OptionalDoc | None = None
     ai_txt_well_known: OptionalDoc | None = None  # /.well-known/ai.txt (the draft's location)
     licenses: tuple[tuple[str, OptionalDoc], ...] = ()
+    # rule_matchers per policy (proxy.assess.DecisionMemo), kept here so they die with these
+    # documents; not an argument, so `dataclasses.replace` gives a copy its own.
+    plans: dict[int, tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def robots_findings(self, path: str, agent: str, honor_agents: tuple[str, ...]) -> list[Finding]:
         """robots.txt Allow/Disallow findings for `path` on this origin."""

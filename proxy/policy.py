@@ -110,7 +110,7 @@ class AuditSettings:
     log_allowed: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # weakly held by proxy.assess.DecisionMemo
 class Policy:
     """A validated policy and its registries; `digest` identifies it in every audit record."""
 

@@ -106,7 +106,7 @@ def test_memo_is_bounded_and_keyed_by_the_objects(tmp_path: Path) -> None:
         docs = _docs(body)
         for path in PATHS:
             memo.decision(docs, ORIGIN, path, policy, None)
-    assert len(memo._decisions) <= 4 and len(memo._plans) <= 4
+    assert len(memo._decisions) <= 4
     # A policy reloaded with other readings is never answered from an older policy's entries.
     docs = _docs(ROBOTS[0])
     assert memo.decision(docs, ORIGIN, "/private", policy, None).verdict is Verdict.BLOCK
@@ -233,3 +233,20 @@ def test_recorder_record_is_record_for(tmp_path: Path, with_policy: bool) -> Non
             user_agent=first(req.headers.fields, b"user-agent"), policy_path=str(policy.path) if policy else None,
         )  # fmt: skip
         assert _dump(got) == _dump(want)
+
+
+def test_memo_keeps_no_documents_alive(tmp_path: Path) -> None:
+    import gc
+    import weakref
+
+    policy = load_policy(write_policy(tmp_path))
+    memo = DecisionMemo()
+    docs = _docs(ROBOTS[0])
+    memo.decision(docs, ORIGIN, "/private", policy, None)
+    gone = weakref.ref(docs)
+    del docs
+    gc.collect()
+    assert gone() is None
+    fresh = _docs(ROBOTS[0])  # may reuse the id: never answered from the dead one's entry
+    off = dataclasses.replace(policy, signals={"robots-txt": "off"})  # type: ignore[arg-type]
+    assert memo.decision(fresh, ORIGIN, "/private", off, None).verdict is Verdict.ALLOW

@@ -77,7 +77,12 @@ class OriginDocuments:
         return [Finding(robots.NAME, Says.UNREACHABLE, doc.error or "unreachable", doc)]
 
     def prefetch_findings(self, url: str, path: str, policy: Policy) -> list[Finding]:
-        """Every finding this origin's documents give for `url` before it is fetched."""
+        """Every finding this origin's documents give for `url` before it is fetched.
+
+        A source added here that reads the path or the URL must be named in
+        `depends_on_rules_only` too, or proxy.assess.DecisionMemo would share its findings
+        between paths (tests/test_hot_path.py).
+        """
         mode = policy.signal_mode
         found: list[Finding] = []
         if mode(robots.NAME) != "off":

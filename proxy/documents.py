@@ -64,6 +64,8 @@ class OriginDocuments:
     # rule_matchers per policy (proxy.assess.DecisionMemo), kept here so they die with these
     # documents; not an argument, so `dataclasses.replace` gives a copy its own.
     plans: dict[int, tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # the pace interval per policy (proxy.politeness), for the same reason
+    paces: dict[int, tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def robots_findings(self, path: str, agent: str, honor_agents: tuple[str, ...]) -> list[Finding]:
         """robots.txt Allow/Disallow findings for `path` on this origin."""

@@ -133,9 +133,16 @@ class RequestJudge:
         (no Crawl-delay, no minimum interval, no Retry-After in force): then it costs nothing."""
         if decision.blocks or docs is None:
             return None
-        interval = interval_for(policy, docs)
-        if interval.seconds <= 0 and not self.shared().held(docs.origin.key):
-            return None
+        known = docs.paces.get(id(policy))
+        if known is not None and known[0] is policy:
+            interval: Interval = known[1]
+        else:
+            interval = interval_for(policy, docs)
+            docs.paces[id(policy)] = (policy, interval)
+        if interval.seconds <= 0:
+            shared = self.shared()
+            if not shared.pace.anything_held() or not shared.held(docs.origin.key):
+                return None
         return interval
 
     async def _conclude_in_turn(

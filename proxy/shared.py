@@ -70,6 +70,7 @@ class Pace:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._tat: dict[str, float] = {}  # theoretical arrival time of the next request, per origin
         self._clock = clock
+        self._latest = 0.0  # the furthest TAT set: past it, no origin waits (a cheap test per request)
 
     def turn(self, key: str, interval: float, max_wait: float) -> Turn:
         now = self._clock()
@@ -79,6 +80,7 @@ class Pace:
             return Turn(False, wait)
         if interval > 0:
             self._tat[key] = tat + interval
+            self._latest = max(self._latest, tat + interval)
         if len(self._tat) > 100_000:  # forget origins whose turn is long past
             self._tat = {k: v for k, v in self._tat.items() if v > now}
         return Turn(True, wait)
@@ -87,6 +89,11 @@ class Pace:
         """No turn for `key` for `seconds` (an origin's Retry-After)."""
         now = self._clock()
         self._tat[key] = max(self._tat.get(key, now), now + seconds)
+        self._latest = max(self._latest, self._tat[key])
+
+    def anything_held(self) -> bool:
+        """Whether any origin's turn is still ahead (False: no request needs to ask)."""
+        return self._latest > self._clock()
 
     def held(self, key: str) -> bool:
         """Whether `key`'s next turn is still ahead (a request to it would wait)."""

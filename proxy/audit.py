@@ -339,18 +339,7 @@ class AuditLog:
             if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:
                 self._append(record)  # rotates first, then chains and writes it
                 return
-            try:
-                written = os.write(fd, line)
-            except OSError as e:
-                self._roll_back(fd)
-                raise AuditError(f"cannot write audit log {self.path}: {e.strerror or e}") from e
-            if written != len(line):
-                self._roll_back(fd)
-                raise AuditError(f"short write to audit log {self.path}: {written}/{len(line)} bytes")
-            record["hash"] = digest
-            self._seq, self._head = seq, digest
-            self._size += written
-            self._since_checkpoint += 1
+            self._put(fd, record, line, digest, seq)
 
     def _append(self, record: dict[str, Any]) -> None:
         assert self._fd is not None
@@ -367,7 +356,10 @@ class AuditLog:
             record["prev"] = self._head
             text, digest = seal(record)
             line = text + b"\n"
-        fd = self._fd
+        self._put(self._fd, record, line, digest, record["seq"])
+
+    def _put(self, fd: int, record: dict[str, Any], line: bytes, digest: str, seq: int) -> None:
+        """Write one sealed line; on a failed or short write roll back and raise AuditError."""
         try:
             written = os.write(fd, line)
         except OSError as e:
@@ -377,7 +369,7 @@ class AuditLog:
             self._roll_back(fd)
             raise AuditError(f"short write to audit log {self.path}: {written}/{len(line)} bytes")
         record["hash"] = digest
-        self._seq, self._head = record["seq"], digest
+        self._seq, self._head = seq, digest
         self._size += written
         self._since_checkpoint += 1
         if self._since_checkpoint >= self.checkpoint_every:

@@ -21,8 +21,9 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import httpx
 from mitmproxy import connection, ctx, exceptions, http, tcp, udp
@@ -832,9 +833,8 @@ class Enforcer:
         logger.info(
             "optout: %s answered %d, Retry-After %.0f s: held back", origin, response.status_code, seconds
         )
-        task = asyncio.get_running_loop().create_task(self.shared.hold(origin, seconds))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        shared = self.shared
+        self._background(lambda: shared.hold(origin, seconds))
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Judge a buffered body before delivery (a coroutine only when there is one to judge)."""
@@ -869,24 +869,23 @@ class Enforcer:
             logger.exception("optout: cannot record the aborted response of %s", flow.request.pretty_url)
         self._reclaimer.soon()
 
-    def _start_shared(self) -> None:
-        """Let the shared state listen to the fleet (once the event loop runs)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # not yet running: running() starts it
-        task = loop.create_task(self.shared.start())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    def _close_shared_later(self, shared: SharedState) -> None:
+    def _background(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run `make()` on the event loop, if one runs yet (configure is synchronous and may come
+        first), keeping the task referenced until it ends."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        task = loop.create_task(shared.close())
+        task: asyncio.Task[Any] = loop.create_task(make())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    def _start_shared(self) -> None:
+        """Let the shared state listen to the fleet (running() does it if the loop is not up yet)."""
+        self._background(self.shared.start)
+
+    def _close_shared_later(self, shared: SharedState) -> None:
+        self._background(shared.close)
 
     def _get(self) -> Get:
         """How this process gets one policy document: itself, or through the fleet's shared store."""
@@ -905,13 +904,7 @@ class Enforcer:
 
     def _close_later(self, client: httpx.AsyncClient) -> None:
         """Close a replaced client without blocking configure (which is synchronous)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        task = loop.create_task(client.aclose())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._background(client.aclose)
 
     def _fetch_refusal(self, host: str) -> str | None:
         """Why our own fetches may not go to `host`: a rights holder in the registry is never contacted."""

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-QUICK_DEATH = 5.0  # a worker that dies this soon after its first start cannot start at all
+QUICK_DEATH = 5.0  # a worker that exits with an error this soon after its first start cannot start
 RESTART_BACKOFF_MAX = 30.0
 STOP_GRACE = 10.0
 
@@ -131,7 +131,9 @@ class Supervisor:
                 for w in self.workers:
                     status = self._reap(w)
                     if status is not None and not self.stopping:
-                        if w.starts == 1 and time.monotonic() - w.started < QUICK_DEATH and status != 0:
+                        # Its own error exit right after the first start is a configuration it
+                        # cannot run with; a signal (kill -9, the OOM killer) is not.
+                        if w.starts == 1 and time.monotonic() - w.started < QUICK_DEATH and status > 0:
                             self.say(f"worker {w.ident} could not start (exit status {status}); stopping all")
                             self.stopping = True
                             self._stop_all()

@@ -602,6 +602,9 @@ class _Progress:
         self.enabled = sys.stderr.isatty()
         self.last = 0.0
 
+    def __bool__(self) -> bool:
+        return self.enabled  # a reader skips its byte counting when nobody watches
+
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
         if not self.enabled or (now - self.last < 0.25 and done < total):
@@ -687,7 +690,7 @@ class _Skipped:
 
     def __init__(self) -> None:
         self.count = 0
-        self.agents: set[str] = set()  # every record's agent, to check an --agent filter
+        self.agents: set[str] | None = None  # every record's agent, when an --agent filter is checked
 
     def __call__(self, problem: str) -> None:
         self.count += 1
@@ -712,7 +715,7 @@ def _tail(path: Path, args: argparse.Namespace, skipped: _Skipped) -> int:
     follower = Tail(path, skipped)
     last: deque[str] = deque(maxlen=max(0, args.n))
     for r in follower.poll():
-        if not args.follow:  # a followed log may yet show the agent
+        if not args.follow and skipped.agents is not None:  # a followed log may yet show the agent
             skipped.agents.add(str(r.get("agent")))
         if flt.keeps(r):
             last.append(one_line(r))
@@ -736,6 +739,8 @@ def _audit(args: argparse.Namespace) -> int:
     if path is None:
         return ExitStatus.INVALID
     skipped = _Skipped()
+    if getattr(args, "agent", None):
+        skipped.agents = set()
     try:
         status = _audit_command(args, path, skipped)
         if status == ExitStatus.OK and getattr(args, "agent", None) and skipped.agents:

@@ -185,18 +185,20 @@ def _strict(problem: str) -> None:
     raise AuditError(problem)
 
 
-def parse_line(line: bytes, where: str) -> dict[str, Any] | str:
+def parse_line(line: bytes, where: str | Callable[[], str]) -> dict[str, Any] | str:
     """One log line as a record, or why it is not one (a torn write, a foreign line).
 
     A record is a JSON object with a chain position (`seq`), an `id` and a `ts`;
-    anything else in the file is reported, never counted.
+    anything else in the file is reported, never counted. `where` names the
+    line (`file:line`), or makes the name when one is needed.
     """
     try:
         r = orjson.loads(line)
     except orjson.JSONDecodeError as e:
-        return f"{where}: skipped: not a JSON record ({e})"
-    if not isinstance(r, dict) or not isinstance(r.get("seq"), int) or "id" not in r or "ts" not in r:
-        return f"{where}: skipped: not an audit record (no seq, id and ts)"
+        return f"{where if isinstance(where, str) else where()}: skipped: not a JSON record ({e})"
+    if type(r) is not dict or type(r.get("seq")) is not int or "id" not in r or "ts" not in r:
+        named = where if isinstance(where, str) else where()
+        return f"{named}: skipped: not an audit record (no seq, id and ts)"
     return r
 
 
@@ -222,22 +224,30 @@ def records(
     read = [0, 0]  # bytes, lines: shared by the logs read side by side
 
     def one(files: list[Path]) -> Iterator[dict[str, Any]]:
+        keeps = flt.keeps if flt is not None and flt.describe() else None
+        seen = agents.add if agents is not None else None
+        loads, bad = orjson.loads, orjson.JSONDecodeError
         for file in files:
             with open(file, "rb") as f:
                 for number, line in enumerate(f, start=1):
-                    read[0] += len(line)
-                    read[1] += 1
-                    if progress is not None and read[1] % 50_000 == 0:
-                        progress(read[0], total)
-                    if not line.strip():
+                    if progress:
+                        read[0] += len(line)
+                        read[1] += 1
+                        if read[1] % 50_000 == 0:
+                            progress(read[0], total)
+                    # The checks of parse_line, inline: this loop runs once per record of the log.
+                    try:
+                        r = loads(line)
+                    except bad:
+                        if line.strip():
+                            on_skip(str(parse_line(line, f"{file}:{number}")))
                         continue
-                    r = parse_line(line, f"{file}:{number}")
-                    if isinstance(r, str):
-                        on_skip(r)
+                    if type(r) is not dict or type(r.get("seq")) is not int or "id" not in r or "ts" not in r:
+                        on_skip(str(parse_line(line, f"{file}:{number}")))
                         continue
-                    if agents is not None:
-                        agents.add(str(r.get("agent")))
-                    if flt is None or flt.keeps(r):
+                    if seen is not None:
+                        seen(str(r.get("agent")))
+                    if keeps is None or keeps(r):
                         yield r
 
     if len(logs) == 1:
@@ -343,17 +353,6 @@ class Follower:
         return out
 
 
-def _request_key(record_id: object) -> int | str | None:
-    """A compact key for a record id (32 hex digits, as an int: a log of millions keeps one per
-    request that a later response record could still change)."""
-    if not isinstance(record_id, str) or not record_id:
-        return None
-    try:
-        return int(record_id, 16)
-    except ValueError:
-        return record_id
-
-
 @dataclass
 class Summary:
     """Requests by outcome, in all and per value of one dimension; each request counted once.
@@ -384,11 +383,11 @@ class Summary:
     last_ts: str | None = None
     # requests a later response record can still change, in two generations of half the window
     # each: key -> index into _kinds of (outcome, its group per dimension)
-    _open: dict[int | str, int] = field(default_factory=dict, repr=False)
-    _older: dict[int | str, int] = field(default_factory=dict, repr=False)
+    _open: dict[str, int] = field(default_factory=dict, repr=False)
+    _older: dict[str, int] = field(default_factory=dict, repr=False)
     _since: str = ""  # when the current generation began (log time)
     _kinds: list[tuple[str, tuple[str, ...]]] = field(default_factory=list, repr=False)
-    _kind_index: dict[tuple[str, tuple[str, ...]], int] = field(default_factory=dict, repr=False)
+    _kind_index: dict[str, dict[tuple[str, ...], int]] = field(default_factory=dict, repr=False)
 
     @property
     def requests(self) -> int:
@@ -397,41 +396,74 @@ class Summary:
     def add(self, r: dict[str, Any]) -> str | None:
         """Count one record; returns the outcome it settled, or None if it settled none."""
         self.records += 1
-        ts = r.get("ts")
-        if isinstance(ts, str):
+        get = r.get
+        ts = get("ts")
+        if type(ts) is str:
             if self.first_ts is None or ts < self.first_ts:
                 self.first_ts = ts
             if self.last_ts is None or ts > self.last_ts:
                 self.last_ts = ts
             if ts >= self._since:
                 self._turn(ts)
-        response = r.get("phase") == RESPONSE_PHASE
-        key = _request_key(r.get("request_id") if response else r.get("id"))
+        if get("phase") == RESPONSE_PHASE:
+            return self._response(r)
+        # A request (or CONNECT) record: the common case, kept short (a log has millions).
+        decision = get("decision")
+        if decision == "allow":
+            o = DELIVERED
+        elif decision == "block":
+            o = BLOCKED if get("enforced", True) is not False else WOULD_BLOCK
+        else:
+            self.other += 1  # a repair, a new chain
+            return None
+        if self.also or self.by not in _PLAIN:
+            groups = tuple(o if by == "outcome" else key_of(r, by) for by in (self.by, *self.also))
+        else:
+            groups = (str(get(self.by) or "-"),)
+        self.outcomes[o] += 1
+        counts = self.groups.get(groups[0])
+        if counts is None:
+            counts = self.groups[groups[0]] = Counter()
+        counts[o] += 1
+        if self.also:
+            for by, group in zip(self.also, groups[1:], strict=True):
+                self.more.setdefault(by, {}).setdefault(group, Counter())[o] += 1
+        key = get("id")
+        if o != BLOCKED and key is not None:
+            self._open[key] = self._kind(o, groups)
+        return o
+
+    def _kind(self, o: str, groups: tuple[str, ...]) -> int:
+        """A small number for (outcome, groups): what an open request remembers (interned)."""
+        kinds = self._kind_index.get(o)
+        if kinds is None:
+            kinds = self._kind_index[o] = {}
+        index = kinds.get(groups)
+        if index is None:
+            index = kinds[groups] = len(self._kinds)
+            self._kinds.append((o, groups))
+        return index
+
+    def _response(self, r: dict[str, Any]) -> str | None:
+        """A response-phase record: it settles its request again when it withholds (or would)."""
+        key = r.get("request_id")
         earlier = None
-        if response and key is not None:
+        if key is not None:
             found = self._open.pop(key, None)
             if found is None:
                 found = self._older.pop(key, None)
             earlier = self._kinds[found] if found is not None else None
         o = settle(
-            earlier[0] if earlier else None, r.get("phase"), r.get("decision"), r.get("enforced", True)
+            earlier[0] if earlier else None, RESPONSE_PHASE, r.get("decision"), r.get("enforced", True)
         )
         if o is None or (earlier is not None and o == earlier[0]):
-            self.other += 1  # a repair, or a response that changed nothing
+            self.other += 1  # a response that changed nothing
             return None
         if earlier is not None:
             self._count(earlier[0], earlier[1], -1)  # it was not delivered after all
-        elif response:
+        else:
             self.unpaired += 1
-        groups = tuple(o if by == "outcome" else key_of(r, by) for by in (self.by, *self.also))
-        self._count(o, groups)
-        if not response and o != BLOCKED and key is not None:
-            kind = (o, groups)
-            index = self._kind_index.get(kind)
-            if index is None:
-                index = self._kind_index[kind] = len(self._kinds)
-                self._kinds.append(kind)
-            self._open[key] = index
+        self._count(o, tuple(o if by == "outcome" else key_of(r, by) for by in (self.by, *self.also)))
         return o
 
     def _turn(self, ts: str) -> None:
@@ -443,12 +475,16 @@ class Summary:
 
     def _count(self, o: str, groups: tuple[str, ...], n: int = 1) -> None:
         self.outcomes[o] += n
-        self.groups.setdefault(groups[0], Counter())[o] += n
+        counts = self.groups.get(groups[0])
+        if counts is None:
+            counts = self.groups[groups[0]] = Counter()
+        counts[o] += n
         for by, group in zip(self.also, groups[1:], strict=True):
             self.more.setdefault(by, {}).setdefault(group, Counter())[o] += n
 
 
 PAIRING_WINDOW = dt.timedelta(minutes=30)
+_PLAIN = ("signal", "host", "agent")  # dimensions read straight off a record
 
 
 def _later(ts: str, by: dt.timedelta) -> str:

@@ -42,7 +42,6 @@ from proxy.fetch import Fetched
 logger = logging.getLogger(__name__)
 
 LOCK_TTL = 30.0  # seconds a fetch lock outlives a crashed holder (fetches are bounded far below)
-LOCK_TTL_MS = int(LOCK_TTL * 1000)
 MAX_CONNECTIONS = 32  # per worker; a pub/sub subscription holds one
 DOWN_FOR = 5.0
 HEARTBEAT_EVERY = 5.0  # seconds between a worker's "alive" notes in Redis
@@ -204,9 +203,11 @@ class RedisState(SharedState):
     kind = "redis"
 
     def __init__(
-        self, url: str, workers: int = 1, *, on_change: Callable[[bool], None] | None = None
-    ) -> None:
+        self, url: str, workers: int = 1, *, on_change: Callable[[bool], None] | None = None,
+        lock_ttl: float = LOCK_TTL,
+    ) -> None:  # fmt: skip
         super().__init__(workers)
+        self.lock_ttl = lock_ttl  # seconds a crashed holder's fetch lock lives on
         import redis.asyncio as aioredis
 
         self.url = url
@@ -280,14 +281,15 @@ class RedisState(SharedState):
     async def document(self, url: str, fetch: Fetch) -> Fetched:
         digest = hashlib.sha256(url.encode()).hexdigest()[:32]
         key, lock, channel = f"{PREFIX}doc:{digest}", f"{PREFIX}lock:{digest}", f"{PREFIX}done:{digest}"
-        deadline = time.monotonic() + LOCK_TTL + 5
+        deadline = time.monotonic() + self.lock_ttl + 5
         try:
             while True:
                 stored = await self._call(lambda: self.redis.hget(key, "v"))
                 if stored is not None:
                     return decode(stored)
                 token = os.urandom(16).hex()
-                if await self._call(functools.partial(self.redis.set, lock, token, nx=True, px=LOCK_TTL_MS)):
+                lock_ms = int(self.lock_ttl * 1000)
+                if await self._call(functools.partial(self.redis.set, lock, token, nx=True, px=lock_ms)):
                     return await self._fetch_and_store(fetch, key, lock, channel, token)
                 if time.monotonic() > deadline:
                     break  # the holder is taking too long: fetch it ourselves
@@ -324,7 +326,7 @@ class RedisState(SharedState):
             if not await self._call(lambda: self.redis.exists(lock)):
                 return
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(future, LOCK_TTL / 4)
+                await asyncio.wait_for(future, self.lock_ttl / 4)
         finally:
             waiting = self._waiters.get(channel, [])
             if future in waiting:

@@ -1,0 +1,125 @@
+"""The Redis backend's guarantees on a real redis-server: a lock left by a holder that died is
+recovered within its lifetime, a store never replaces a newer fetch, waiters are woken by the
+store (not a hot loop), and the GCRA keeps one turn per interval on Redis's clock."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from proxy.evidence import Document
+from proxy.fetch import Fetched
+from proxy.shared import PREFIX, RedisState, decode, encode
+from tests.engines import RedisServer
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.kill()
+
+
+def fetched(url: str, at: str, body: bytes = b"User-agent: *\nDisallow: /\n") -> Fetched:
+    return Fetched("ok", Document(url, 200, "ab" * 32, at), body, 3600.0, (("Content-Type", "text/plain"),))
+
+
+def test_a_lock_left_by_a_dead_holder_is_recovered_within_its_lifetime(redis_server: RedisServer) -> None:
+    url = "http://dead-holder.example/robots.txt"
+
+    async def scenario() -> tuple[float, int]:
+        state = RedisState(redis_server.url, lock_ttl=1.0)
+        digest = hashlib.sha256(url.encode()).hexdigest()[:32]
+        # A worker took the lock and died before storing anything or releasing it.
+        await state.redis.set(f"{PREFIX}lock:{digest}", "a-dead-workers-token", px=1000)
+        calls = 0
+
+        async def fetch() -> Fetched:
+            nonlocal calls
+            calls += 1
+            return fetched(url, "2026-12-03T10:00:00.000Z")
+
+        started = time.monotonic()
+        got = await state.document(url, fetch)
+        took = time.monotonic() - started
+        assert got.body is not None and got.document.url == url
+        await state.close()
+        return took, calls
+
+    took, calls = asyncio.run(scenario())
+    assert calls == 1  # fetched once, by us, after the dead holder's lock ran out
+    assert 0.5 <= took < 5  # not before the lock's lifetime, and not much after
+
+
+def test_a_store_never_replaces_a_newer_fetch(redis_server: RedisServer) -> None:
+    url = "http://race.example/robots.txt"
+
+    async def scenario() -> Fetched:
+        state = RedisState(redis_server.url)
+        digest = hashlib.sha256(url.encode()).hexdigest()[:32]
+        key = f"{PREFIX}doc:{digest}"
+        newer = fetched(url, "2026-12-03T12:00:00.000Z", b"User-agent: *\nDisallow: /new\n")
+        older = fetched(url, "2026-12-03T11:00:00.000Z", b"User-agent: *\nDisallow: /old\n")
+        store = state._scripts["store"]
+        assert await store(keys=[key], args=[encode(newer), 60_000, newer.document.fetched_at]) == 1
+        assert (
+            await store(keys=[key], args=[encode(older), 60_000, older.document.fetched_at]) == 0
+        )  # slow, stale
+        stored = decode(await state.redis.hget(key, "v"))
+        await state.close()
+        return stored
+
+    stored = asyncio.run(scenario())
+    assert stored.body == b"User-agent: *\nDisallow: /new\n" and stored.document.fetched_at.startswith(
+        "2026-12-03T12"
+    )
+
+
+def test_waiters_are_woken_by_the_store_and_fetch_nothing(redis_server: RedisServer) -> None:
+    url = "http://slow.example/robots.txt"
+
+    async def scenario() -> tuple[int, int, float]:
+        a, b = RedisState(redis_server.url), RedisState(redis_server.url)
+        calls = 0
+
+        async def slow() -> Fetched:
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(1.0)
+            return fetched(url, "2026-12-03T10:00:00.000Z")
+
+        first = asyncio.create_task(a.document(url, slow))
+        await asyncio.sleep(0.1)
+        before = b.calls
+        started = time.monotonic()
+        await asyncio.gather(*(b.document(url, slow) for _ in range(20)))
+        waited = time.monotonic() - started
+        await first
+        round_trips = b.calls - before
+        await a.close()
+        await b.close()
+        return calls, round_trips, waited
+
+    calls, round_trips, waited = asyncio.run(scenario())
+    assert calls == 1  # one fetch for 21 callers on two workers
+    assert waited < 2.5  # woken when the store landed (about 0.9 s), not after a poll timeout
+    assert round_trips <= 20 * 5  # a few look-ups each, not a hot loop
+
+
+def test_the_pace_is_one_turn_per_interval_on_redis_clock(redis_server: RedisServer) -> None:
+    async def scenario() -> list[tuple[bool, float]]:
+        a, b = RedisState(redis_server.url), RedisState(redis_server.url)
+        turns = [await (a if i % 2 else b).turn("http://paced.example:80", 1.0, 2.5) for i in range(5)]
+        await a.close()
+        await b.close()
+        return [(t.granted, t.wait) for t in turns]
+
+    turns = asyncio.run(scenario())
+    waits = [w for granted, w in turns if granted]
+    assert [granted for granted, _ in turns] == [True, True, True, False, False]  # 0, 1, 2 s; 3 s > max_wait
+    assert [round(w) for w in waits] == [0, 1, 2]

@@ -268,14 +268,14 @@ class Tail:
         self.on_skip = on_skip
         self._followers: dict[Path, Follower] = {}
 
-    def poll(self) -> list[dict[str, Any]]:
+    def poll(self) -> Iterator[dict[str, Any]]:
         for log in logs_at(self.path):
             if log not in self._followers:
                 self._followers[log] = Follower(log, self.on_skip)
-        batches = [f.poll() for f in self._followers.values()]
-        if len(batches) == 1:
-            return batches[0]
-        return list(heapq.merge(*batches, key=lambda r: str(r.get("ts", ""))))
+        streams = [f.poll() for f in self._followers.values()]
+        if len(streams) == 1:
+            return streams[0]
+        return heapq.merge(*streams, key=lambda r: str(r.get("ts", "")))
 
 
 class Follower:
@@ -296,8 +296,9 @@ class Follower:
         self._seq = 0
         self._lost = 0  # polls in a row that did not find our file
 
-    def poll(self) -> list[dict[str, Any]]:
-        """The records written since the last poll (every record in the log on the first)."""
+    def poll(self) -> Iterator[dict[str, Any]]:
+        """The records written since the last poll (every record in the log on the first), streamed:
+        a log of millions is never held in memory. Read it to the end before the next poll."""
         for _ in range(5):
             handles: list[tuple[Path, BinaryIO, int]] = []
             try:
@@ -311,15 +312,16 @@ class Follower:
                 if log_files(self.path) == files and (
                     not live or os.stat(self.path).st_ino == handles[-1][2]
                 ):
-                    return self._read(handles)
+                    yield from self._read(handles)
+                    return
             except FileNotFoundError:
                 pass  # renamed while we looked: look again
             finally:
                 for _, opened, _ in handles:
                     opened.close()
-        return []  # rotating faster than we can list: the next poll catches up
+        # Rotating faster than we can list: the next poll catches up.
 
-    def _read(self, handles: list[tuple[Path, BinaryIO, int]]) -> list[dict[str, Any]]:
+    def _read(self, handles: list[tuple[Path, BinaryIO, int]]) -> Iterator[dict[str, Any]]:
         first, offset, line = 0, 0, 0
         if self._inode is not None:
             found = [i for i, (_, _, inode) in enumerate(handles) if inode == self._inode]
@@ -328,19 +330,21 @@ class Follower:
             else:
                 self._lost += 1
                 if self._lost < 3:  # a rename in flight; its file shows up on the next listing
-                    return []
+                    return
                 # Our file is gone (moved away): read everything, `seq` skips what was printed.
-        out: list[dict[str, Any]] = []
+        last = len(handles) - 1
         for i in range(first, len(handles)):
             file, fh, inode = handles[i]
             if i > first:
                 offset, line = 0, 0
+            self._inode, self._offset, self._line = inode, offset, line
             fh.seek(offset)
-            data = fh.read()
-            live = i == len(handles) - 1
-            end = data.rfind(b"\n") + 1 if live else len(data)  # a live file's last line may be half-written
-            for raw in data[:end].splitlines():
+            for raw in fh:
+                if i == last and not raw.endswith(b"\n"):
+                    break  # the live file's last line may be half-written: read it next time
+                offset += len(raw)
                 line += 1
+                self._offset, self._line = offset, line  # where we are, before handing a record out
                 if not raw.strip():
                     continue
                 r = parse_line(raw, f"{file}:{line}")
@@ -348,9 +352,7 @@ class Follower:
                     self.on_skip(r)
                 elif r["seq"] > self._seq:
                     self._seq = r["seq"]
-                    out.append(r)
-            self._inode, self._offset, self._line = inode, offset + end, line
-        return out
+                    yield r
 
 
 @dataclass

@@ -187,7 +187,8 @@ _WORKER = re.compile(r"\.w([A-Za-z0-9_-]+)$")
 
 def logs_at(path: Path) -> list[Path]:
     """Every log that `path` stands for, each named by its live file: the logs in a folder, or the
-    log at `path` and its workers' logs beside it (`decisions.w1.jsonl` ... for `decisions.jsonl`)."""
+    log at `path` and its workers' logs beside it (`decisions.w1.jsonl` ... for `decisions.jsonl`).
+    Only logs with at least one file on disk (live or rotated) are named."""
     if path.is_dir():
         folder, wanted = path, None
     else:

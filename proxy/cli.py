@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -28,7 +29,6 @@ from proxy import __version__
 from proxy.assess import assess
 from proxy.audit import (
     VerifyReport,
-    log_files,
     logs_at,
     new_id,
     record_for,
@@ -710,7 +710,7 @@ class _Skipped:
 
 def _tail(path: Path, args: argparse.Namespace, skipped: _Skipped) -> int:
     flt = _filter(args)
-    if not any(log_files(log) for log in logs_at(path)):
+    if not logs_at(path):
         raise AuditError(f"no audit log at {path}")
     follower = Tail(path, skipped)
     last: deque[str] = deque(maxlen=max(0, args.n))
@@ -796,7 +796,7 @@ def _verify_one(path: Path) -> bool:
 
 def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> int:
     if args.audit_command == "verify":
-        logs = [log for log in logs_at(path) if log_files(log)] or [path]
+        logs = logs_at(path) or [path]  # [path]: verify says there is no log there
         broken = 0
         for log in logs:  # one chain per worker: each verified on its own, each named
             broken += not _verify_one(log)
@@ -837,11 +837,11 @@ def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> i
     if args.audit_command == "report":
         flt = _filter(args)
         data = gather(records(path, flt, _Progress("reading"), skipped, skipped.agents))
-        try:
-            chain: VerifyReport | None = verify_chain(path)
-        except AuditError:
-            chain = None
-        page = render(data, chain, path, EvidenceStore(store_dir(path)), utc_now(), flt.describe())
+        chains: list[VerifyReport] = []
+        for log in logs_at(path):  # one chain per worker's log
+            with contextlib.suppress(AuditError):  # not verifiable: it is left out of the chain line
+                chains.append(verify_chain(log))
+        page = render(data, chains, path, EvidenceStore(store_dir(path)), utc_now(), flt.describe())
         Path(args.out).write_text(page, encoding="utf-8")
         print(
             f"wrote {args.out}: {outcome_line(data.summary)}",

@@ -217,7 +217,7 @@ def records(
     (proxy.audit) fails on such a line. `agents`, if given, gathers the
     agent of every record read, kept or not (to check an --agent filter).
     """
-    logs = [(log, files) for log in logs_at(path) if (files := log_files(log))]
+    logs = [(log, log_files(log)) for log in logs_at(path)]
     if not logs:
         raise AuditError(f"no audit log at {path}")
     total = sum(f.stat().st_size for _, files in logs for f in files)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import html
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,18 +274,22 @@ SCRIPT = """
 """
 
 
-def render(d: ReportData, verify: VerifyReport | None, log: Path, store: EvidenceStore | None,
+def render(d: ReportData, chains: Sequence[VerifyReport], log: Path, store: EvidenceStore | None,
            generated: str, filtered: str = "") -> str:  # fmt: skip
-    """The whole report as one HTML string; `filtered` describes the filter the records passed, if any."""
-    if verify is None:
+    """The whole report as one HTML string. `chains`: the verification of each log read (one per
+    worker under `run --workers`); `filtered` describes the filter the records passed, if any."""
+    broken = next((c for c in chains if not c.ok), None)
+    if not chains:
         chain = '<p id="chain" data-ok="unknown">Chain not verified.</p>'
-    elif verify.ok:
-        chain = (f'<p id="chain" data-ok="true" class="ok">Chain intact: {verify.records} records in '
-                 f"{len(verify.files)} file(s), {verify.checkpoints} checkpoint(s); head "
-                 f"<code>{_e(verify.head)}</code>.</p>")  # fmt: skip
+    elif broken is not None:
+        chain = (f'<p id="chain" data-ok="false" class="bad">Chain BROKEN at {_e(broken.where)}: '
+                 f"{_e(broken.problem)}</p>")  # fmt: skip
     else:
-        chain = (f'<p id="chain" data-ok="false" class="bad">Chain BROKEN at {_e(verify.where)}: '
-                 f"{_e(verify.problem)}</p>")  # fmt: skip
+        heads = ", ".join(f"<code>{_e(c.head)}</code>" for c in chains)
+        what = "Chain intact" if len(chains) == 1 else f"{len(chains)} chains intact (one per worker)"
+        chain = (f'<p id="chain" data-ok="true" class="ok">{what}: {sum(c.records for c in chains)} records '
+                 f"in {sum(len(c.files) for c in chains)} file(s), {sum(c.checkpoints for c in chains)} "
+                 f"checkpoint(s); head{'s' if len(chains) > 1 else ''} {heads}.</p>")  # fmt: skip
     banner = (
         f'<p id="filter" class="banner" data-filter="{_e(filtered)}"><b>Filtered report:</b> only records '
         f"matching {_e(filtered)}. Counts, chart and tables cover those records only.</p>"

@@ -142,6 +142,9 @@ def test_three_workers_share_the_address_and_keep_their_own_chains(
                                          "60 delivered"), summary.stdout + summary.stderr  # fmt: skip
     verified = cli("verify", "--log", str(f.audit))
     assert verified.returncode == 0 and "3 chains, 3 intact, 0 broken" in verified.stdout
+    page = tmp_path / "report.html"
+    assert cli("report", "--log", str(f.audit.parent), "--out", str(page)).returncode == 0
+    assert 'id="chain" data-ok="true"' in page.read_text() and "3 chains intact" in page.read_text()
     assert "fleet checkpoint(s) bind the workers' chains" in verified.stdout  # written as the fleet stopped
     # a whole worker's log removed: each remaining chain is intact, but the fleet line misses it
     gone = tmp_path / "gone"

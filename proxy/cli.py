@@ -377,14 +377,13 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"optout-proxy run: {e}", file=sys.stderr)
         return ExitStatus.INVALID
+    audit = Path(args.audit) if args.audit else policy.audit.path
     if args.worker_id is not None:
         share_port()
         args.options = [*args.options, f"optout_worker={args.worker_id}"]
-    elif workers > 1:
-        return _supervise(args, workers, policy)
-    audit = Path(args.audit) if args.audit else policy.audit.path
-    if args.worker_id is not None:
         audit = worker_log(audit, args.worker_id)
+    elif workers > 1:
+        return _supervise(args, workers, policy, audit)
     print(
         f"optout-proxy {__version__}: policy {args.policy} (sha256 {policy.digest[:12]}), "
         f"mode {args.mode or policy.mode}, audit log {audit}\n"
@@ -401,9 +400,15 @@ def _run(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
-def _supervise(args: argparse.Namespace, workers: int, policy: Policy) -> int:
+def _set_option(args: argparse.Namespace, name: str) -> str | None:
+    """The value a `--set name=value` gave, if any (the last one wins, as in mitmproxy)."""
+    values = [o.split("=", 1)[1] for o in args.options if o.startswith(f"{name}=")]
+    return values[-1] if values else None
+
+
+def _supervise(args: argparse.Namespace, workers: int, policy: Policy, audit: Path) -> int:
     """`run --workers N`: N worker processes on one address, each its own `run --worker-id K`."""
-    confdir = next((o.split("=", 1)[1] for o in args.options if o.startswith("confdir=")), "~/.mitmproxy")
+    confdir = _set_option(args, "confdir") or "~/.mitmproxy"
     try:
         ensure_ca(Path(confdir))
         held, port = reserve_port(args.listen_host, args.listen_port)
@@ -412,7 +417,7 @@ def _supervise(args: argparse.Namespace, workers: int, policy: Policy) -> int:
             f"optout-proxy run: cannot listen on {args.listen_host}:{args.listen_port}: {e}", file=sys.stderr
         )
         return ExitStatus.INVALID
-    metrics = next((o.split("=", 1)[1] for o in args.options if o.startswith("optout_metrics=")), "")
+    metrics = _set_option(args, "optout_metrics") or ""
 
     def command(k: int) -> list[str]:
         argv = [sys.executable, "-m", "proxy", "run", "--policy", args.policy, "--listen-host",
@@ -421,7 +426,7 @@ def _supervise(args: argparse.Namespace, workers: int, policy: Policy) -> int:
             argv += ["--mode", args.mode]
         if args.audit:
             argv += ["--audit", args.audit]
-        if not any(o.startswith("optout_fleet_size=") for o in args.options):
+        if _set_option(args, "optout_fleet_size") is None:
             argv += ["--set", f"optout_fleet_size={workers}"]
         for option in args.options:
             if option.startswith("optout_metrics=") and metrics:
@@ -439,7 +444,6 @@ def _supervise(args: argparse.Namespace, workers: int, policy: Policy) -> int:
         except (OSError, ValueError) as e:
             print(f"optout-proxy run: cannot serve metrics on {metrics}: {e}", file=sys.stderr)
             return ExitStatus.INVALID
-    audit = Path(args.audit) if args.audit else policy.audit.path
     shown = metrics if ":" in metrics else f"127.0.0.1:{metrics}"
     print(
         f"optout-proxy {__version__}: {workers} workers on {args.listen_host}:{port}, policy {args.policy} "

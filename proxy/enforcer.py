@@ -413,9 +413,7 @@ class Enforcer:
             # allows: a new agent or address rule needs a new client.
             old, self._client = self._client, None
             self._close_later(old)
-        if self.shared.kind == "memory" and policy.shared_state == "memory":
-            pass  # nothing to change: the pace kept so far stays
-        elif getattr(self.shared, "url", "memory") != policy.shared_state:
+        if self.shared.spec != policy.shared_state:
             old_shared, self.shared = (
                 self.shared,
                 make_shared_state(

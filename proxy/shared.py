@@ -108,6 +108,7 @@ class SharedState:
     def __init__(self, workers: int = 1) -> None:
         self.pace = Pace()
         self.workers = max(1, workers)
+        self.spec = "memory"  # the policy's shared_state this backend serves
 
     @property
     def up(self) -> bool:
@@ -207,10 +208,10 @@ class RedisState(SharedState):
         lock_ttl: float = LOCK_TTL,
     ) -> None:  # fmt: skip
         super().__init__(workers)
+        self.spec = url
         self.lock_ttl = lock_ttl  # seconds a crashed holder's fetch lock lives on
         import redis.asyncio as aioredis
 
-        self.url = url
         # A bounded pool that waits for a free connection: a burst of new origins queues here
         # instead of failing with "Too many connections" (which would read as Redis being down).
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -237,7 +238,7 @@ class RedisState(SharedState):
         self._down_until = time.monotonic() + DOWN_FOR
         if was_up:
             logger.warning(
-                "optout: shared state %s unavailable (%s); deciding on our own fetches", self.url, e
+                "optout: shared state %s unavailable (%s); deciding on our own fetches", self.spec, e
             )
             if self._on_change:
                 self._on_change(False)
@@ -259,7 +260,7 @@ class RedisState(SharedState):
     def _worked(self) -> None:
         if self._down_until:
             self._down_until = 0.0
-            logger.warning("optout: shared state %s is back", self.url)
+            logger.warning("optout: shared state %s is back", self.spec)
             if self._on_change:
                 self._on_change(True)
 

@@ -410,12 +410,8 @@ class Summary:
         if get("phase") == RESPONSE_PHASE:
             return self._response(r)
         # A request (or CONNECT) record: the common case, kept short (a log has millions).
-        decision = get("decision")
-        if decision == "allow":
-            o = DELIVERED
-        elif decision == "block":
-            o = BLOCKED if get("enforced", True) is not False else WOULD_BLOCK
-        else:
+        o = settle(None, None, get("decision"), get("enforced", True))  # the one definition
+        if o is None:
             self.other += 1  # a repair, a new chain
             return None
         if self.also or self.by not in _PLAIN:

@@ -8,6 +8,8 @@ surrogateescape), so what we judge is what mitmproxy forwards.
 
 from __future__ import annotations
 
+import email.utils
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -47,3 +49,18 @@ def request_url(req: Any) -> str:
     if _DEFAULT_PORTS.get(scheme) == port:
         return f"{scheme}://{host}{path}"
     return f"{scheme}://{host}:{port}{path}"
+
+
+def retry_after(value: str | bytes | None, now: float | None = None) -> float | None:
+    """Seconds a Retry-After value asks for (RFC 9110 §10.2.3: delay-seconds or an HTTP-date, a
+    date in the past meaning 0); None when there is none or it cannot be read."""
+    if not value:
+        return None
+    text = (value.decode("latin-1") if isinstance(value, bytes) else value).strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

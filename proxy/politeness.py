@@ -15,13 +15,12 @@ request it delays or refuses was allowed by every signal first.
 
 from __future__ import annotations
 
-import email.utils
 import math
-import time
 from dataclasses import dataclass
 
 from proxy.documents import OriginDocuments
 from proxy.evidence import Decision, Finding, Says, Verdict
+from proxy.fields import retry_after as retry_after_seconds
 from proxy.policy import Policy
 
 CODE = "crawl-delay"
@@ -96,13 +95,7 @@ def retry_after(wait: float) -> int:
 
 def hold_for(status: int, value: str | None, now: float | None = None) -> float | None:
     """Seconds an origin asked us to stay away (429/503 with Retry-After), capped; None otherwise."""
-    if status not in (429, 503) or not value:
+    if status not in (429, 503):
         return None
-    text = value.strip()
-    if text.isdigit():
-        return min(float(text), MAX_HOLD)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return min(max(0.0, when.timestamp() - (time.time() if now is None else now)), MAX_HOLD)
+    seconds = retry_after_seconds(value, now)
+    return None if seconds is None else min(seconds, MAX_HOLD)

@@ -26,9 +26,7 @@ Scrapy's RetryMiddleware.
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import time
 from typing import Any
 
 from scrapy import Request, Spider
@@ -38,6 +36,8 @@ from scrapy.http import Response
 from scrapy.statscollectors import StatsCollector
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import task
+
+from proxy.fields import retry_after
 
 REASON = b"X-Optout-Reason"
 RECORD = b"X-Optout-Id"
@@ -52,20 +52,6 @@ class OptoutRefused(IgnoreRequest):
     def __init__(self, reason: str, record_id: str, url: str) -> None:
         super().__init__(f"optout-proxy refused {url}: {reason} (record {record_id})")
         self.reason, self.record_id = reason, record_id
-
-
-def retry_after(value: bytes | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After value (delay-seconds or an HTTP-date), or None if unreadable."""
-    if not value:
-        return None
-    text = value.decode("latin-1").strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class OptoutDownloaderMiddleware:

@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import select
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from proxy.audit import log_files
+from tests.engines import free_port
 from tests.policies import entry, write_policy
 from tests.proxyproc import ProxyProcess
 from tests.sites import Reply, Site
@@ -42,12 +42,6 @@ def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     return proc.stdout.readline() if ready else ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def load(proxy: ProxyProcess, urls: list[str], concurrency: int = 20) -> list[httpx.Response]:

@@ -480,6 +480,7 @@ class Enforcer:
             }  # fmt: skip
             try:
                 await self.shared.heartbeat(worker, info)
+                await self.shared.renew_slots()
             except Exception:
                 logger.debug("optout: heartbeat failed", exc_info=True)
             await asyncio.sleep(HEARTBEAT_EVERY)
@@ -840,8 +841,10 @@ class Enforcer:
             # mitmproxy 11.0 cannot send HTTP/1 trailers to the client (the client hangs);
             # they are metadata, never the content, so they are dropped.
             flow.response.trailers = None
-        rest = self.responses.body(flow)
         state = self._flows.get(flow)
+        if state is not None and state.release is not None:
+            state.release()  # the origin has sent all it will: its slot is free for the next request
+        rest = self.responses.body(flow)
         if state is None:
             return rest
         if rest is None:
@@ -857,6 +860,8 @@ class Enforcer:
     def error(self, flow: http.HTTPFlow) -> None:
         """Record a response mitmproxy aborted (a body over body_size_limit): withheld, and said so."""
         state = self._flows.get(flow)
+        if state is not None and state.release is not None:
+            state.release()
         if state is None or state.answered or flow.error is None or state.decision is None:
             return
         if "body_size_limit" not in flow.error.msg:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
@@ -33,7 +34,7 @@ from proxy.origin import Origin
 from proxy.outcome import FlowState, Recorder, refusal, summary
 from proxy.policy import Policy
 from proxy.politeness import STATUS as PACE_STATUS
-from proxy.politeness import Interval, interval_for, retry_after, slow_down
+from proxy.politeness import Interval, interval_for, retry_after, slow_down, too_many
 from proxy.shared import SharedState
 
 # RFC 9110 §7.2 / RFC 9112 §3.2: a request with more than one Host is a 400.
@@ -130,7 +131,8 @@ class RequestJudge:
 
     def _pace(self, policy: Policy, decision: Decision, docs: OriginDocuments | None) -> Interval | None:
         """The interval a forwarded request must keep at its origin, or None when it need not wait
-        (no Crawl-delay, no minimum interval, no Retry-After in force): then it costs nothing."""
+        (no Crawl-delay, no minimum interval, no Retry-After in force, no concurrency limit): then
+        it costs nothing."""
         if decision.blocks or docs is None:
             return None
         known = docs.paces.get(id(policy))
@@ -139,30 +141,47 @@ class RequestJudge:
         else:
             interval = interval_for(policy, docs)
             docs.paces[id(policy)] = (policy, interval)
-        if interval.seconds <= 0:
-            shared = self.shared()
-            if not shared.pace.anything_held() or not shared.held(docs.origin.key):
-                return None
+        if interval.seconds <= 0 and not policy.politeness.max_concurrency and not self._held(docs):
+            return None
         return interval
+
+    def _held(self, docs: OriginDocuments) -> bool:
+        shared = self.shared()
+        return shared.pace.anything_held() and shared.held(docs.origin.key)
 
     async def _conclude_in_turn(
         self, flow: http.HTTPFlow, state: FlowState, policy: Policy, decision: Decision, names: RequestNames,
         rewritten: str | None, interval: Interval,
     ) -> None:  # fmt: skip
-        """Wait for the origin's turn (fleet-wide with Redis), then conclude; a turn more than
-        politeness.max_wait away is a 429 of our own, recorded."""
+        """Wait for the origin's turn (fleet-wide with Redis) and, under max_concurrency, for one of
+        its slots; then conclude. Either more than politeness.max_wait away is a 429 of our own,
+        recorded."""
         assert state.docs is not None
         key = state.docs.origin.key
-        turn = await self.shared().turn(key, interval.seconds, policy.politeness.max_wait)
-        if not turn.granted:
-            refused = slow_down(policy, key, turn.wait, interval)
-            self.recorder.block(flow, state, refused, phase="request", status=PACE_STATUS)
-            if flow.response is not None and state.answered:
-                flow.response.headers["Retry-After"] = str(retry_after(turn.wait))
-            return
-        if turn.wait > 0:
-            await asyncio.sleep(turn.wait)
+        shared = self.shared()
+        budget = policy.politeness.max_wait
+        if interval.seconds > 0 or self._held(state.docs):
+            turn = await shared.turn(key, interval.seconds, budget)
+            if not turn.granted:
+                self._refuse(flow, state, slow_down(policy, key, turn.wait, interval), turn.wait)
+                return
+            if turn.wait > 0:
+                await asyncio.sleep(turn.wait)
+            budget -= turn.wait
+        limit = policy.politeness.max_concurrency
+        if limit:
+            lease = await shared.acquire_slot(key, limit, max(0.0, budget))
+            if lease is None:
+                self._refuse(flow, state, too_many(policy, key, limit), 1.0)
+                return
+            state.release = weakref.finalize(state, shared.release_slot, lease)
         self._conclude(flow, state, policy, decision, names, rewritten)
+
+    def _refuse(self, flow: http.HTTPFlow, state: FlowState, refused: Decision, wait: float) -> None:
+        """Answer a request politeness holds back: 429 with Retry-After, recorded."""
+        self.recorder.block(flow, state, refused, phase="request", status=PACE_STATUS)
+        if flow.response is not None and state.answered:
+            flow.response.headers["Retry-After"] = str(retry_after(wait))
 
     def _conclude(
         self, flow: http.HTTPFlow, state: FlowState, policy: Policy, decision: Decision, names: RequestNames,

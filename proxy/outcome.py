@@ -12,6 +12,7 @@ judgement, so every path to the crawler goes through the same two rules:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,7 @@ BUSY_CODE = "fetch-capacity"
 BUSY_STATUS = 503
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)  # weakly held by its slot's finalizer (proxy.slots)
 class FlowState:
     """What the addon knows about one flow. Kept beside the flow, not in `flow.metadata`,
     because mitmproxy serialises metadata when flows are saved and these objects are not
@@ -60,6 +61,9 @@ class FlowState:
     inspect: tuple[Any, ...] | None = None  # a body to judge in the response hook
     withholding: Withholding | None = None
     outcome: str | None = None  # proxy.counting: what its records have settled so far
+    # Gives the origin slot back (politeness.max_concurrency); runs once, at the flow's end or
+    # when this state is collected, whichever comes first.
+    release: Callable[[], Any] | None = None
 
 
 def summary(decision: Decision, record_id: str) -> dict[str, Any]:

@@ -77,7 +77,7 @@ POLICY_KEYS = (
     "aipref_legacy",  # the former name of lenient_readings, still read
 )
 AUDIT_KEYS = ("path", "log_allowed")
-POLITENESS_KEYS = ("crawl_delay", "min_interval", "max_crawl_delay", "max_wait", "backoff")
+POLITENESS_KEYS = ("crawl_delay", "min_interval", "max_crawl_delay", "max_wait", "max_concurrency", "backoff")
 SHARED_SCHEMES = ("redis://", "rediss://", "unix://")
 # RFC 9309 §2.2.1: a product token is letters, "-" and "_"; our own must be,
 # so that every parser reads it the same way (signals.md §2.5).
@@ -96,12 +96,8 @@ class Politeness:
     min_interval: float = 0.0  # seconds between requests to one origin, whatever robots.txt says
     max_crawl_delay: float = 60.0  # a larger Crawl-delay is read as this
     max_wait: float = 10.0  # a request waits this long for its turn, then gets 429
+    max_concurrency: int = 0  # requests in flight to one origin at once, fleet-wide; 0: no limit
     backoff: bool = True  # an origin's 429/503 with Retry-After holds the whole fleet back
-
-    @property
-    def active(self) -> bool:
-        """Whether any request may have to wait (else the check costs nothing)."""
-        return self.crawl_delay == "honor" or self.min_interval > 0 or self.backoff
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +266,8 @@ def load_policy(path: Path) -> Policy:
         for key in ("min_interval", "max_crawl_delay", "max_wait"):
             if key in pol:
                 changes[key] = reader.seconds(pol[key], f"politeness.{key}")
+        if "max_concurrency" in pol:
+            changes["max_concurrency"] = reader.integer(pol["max_concurrency"], "politeness.max_concurrency")
         if "backoff" in pol:
             changes["backoff"] = reader.boolean(pol["backoff"], "politeness.backoff")
         politeness = Politeness(**{k: v for k, v in changes.items() if v is not None})

@@ -88,6 +88,20 @@ def slow_down(policy: Policy, origin: str, wait: float, interval: Interval) -> D
     )  # fmt: skip
 
 
+def too_many(policy: Policy, origin: str, limit: int) -> Decision:
+    """The refusal of a request that found all `limit` slots of `origin` taken for max_wait."""
+    sentence = (
+        f"{limit} request{'s were' if limit != 1 else ' was'} already in flight to {origin} "
+        f"(politeness.max_concurrency {limit}) and none finished within politeness.max_wait "
+        f"({policy.politeness.max_wait:g} s), so this request was not forwarded. Retry after 1 s."
+    )
+    finding = Finding(CODE, Says.DISALLOW, sentence)
+    return Decision(
+        Verdict.BLOCK, enforced=True, signal=CODE, reason=sentence, deciding=finding, findings=(finding,),
+        policy_sha256=policy.digest,
+    )  # fmt: skip
+
+
 def retry_after(wait: float) -> int:
     """Whole seconds for a Retry-After header (at least 1)."""
     return max(1, math.ceil(wait))

@@ -38,16 +38,17 @@ import orjson
 
 from proxy.evidence import Document
 from proxy.fetch import Fetched
+from proxy.slots import Lease, Slots
 
 logger = logging.getLogger(__name__)
 
 LOCK_TTL = 30.0  # seconds a fetch lock outlives a crashed holder (fetches are bounded far below)
 MAX_CONNECTIONS = 32  # per worker; a pub/sub subscription holds one
-DOWN_FOR = 5.0
-HEARTBEAT_EVERY = 5.0  # seconds between a worker's "alive" notes in Redis
-HEARTBEAT_TTL = (
-    30  # seconds a silent worker stays listed  # after a Redis failure, seconds before it is tried again
-)
+DOWN_FOR = 5.0  # after a Redis failure, seconds before it is tried again
+HEARTBEAT_EVERY = 5.0  # seconds between a worker's "alive" notes in Redis (and slot renewals)
+HEARTBEAT_TTL = 30  # seconds a silent worker stays listed
+LEASE_TTL = 30.0  # seconds an origin slot outlives a worker that stopped renewing it (killed)
+SLOT_POLL = 0.5  # a waiter for a fleet slot looks again this often even without a "free" message
 REDIS_TIMEOUT = 2.0  # seconds any Redis call may take before it counts as down
 PREFIX = "optout:"
 Fetch = Callable[[], Awaitable[Fetched]]
@@ -107,6 +108,7 @@ class SharedState:
 
     def __init__(self, workers: int = 1) -> None:
         self.pace = Pace()
+        self.slots = Slots()
         self.workers = max(1, workers)
         self.spec = "memory"  # the policy's shared_state this backend serves
 
@@ -128,6 +130,18 @@ class SharedState:
 
     async def hold(self, origin: str, seconds: float) -> None:
         self.pace.hold(origin, seconds)
+
+    async def acquire_slot(self, origin: str, limit: int, max_wait: float) -> Lease | None:
+        """One of `origin`'s `limit` slots (politeness.max_concurrency), or None when none came
+        free within `max_wait` seconds."""
+        return await self.slots.acquire(origin, limit, max_wait)
+
+    def release_slot(self, lease: Lease) -> None:
+        """Give a slot back (synchronous: it runs from flow hooks and finalizers)."""
+        self.slots.release(lease)
+
+    async def renew_slots(self) -> None:
+        """Keep the fleet slots of live flows from expiring (Redis; called with the heartbeat)."""
 
     async def start(self) -> None:
         """Begin listening to the fleet (Redis: holds other workers announce)."""
@@ -196,6 +210,32 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
 if tat < until_ then redis.call('SET', KEYS[1], until_, 'PX', tonumber(ARGV[1]) + 1000) end
 return 1
 """
+# An origin's slots (politeness.max_concurrency): KEYS[1] a sorted set of lease tokens scored by
+# their expiry (ms, Redis's clock). Take: ARGV token, limit, lease ms; 1 when taken.
+_SLOT_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+"""
+# Free: ARGV token, the channel that wakes the waiters of every worker.
+_SLOT_FREE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], '1') end
+return 1
+"""
+# Renew: KEYS the slot sets, ARGV[1] lease ms, ARGV[i + 1] the token held in KEYS[i].
+_SLOT_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ms = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  if redis.call('ZADD', key, 'XX', 'CH', now + ms, ARGV[i + 1]) == 1 then redis.call('PEXPIRE', key, ms) end
+end
+return 1
+"""
 
 
 class RedisState(SharedState):
@@ -225,7 +265,12 @@ class RedisState(SharedState):
         self._listener: asyncio.Task[None] | None = None
         self._subscribed: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
-        scripts = (("store", _STORE), ("release", _RELEASE), ("turn", _TURN), ("hold", _HOLD))
+        self._leases: dict[str, str] = {}  # token -> origin of the fleet slots this worker holds
+        self._tasks: set[asyncio.Task[Any]] = set()  # slot releases under way
+        scripts = (
+            ("store", _STORE), ("release", _RELEASE), ("turn", _TURN), ("hold", _HOLD),
+            ("take", _SLOT_TAKE), ("free", _SLOT_FREE), ("renew", _SLOT_RENEW),
+        )  # fmt: skip
         self._scripts = {name: self.redis.register_script(src) for name, src in scripts}
         self.calls = 0  # Redis round trips (bench/fleet.py reports them per request)
 
@@ -320,8 +365,7 @@ class RedisState(SharedState):
         """Until the fetch behind `lock` is stored (a pub/sub message), or the lock is gone, or a
         quarter of its lifetime passed (then look again: its holder may have died)."""
         await self._listen()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(channel, []).append(future)
+        future = self._wait_on(channel)
         try:
             # Subscribed before looking: a store that lands now is not missed.
             if not await self._call(lambda: self.redis.exists(lock)):
@@ -329,11 +373,20 @@ class RedisState(SharedState):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(future, self.lock_ttl / 4)
         finally:
-            waiting = self._waiters.get(channel, [])
-            if future in waiting:
-                waiting.remove(future)
-            if not waiting:
-                self._waiters.pop(channel, None)
+            self._unwait(channel, future)
+
+    def _wait_on(self, channel: str) -> asyncio.Future[None]:
+        """A future the next message on `channel` completes (register before looking)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(channel, []).append(future)
+        return future
+
+    def _unwait(self, channel: str, future: asyncio.Future[None]) -> None:
+        waiting = self._waiters.get(channel, [])
+        if future in waiting:
+            waiting.remove(future)
+        if not waiting:
+            self._waiters.pop(channel, None)
 
     async def _listen(self) -> None:
         """Subscribe once per process (the first waiter does; the others await the same)."""
@@ -347,7 +400,7 @@ class RedisState(SharedState):
 
     async def _subscribe(self) -> None:
         pubsub = self.redis.pubsub()
-        await self._call(lambda: pubsub.psubscribe(f"{PREFIX}done:*", f"{PREFIX}hold"))
+        await self._call(lambda: pubsub.psubscribe(f"{PREFIX}done:*", f"{PREFIX}free:*", f"{PREFIX}hold"))
         self._listener = asyncio.get_running_loop().create_task(self._dispatch(pubsub))
 
     async def _dispatch(self, pubsub: Any) -> None:
@@ -396,6 +449,66 @@ class RedisState(SharedState):
             await self._call(
                 lambda: self._scripts["hold"](keys=[f"{PREFIX}pace:{origin}"], args=[int(seconds * 1000)])
             )
+
+    # -- slots (politeness.max_concurrency) -------------------------------------
+
+    async def acquire_slot(self, origin: str, limit: int, max_wait: float) -> Lease | None:
+        key, channel = f"{PREFIX}slots:{origin}", f"{PREFIX}free:{origin}"
+        deadline = time.monotonic() + max_wait
+        lease_ms = int(LEASE_TTL * 1000)
+        try:
+            await self._listen()
+            while True:
+                token = os.urandom(12).hex()
+                future = self._wait_on(channel)  # before trying: a release meanwhile is not missed
+                try:
+                    take = functools.partial(self._scripts["take"], keys=[key], args=[token, limit, lease_ms])
+                    taken = await self._call(take)
+                    if taken:
+                        self._leases[token] = origin
+                        return Lease(origin, token, fleet=True)
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    # A slot freed anywhere in the fleet wakes us; a lease that expired (its
+                    # worker died) does not, so look again every SLOT_POLL seconds as well.
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(future, min(remaining, SLOT_POLL))
+                finally:
+                    self._unwait(channel, future)
+        except _Down:
+            # Alone now: this worker's share of the origin's slots, at least one.
+            remaining = max(0.0, deadline - time.monotonic())
+            return await self.slots.acquire(origin, max(1, limit // self.workers), remaining)
+
+    def release_slot(self, lease: Lease) -> None:
+        if not lease.fleet:
+            self.slots.release(lease)
+            return
+        if self._leases.pop(lease.token, None) is None:
+            return  # released already
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a finalizer at exit): the lease, no longer renewed, expires
+        key, channel = f"{PREFIX}slots:{lease.origin}", f"{PREFIX}free:{lease.origin}"
+
+        async def free() -> None:
+            with contextlib.suppress(_Down):
+                await self._call(lambda: self._scripts["free"](keys=[key], args=[lease.token, channel]))
+
+        task = loop.create_task(free())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def renew_slots(self) -> None:
+        if not self._leases:
+            return
+        held = list(self._leases.items())
+        keys = [f"{PREFIX}slots:{origin}" for _, origin in held]
+        args: list[str | int] = [int(LEASE_TTL * 1000), *(token for token, _ in held)]
+        with contextlib.suppress(_Down):
+            await self._call(lambda: self._scripts["renew"](keys=keys, args=args))
 
     async def heartbeat(self, worker: str, info: dict[str, Any]) -> None:
         with contextlib.suppress(_Down):

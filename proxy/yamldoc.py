@@ -149,7 +149,8 @@ class Reader:
     def integer(self, node: Node, what: str, *, minimum: int = 0) -> int | None:
         """A whole number at least `minimum`."""
         if not isinstance(node, ScalarNode) or node.tag != _INT:
-            self.problem(node, f"{what} must be a whole number, not {_kind(node)}")
+            given = node.value if isinstance(node, ScalarNode) and node.tag == _FLOAT else _kind(node)
+            self.problem(node, f"{what} must be a whole number, not {given}")
             return None
         value = int(yaml.safe_load(node.value))
         if value < minimum:

@@ -60,6 +60,14 @@ def test_shipped_default_policy_is_valid() -> None:
             "2: audit.log_allowed must be true or false, not a string",
         ),
         ("agent: A\nregistries: [missing.yaml]\n", "2: registry file 'missing.yaml' not found"),
+        (
+            "agent: A\npoliteness:\n  max_concurrency: 2.5\n",
+            "3: politeness.max_concurrency must be a whole number, not 2.5",
+        ),
+        (
+            "agent: A\npoliteness:\n  max_concurrency: -1\n",
+            "3: politeness.max_concurrency must be at least 0",
+        ),
         ("mode: enforce\n", "1: the policy: missing required key 'agent'"),
         ("- a\n- b\n", "1: the policy must be a mapping, not a list"),
         ("agent: [ExampleBot\nmode: enforce\n", "YAML syntax error"),

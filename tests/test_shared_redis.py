@@ -123,3 +123,65 @@ def test_the_pace_is_one_turn_per_interval_on_redis_clock(redis_server: RedisSer
     waits = [w for granted, w in turns if granted]
     assert [granted for granted, _ in turns] == [True, True, True, False, False]  # 0, 1, 2 s; 3 s > max_wait
     assert [round(w) for w in waits] == [0, 1, 2]
+
+
+def test_a_slot_held_by_a_dead_worker_frees_when_its_lease_expires(redis_server: RedisServer) -> None:
+    origin = "http://leased.example:80"
+
+    async def scenario() -> tuple[bool, float, int]:
+        state = RedisState(redis_server.url)
+        # A worker took the only slot and was killed: its lease (expiring in 0.8 s) is never renewed.
+        now_s, now_us = await state.redis.time()
+        await state.redis.zadd(
+            f"{PREFIX}slots:{origin}", {"dead-workers-token": now_s * 1000 + now_us // 1000 + 800}
+        )
+        started = time.monotonic()
+        lease = await state.acquire_slot(origin, 1, 3.0)
+        took = time.monotonic() - started
+        assert lease is not None and lease.fleet
+        held = await state.redis.zcard(f"{PREFIX}slots:{origin}")
+        state.release_slot(lease)
+        await asyncio.sleep(0.2)  # the release runs in the background
+        left = await state.redis.zcard(f"{PREFIX}slots:{origin}")
+        await state.close()
+        return held == 1, took, left
+
+    only_ours, took, left = asyncio.run(scenario())
+    assert only_ours  # the dead worker's lease was dropped, ours is the one slot
+    assert 0.6 <= took < 2.0  # after the lease ran out (found by the waiter's own poll), not later
+    assert left == 0
+
+
+def test_a_released_slot_wakes_a_waiter_on_another_worker(redis_server: RedisServer) -> None:
+    origin = "http://busy.example:80"
+
+    async def scenario() -> tuple[float, bool]:
+        a, b = RedisState(redis_server.url), RedisState(redis_server.url)
+        first = await a.acquire_slot(origin, 1, 0)
+        assert first is not None
+        assert await b.acquire_slot(origin, 1, 0) is None  # taken, and no wait allowed
+        waiting = asyncio.create_task(b.acquire_slot(origin, 1, 5.0))
+        await asyncio.sleep(0.2)
+        released = time.monotonic()
+        a.release_slot(first)
+        second = await waiting
+        took = time.monotonic() - released
+        await a.close()
+        await b.close()
+        return took, second is not None
+
+    took, got = asyncio.run(scenario())
+    assert got and took < 0.4  # woken by the release message, sooner than the 0.5 s poll
+
+
+def test_slots_fall_back_to_this_workers_share_while_redis_is_down(redis_server: RedisServer) -> None:
+    async def scenario() -> list[bool]:
+        state = RedisState(redis_server.url, workers=2)
+        await state.redis.ping()
+        redis_server.kill()
+        # Four slots fleet-wide, two workers: alone, this worker takes two at most.
+        leases = [await state.acquire_slot("http://down.example:80", 4, 0) for _ in range(3)]
+        await state.close()
+        return [lease is not None for lease in leases]
+
+    assert asyncio.run(scenario()) == [True, True, False]

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -91,3 +94,113 @@ def test_an_origins_retry_after_holds_back_every_proxy(
     answered = time.monotonic()
     assert asyncio.run(burst([b], site.url("/page"), 1))[0].status_code == 200  # the other proxy waited
     assert arrivals(site, "/page")[-1] - answered >= 1.8
+
+
+class InFlight:
+    """An origin route that answers after `seconds` and counts how many requests it serves at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.now, self.most = seconds, 0, 0
+        self.lock = threading.Lock()
+
+    def __call__(self, handler: BaseHTTPRequestHandler) -> None:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(self.seconds)
+            handler.send_response(200)
+            handler.send_header("Content-Length", "2")
+            handler.end_headers()
+            handler.wfile.write(b"ok")
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("backend", ["redis", "memory"])
+def test_max_concurrency_caps_requests_in_flight_across_the_fleet(
+    backend: str, redis_server: RedisServer, make_site: Callable[..., Site],
+    make_proxy: Callable[..., ProxyProcess], tmp_path: Path,
+) -> None:  # fmt: skip
+    slow = InFlight(0.3)
+    site = make_site({"/robots.txt": Reply(200, "User-agent: *\nAllow: /\n"), "/slow": slow})
+    shared = redis_server.url if backend == "redis" else "memory"
+    policy = write_policy(
+        tmp_path,
+        shared_state=shared,
+        politeness={"max_concurrency": 2, "max_wait": 8, "crawl_delay": "ignore"},
+    )
+    proxies = [make_proxy(policy), make_proxy(policy)] if backend == "redis" else [make_proxy(policy)]
+    asyncio.run(burst(proxies, site.url("/robots.txt"), len(proxies)))  # documents cached everywhere
+    responses = asyncio.run(burst(proxies, site.url("/slow"), 16))
+    assert [r.status_code for r in responses] == [200] * 16  # 16 × 0.3 s / 2 = 2.4 s: all within max_wait
+    assert slow.most == 2  # never more than two at once at the origin, and the two were used
+
+
+def test_max_concurrency_refuses_past_max_wait_and_is_on_the_record(
+    make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    slow = InFlight(2.0)
+    site = make_site({"/robots.txt": Reply(200, "User-agent: *\nAllow: /\n"), "/slow": slow})
+    policy = write_policy(tmp_path, politeness={"max_concurrency": 1, "max_wait": 0.5})
+    proxy = make_proxy(policy)
+    asyncio.run(burst([proxy], site.url("/robots.txt"), 1))
+    responses = asyncio.run(burst([proxy], site.url("/slow"), 3))
+    assert sorted(r.status_code for r in responses) == [200, 429, 429]
+    for r in (r for r in responses if r.status_code == 429):
+        assert r.headers["X-Optout-Reason"] == "crawl-delay" and r.headers["Retry-After"] == "1"
+        assert "politeness.max_concurrency 1" in r.text
+    assert slow.most == 1
+    assert proxy.audit is not None
+    records = [json.loads(line) for line in proxy.audit.read_text().splitlines()]
+    refused = [r for r in records if r.get("signal") == "crawl-delay"]
+    assert len(refused) == 2 and all(r["status"] == 429 and r["phase"] == "request" for r in refused)
+
+
+def _reset(handler: BaseHTTPRequestHandler) -> None:
+    handler.connection.shutdown(socket.SHUT_RDWR)  # no answer at all: mitmproxy's error hook
+
+
+def _half_body(handler: BaseHTTPRequestHandler) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Length", "1000")
+    handler.end_headers()
+    handler.wfile.write(b"x" * 10)
+    handler.wfile.flush()
+    handler.connection.shutdown(socket.SHUT_RDWR)
+
+
+def test_every_way_a_flow_ends_gives_its_slot_back(
+    make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    """With one slot and no wait, a slot kept by any ended flow would refuse the next request."""
+    site = make_site({
+        "/robots.txt": Reply(200, "User-agent: *\nAllow: /\n"), "/page": Reply(200, "ok"),
+        "/noai": Reply(200, "<p>x</p>", {"Content-Type": "text/html", "X-Robots-Tag": "noai"}),
+        "/meta": Reply(200, '<meta name="robots" content="noai"><p>x</p>', {"Content-Type": "text/html"}),
+        "/gone": Reply(404, "no"), "/reset": _reset, "/half": _half_body,
+        "/big": Reply(200, b"y" * 300_000, {"Content-Type": "application/octet-stream"}),
+    })  # fmt: skip
+    policy = write_policy(tmp_path, politeness={"max_concurrency": 1, "max_wait": 0})
+    proxy = make_proxy(policy, optout_body_cap=100_000)
+    ends = {
+        "/page": 200,
+        "/noai": 451,
+        "/meta": 451,
+        "/gone": 404,
+        "/reset": 502,
+        "/half": None,
+        "/big": None,
+    }
+    with httpx.Client(proxy=proxy.url, trust_env=False, timeout=20) as client:
+        assert client.get(site.url("/robots.txt")).status_code == 200
+        for path, status in ends.items():
+            for _ in range(2):
+                try:
+                    got: int | None = client.get(site.url(path)).status_code
+                except httpx.HTTPError:
+                    got = None  # a body cut short reaches the client as a broken response
+                if status is not None:
+                    assert got == status, path
+                assert client.get(site.url("/page")).status_code == 200, f"slot kept after {path}"

@@ -648,7 +648,17 @@ class Enforcer:
     # -- the guard -----------------------------------------------------------
 
     def _guard_options(self, updated: set[str]) -> None:
-        """Force the fail-open defaults shut; refuse options that would relay unjudged bytes."""
+        """Refuse options that would relay unjudged bytes or expose the proxy; force the fail-open
+        defaults shut.
+
+        The refusal comes first and changes nothing: an options update made here
+        while another is being refused is rolled back into a fresh `configure`
+        that would force it again, a loop that ends only at Python's recursion limit.
+        """
+        if updated & _GUARDED_OPTIONS:
+            problems = option_problems(ctx.options, trusted_network=ctx.options.optout_trusted_network)
+            if problems:
+                raise exceptions.OptionsError("; ".join(problems))
         unsafe = {k: v for k, v in FORCED_OPTIONS.items() if k in updated and getattr(ctx.options, k, v) != v}
         if unsafe:
             if self.ready:
@@ -661,10 +671,6 @@ class Enforcer:
                 ", ".join(f"{k}={v}" for k, v in unsafe.items()),
             )
             ctx.options.update(**{k: FORCED_OPTIONS[k] for k in unsafe})
-        if updated & _GUARDED_OPTIONS:
-            problems = option_problems(ctx.options, trusted_network=ctx.options.optout_trusted_network)
-            if problems:
-                raise exceptions.OptionsError("; ".join(problems))
         if "listen_port" in updated or "optout_metrics" in updated:
             self._own_ports = None
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,9 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
 _RIFF = {b"WEBP": "image/webp", b"WAVE": "audio/wav", b"AVI ": "video/avi"}
 _BRANDS = {b"heic": "image/heic", b"heix": "image/heic", b"mif1": "image/heif", b"avif": "image/avif",
            b"qt  ": "video/quicktime", b"M4A ": "audio/mp4"}  # fmt: skip
+
+
+_ZIP_MIMETYPE = re.compile(rb"mimetype(application/[a-z0-9.+-]+)")
 
 
 class Unreadable(Exception):
@@ -86,7 +90,11 @@ def format_of(body: bytes, declared: Iterable[str] = ()) -> str | None:
     if body[4:8] == b"ftyp":
         return _BRANDS.get(body[8:12], "video/mp4")
     if body[:2] == b"PK":
-        return "application/epub+zip" if b"application/epub+zip" in body[:100] else "application/zip"
+        # EPUB and OpenDocument name themselves in a first, stored `mimetype` entry; OOXML
+        # and other ZIP-based documents are read by the SDK's generic ZIP reader.
+        named = _ZIP_MIMETYPE.search(body[:200])
+        zipped = named.group(1).decode("ascii") if named else ""
+        return zipped if zipped in _supported() else "application/x-zip"
     head = body[:1024].lstrip()
     if head.startswith(b"<") and b"<svg" in body[:4096]:
         return "image/svg+xml"

@@ -381,31 +381,43 @@ def c2pa_findings(
     if not contains(body, b"c2pa", 1):
         return []  # every manifest store carries the label; most bodies have none
     mime = c2pa_store.format_of(body, declared)
-    fallback = "the C2PA SDK does not read this format"
-    if mime is not None:
-        try:
-            store = c2pa_store.read(body, mime)
-        except c2pa_store.Unreadable as e:
-            fallback = f"the C2PA SDK could not read it ({e})"
-        else:
-            if store is None:
-                return []
-            found = _store_findings(store, purpose, document, ingredients, invalid_signature)
-            if store.state == "invalid" and not any(f.says is Says.DISALLOW for f in found):
-                # A broken manifest may hide its own assertion from the SDK: read the raw bytes too.
-                found += _raw_reservation(body, purpose, document, invalid_signature)
-                if not found and any(label in body for label in C2PA_LABELS):
-                    # Its training-mining assertion is there but nothing can read it: withhold
-                    # rather than guess what it said.
-                    codes = ", ".join(store.codes)[:200]
-                    detail = (
-                        "a training-mining assertion in a manifest whose signature is invalid could not be "
-                        f"read ({codes}); withheld rather than guessed"
-                    )
-                    says = Says.UNKNOWN if invalid_signature == "ignore" else Says.DISALLOW
-                    found.append(Finding(NAME, says, detail, document))
-            return found
-    return _scanned_findings(body, purpose, document, fallback)
+    if mime is None:
+        return _scanned_findings(body, purpose, document, "the C2PA SDK does not read this format")
+    try:
+        store = c2pa_store.read(body, mime)
+    except c2pa_store.Unreadable as e:
+        # A format the SDK reads, damaged: what our scan reads of it is not validated either.
+        why = f"the C2PA SDK could not read it ({e})"
+        found = _scanned_findings(body, purpose, document, why, damaged=True)
+        return found + _unread_assertion(found, body, document, invalid_signature, why)
+    if store is None:
+        # No manifest where the format keeps one; a store still in the bytes (a damaged
+        # container's directory, say) speaks for the file all the same.
+        why = "the C2PA SDK found no manifest where this format keeps it"
+        return _scanned_findings(body, purpose, document, why)
+    found = _store_findings(store, purpose, document, ingredients, invalid_signature)
+    if store.state == "invalid" and not any(f.says is Says.DISALLOW for f in found):
+        # A broken manifest may hide its own assertion from the SDK: read the raw bytes too.
+        found += _raw_reservation(body, purpose, document, invalid_signature)
+        why = f"its signature is invalid ({', '.join(store.codes)[:200]})"
+        found += _unread_assertion(found, body, document, invalid_signature, why)
+    return found
+
+
+def _unread_assertion(
+    found: list[Finding], body: bytes, document: Document | None, invalid_signature: str, why: str
+) -> list[Finding]:
+    """A training-mining label is in the bytes of a store nothing could validate, and no assertion
+    could be read from them: withhold rather than guess what it said (unless invalid signatures are
+    ignored by the policy)."""
+    if found or not any(label in body for label in C2PA_LABELS):
+        return []
+    detail = (
+        f"a training-mining assertion in a manifest store that could not be validated: {why}; "
+        "withheld rather than guessed"
+    )
+    says = Says.UNKNOWN if invalid_signature == "ignore" else Says.DISALLOW
+    return [Finding(NAME, says, detail, document)]
 
 
 def _store_findings(
@@ -464,7 +476,12 @@ def _raw_reservation(
     return []
 
 
-def _scanned_findings(body: bytes, purpose: str, document: Document | None, why: str) -> list[Finding]:
+def _scanned_findings(
+    body: bytes, purpose: str, document: Document | None, why: str, *, damaged: bool = False
+) -> list[Finding]:
+    """Our own reading of the training-mining assertions in `body`. `damaged`: the SDK knows the
+    format and could not read it, so an entry or value we do not know may be a damaged
+    `notAllowed` and counts as a reservation."""
     findings: list[Finding] = []
     for label, content in c2pa_assertions(body):
         if not isinstance(content, dict) or not isinstance(content.get("entries"), dict):
@@ -478,7 +495,7 @@ def _scanned_findings(body: bytes, purpose: str, document: Document | None, why:
             (label, str(key), str(entry.get("use", "")) if isinstance(entry, dict) else "")
             for key, entry in content["entries"].items()
         ]
-        reserving = _reserving(entries, purpose)
+        reserving = _reserving(entries, purpose, unknown_reserves=damaged)
         if reserving:
             detail = f"{label}: {', '.join(reserving)} (signature not checked: {why})"
             findings.append(Finding(NAME, Says.DISALLOW, detail, document))

@@ -16,12 +16,13 @@ itself refuses to start on a bad option), but it is harmless there.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import os
 import sys
 from typing import Protocol
 
-from mitmproxy import ctx, http, tcp, udp
+from mitmproxy import ctx, exceptions, http, tcp, udp
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +94,13 @@ def install(enforcer: Ready) -> Gate:
 
 
 def _exit_unless_ready(enforcer: Ready) -> None:
-    unknown = sorted(ctx.options.deferred)
-    if enforcer.ready and not unknown:
+    if enforcer.ready and not ctx.options.deferred:
         return
     enforcer.ready = False
+    problems = deferred_problems()
     message = (
-        f"optout-proxy: unknown option(s) {', '.join(unknown)} (misspelled?); refusing to run on "
-        "settings other than those asked for"
-        if unknown else
+        f"optout-proxy: {'; '.join(problems)}; refusing to run on settings other than those asked for"
+        if problems else
         "optout-proxy: the addon could not be configured (a bad --set optout_* value, or a policy or "
         "audit problem logged above); refusing to run a proxy that would forward unjudged traffic"
     )  # fmt: skip
@@ -109,3 +109,37 @@ def _exit_unless_ready(enforcer: Ready) -> None:
     # mitmproxy keeps running after a failed script load; nothing short of
     # ending the process stops it from serving (the gate covers the meantime).
     os._exit(EXIT_NOT_CONFIGURED)
+
+
+def deferred_problems() -> list[str]:
+    """What is wrong with the --set values mitmproxy could not apply, one sentence each.
+
+    mitmproxy keeps a `--set` for an option no addon has declared yet, and
+    applies them all at once when one is declared: a single value that does
+    not parse leaves every one of them unapplied, and the names alone would
+    read as misspellings. Each is looked at on its own here.
+    """
+    options = ctx.options
+    known = getattr(options, "_options", {})  # mitmproxy 11.0's registry of declared options
+    invalid, unknown, held = [], [], []
+    for name, value in sorted(options.deferred.items()):
+        shown = " ".join(getattr(value, "val", [str(value)]))
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            unknown.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
+            continue
+        try:
+            if hasattr(value, "val"):
+                options._parse_setval(known[name], value.val)
+        except exceptions.OptionsError as e:
+            invalid.append(f"--set {name}={shown}: {e}")
+        else:
+            held.append(name)
+    out = [*invalid]
+    if unknown:
+        out.append(f"unknown option(s) {', '.join(unknown)}")
+    if held and out:
+        out.append(f"so {', '.join(held)} {'was' if len(held) == 1 else 'were'} not applied either")
+    elif held:
+        out.append(f"{', '.join(held)} could not be applied")
+    return out

@@ -84,6 +84,21 @@ def test_every_bad_option_stops_the_proxy(kind: str, tmp_path: Path) -> None:
         assert named in out or value in out or "unknown option" in out.lower(), f"{key}={value}: {out}"
 
 
+def test_the_refusal_names_the_bad_value_not_every_option_left_unapplied(tmp_path: Path) -> None:
+    """One --set that does not parse leaves all of the script's --set values unapplied in mitmproxy;
+    the message must name that value and its error, and a misspelling as a misspelling."""
+    policy = write_policy(tmp_path)
+    args = [sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()", "-s", str(ADDON),
+            "--listen-host", "127.0.0.1", "--listen-port", "0", "--set", f"confdir={tmp_path / 'c'}",
+            "--set", f"optout_policy={policy}", "--set", "optout_body_cap=100k", "--set", "optout_mdoe=monitor"]  # fmt: skip
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=30)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0
+    assert "--set optout_body_cap=100k: Not an integer: 100k" in last
+    assert "unknown option(s) optout_mdoe (did you mean optout_mode?)" in last
+    assert "so optout_policy was not applied either" in last  # not called unknown
+
+
 @pytest.mark.parametrize("kind", ["mitmdump", "run"])
 def test_a_broken_or_unwritable_setup_stops_the_proxy(kind: str, tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"

@@ -867,7 +867,7 @@ class Enforcer:
         """Record a response mitmproxy aborted (a body over body_size_limit): withheld, and said so."""
         state = self._flows.get(flow)
         if state is not None and state.release is not None:
-            state.release()
+            self._release_after_error(flow, state, state.release)
         if state is None or state.answered or flow.error is None or state.decision is None:
             return
         if "body_size_limit" not in flow.error.msg:
@@ -877,6 +877,20 @@ class Enforcer:
         except Exception:
             logger.exception("optout: cannot record the aborted response of %s", flow.request.pretty_url)
         self._reclaimer.soon()
+
+    def _release_after_error(self, flow: http.HTTPFlow, state: FlowState, release: Callable[[], Any]) -> None:
+        """Give an errored flow's origin slot back: at once if the request never reached the origin,
+        else after politeness.abandoned_hold (a client that gave up leaves the origin working)."""
+        reached = (
+            flow.server_conn.timestamp_tcp_setup is not None
+            and flow.request.timestamp_end is not None
+            and (flow.response is None or flow.response.timestamp_end is None)
+        )
+        hold = state.policy.politeness.abandoned_hold if state.policy is not None else 0.0
+        if reached and hold > 0:
+            asyncio.get_running_loop().call_later(hold, release)
+        else:
+            release()
 
     def _background(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run `make()` on the event loop, if one runs yet (configure is synchronous and may come

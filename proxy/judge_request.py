@@ -36,6 +36,7 @@ from proxy.policy import Policy
 from proxy.politeness import STATUS as PACE_STATUS
 from proxy.politeness import Interval, interval_for, retry_after, slow_down, too_many
 from proxy.shared import SharedState
+from proxy.slots import release_soon
 
 # RFC 9110 §7.2 / RFC 9112 §3.2: a request with more than one Host is a 400.
 AMBIGUOUS_STATUS = 400
@@ -174,7 +175,8 @@ class RequestJudge:
             if lease is None:
                 self._refuse(flow, state, too_many(policy, key, limit), 1.0)
                 return
-            state.release = weakref.finalize(state, shared.release_slot, lease)
+            loop = asyncio.get_running_loop()
+            state.release = weakref.finalize(state, release_soon, loop, shared.release_slot, lease)
         self._conclude(flow, state, policy, decision, names, rewritten)
 
     def _refuse(self, flow: http.HTTPFlow, state: FlowState, refused: Decision, wait: float) -> None:

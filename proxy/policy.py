@@ -77,7 +77,10 @@ POLICY_KEYS = (
     "aipref_legacy",  # the former name of lenient_readings, still read
 )
 AUDIT_KEYS = ("path", "log_allowed")
-POLITENESS_KEYS = ("crawl_delay", "min_interval", "max_crawl_delay", "max_wait", "max_concurrency", "backoff")
+POLITENESS_KEYS = (
+    "crawl_delay", "min_interval", "max_crawl_delay", "max_wait", "max_concurrency", "abandoned_hold",
+    "backoff",
+)  # fmt: skip
 SHARED_SCHEMES = ("redis://", "rediss://", "unix://")
 # RFC 9309 §2.2.1: a product token is letters, "-" and "_"; our own must be,
 # so that every parser reads it the same way (signals.md §2.5).
@@ -97,6 +100,9 @@ class Politeness:
     max_crawl_delay: float = 60.0  # a larger Crawl-delay is read as this
     max_wait: float = 10.0  # a request waits this long for its turn, then gets 429
     max_concurrency: int = 0  # requests in flight to one origin at once, fleet-wide; 0: no limit
+    # A request whose client gave up (or that failed) after it reached the origin keeps its slot
+    # this long: the origin may still be working on it.
+    abandoned_hold: float = 5.0
     backoff: bool = True  # an origin's 429/503 with Retry-After holds the whole fleet back
 
 
@@ -263,7 +269,7 @@ def load_policy(path: Path) -> Policy:
             changes["crawl_delay"] = reader.choice(
                 pol["crawl_delay"], "politeness.crawl_delay", ("honor", "ignore")
             )
-        for key in ("min_interval", "max_crawl_delay", "max_wait"):
+        for key in ("min_interval", "max_crawl_delay", "max_wait", "abandoned_hold"):
             if key in pol:
                 changes[key] = reader.seconds(pol[key], f"politeness.{key}")
         if "max_concurrency" in pol:

@@ -18,24 +18,32 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """One slot at `origin`; `fleet`: held in Redis (else in this process)."""
+    """One slot at `origin`, taken under `limit`; `fleet`: held in Redis (else in this process)."""
 
     origin: str
     token: str
     fleet: bool = False
+    limit: int = 1
 
 
 class Slots:
-    """Per-origin slots in this process, handed to waiters first come, first served."""
+    """Per-origin slots in this process, handed to waiters first come, first served.
+
+    The limit is the one the latest request brought (a policy reload may change
+    it while requests are queued): a freed slot goes to a waiter only while
+    fewer than that many are held, and a raised limit serves waiters at once.
+    """
 
     def __init__(self) -> None:
         self._held: dict[str, set[str]] = {}
         self._queues: dict[str, deque[asyncio.Future[Lease | None]]] = {}
+        self._limits: dict[str, int] = {}
 
     def in_use(self, origin: str) -> int:
         return len(self._held.get(origin, ()))
@@ -43,11 +51,13 @@ class Slots:
     async def acquire(self, origin: str, limit: int, max_wait: float) -> Lease | None:
         """A slot at `origin` (at most `limit` held at once), or None when none came free within
         `max_wait` seconds."""
+        self._limits[origin] = limit
         held = self._held.setdefault(origin, set())
-        queue = self._queues.get(origin)
-        if len(held) < limit and not queue:
-            return self._take(origin, held)
+        self._hand_over(origin)  # a raised limit serves those already waiting first
+        if len(held) < limit and not self._waiting(origin):
+            return self._take(origin, held, limit)
         if max_wait <= 0:
+            self._tidy(origin)
             return None
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Lease | None] = loop.create_future()
@@ -62,40 +72,63 @@ class Slots:
             raise
         finally:
             timer.cancel()
-            self._forget_queue(origin, future)
+            queue = self._queues.get(origin)
+            if queue is not None and future in queue:
+                queue.remove(future)
+            self._tidy(origin)
 
     def release(self, lease: Lease) -> None:
-        """Give `lease`'s slot back: to the first waiter, if any. Releasing twice is harmless."""
+        """Give `lease`'s slot back: to the first waiter, if any. Releasing twice is harmless.
+        Call on the event loop's thread (`release_soon` from anywhere else)."""
         held = self._held.get(lease.origin)
         if held is None or lease.token not in held:
             return
         held.discard(lease.token)
-        queue = self._queues.get(lease.origin)
-        while queue:
+        self._hand_over(lease.origin)
+        self._tidy(lease.origin)
+
+    def _hand_over(self, origin: str) -> None:
+        held = self._held.get(origin)
+        queue = self._queues.get(origin)
+        limit = self._limits.get(origin, 1)
+        while queue and held is not None and len(held) < limit:
             waiter = queue.popleft()
             if not waiter.done():
-                waiter.set_result(self._take(lease.origin, held))
-                return
-        if not held:
-            del self._held[lease.origin]
+                waiter.set_result(self._take(origin, held, limit))
 
-    def _take(self, origin: str, held: set[str]) -> Lease:
+    def _waiting(self, origin: str) -> bool:
+        return any(not f.done() for f in self._queues.get(origin, ()))
+
+    def _take(self, origin: str, held: set[str], limit: int) -> Lease:
         token = os.urandom(8).hex()
         held.add(token)
-        return Lease(origin, token)
+        return Lease(origin, token, limit=limit)
 
-    def _forget_queue(self, origin: str, future: asyncio.Future[Lease | None]) -> None:
-        queue = self._queues.get(origin)
-        if queue is None:
-            return
-        if future in queue:
-            queue.remove(future)
-        if not queue:
+    def _tidy(self, origin: str) -> None:
+        """Forget an origin with nothing held and nobody waiting."""
+        if self._queues.get(origin) is not None and not self._queues[origin]:
             del self._queues[origin]
-        if not self._held.get(origin, True):
+        if not self._held.get(origin, True) and origin not in self._queues:
             del self._held[origin]
+            self._limits.pop(origin, None)
 
 
 def _give_up(future: asyncio.Future[Lease | None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def release_soon(loop: asyncio.AbstractEventLoop, release: Callable[[Lease], None], lease: Lease) -> None:
+    """`release(lease)` on `loop`'s thread: at once when called there, else scheduled on it.
+
+    A flow state's finalizer can run wherever the garbage collector runs, which
+    may be an executor thread; the slots are the event loop's alone.
+    """
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        release(lease)
+    elif not loop.is_closed():
+        loop.call_soon_threadsafe(release, lease)

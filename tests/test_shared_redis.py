@@ -185,3 +185,40 @@ def test_slots_fall_back_to_this_workers_share_while_redis_is_down(redis_server:
         return [lease is not None for lease in leases]
 
     assert asyncio.run(scenario()) == [True, True, False]
+
+
+def test_a_slot_freed_while_redis_stalls_is_freed_when_it_answers_again(redis_server: RedisServer) -> None:
+    origin = "http://blip.example:80"
+
+    async def scenario() -> tuple[int, int]:
+        state = RedisState(redis_server.url)
+        lease = await state.acquire_slot(origin, 1, 0)
+        assert lease is not None and lease.fleet
+        redis_server.cli("CLIENT", "PAUSE", "4500", "ALL")  # a failover, a fork, a slow disk
+        state.release_slot(lease)  # the flow ended; the free times out
+        await asyncio.sleep(5.0)
+        await state.renew_slots()  # the heartbeat's renewal frees it again, Redis answering
+        await asyncio.sleep(5.5)  # (and past DOWN_FOR, so the worker uses Redis again)
+        await state.renew_slots()
+        left = await state.redis.zcard(f"{PREFIX}slots:{origin}")
+        taken = await state.acquire_slot(origin, 1, 0)
+        await state.close()
+        return left, int(taken is not None)
+
+    assert asyncio.run(scenario()) == (0, 1)
+
+
+def test_slots_taken_while_redis_was_down_count_when_it_is_back(redis_server: RedisServer) -> None:
+    origin = "http://back.example:80"
+
+    async def scenario() -> tuple[bool, bool]:
+        state = RedisState(redis_server.url, workers=1)
+        await state.redis.ping()
+        redis_server.cli("CLIENT", "PAUSE", "2500", "ALL")
+        local = await state.acquire_slot(origin, 1, 0)  # Redis slow: this worker's share, locally
+        await asyncio.sleep(6)  # Redis back, and tried again
+        fleet = await state.acquire_slot(origin, 1, 0)  # the local slot is still in flight
+        await state.close()
+        return local is not None, fleet is not None
+
+    assert asyncio.run(scenario()) == (True, False)

@@ -182,7 +182,8 @@ def test_every_way_a_flow_ends_gives_its_slot_back(
         "/gone": Reply(404, "no"), "/reset": _reset, "/half": _half_body,
         "/big": Reply(200, b"y" * 300_000, {"Content-Type": "application/octet-stream"}),
     })  # fmt: skip
-    policy = write_policy(tmp_path, politeness={"max_concurrency": 1, "max_wait": 0})
+    # abandoned_hold 0: a request that failed after reaching the origin frees its slot at once too
+    policy = write_policy(tmp_path, politeness={"max_concurrency": 1, "max_wait": 0, "abandoned_hold": 0})
     proxy = make_proxy(policy, optout_body_cap=100_000)
     ends = {
         "/page": 200,
@@ -204,3 +205,24 @@ def test_every_way_a_flow_ends_gives_its_slot_back(
                 if status is not None:
                     assert got == status, path
                 assert client.get(site.url("/page")).status_code == 200, f"slot kept after {path}"
+
+
+def test_a_request_its_client_gave_up_keeps_its_slot_while_the_origin_may_still_work(
+    make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    """A crawler with a short timeout that retries must not stack requests at a slow origin."""
+    slow = InFlight(1.5)
+    site = make_site({"/robots.txt": Reply(200, "User-agent: *\nAllow: /\n"), "/slow": slow})
+    policy = write_policy(tmp_path, politeness={"max_concurrency": 1, "max_wait": 5, "abandoned_hold": 2})
+    proxy = make_proxy(policy)
+    with httpx.Client(proxy=proxy.url, trust_env=False, timeout=20) as client:
+        assert client.get(site.url("/robots.txt")).status_code == 200
+        with (
+            httpx.Client(proxy=proxy.url, trust_env=False, timeout=0.5) as impatient,
+            pytest.raises(httpx.TimeoutException),
+        ):
+            impatient.get(site.url("/slow"))  # gives up after 0.5 s; the origin works on for 1 s more
+        assert client.get(site.url("/slow")).status_code == 200  # the retry, patient this time
+    first, retry = arrivals(site, "/slow")
+    assert retry - first >= 1.5  # not sent while the origin was still busy with the first
+    assert slow.most == 1

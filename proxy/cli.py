@@ -83,7 +83,15 @@ from proxy.report import gather, render
 from proxy.shared import fleet_workers
 from proxy.store import EvidenceStore, store_dir
 from proxy.warc import write_warc
-from proxy.workers import Supervisor, ensure_ca, reserve_port, serve_merged_metrics, share_port, worker_count
+from proxy.workers import (
+    Supervisor,
+    ensure_ca,
+    free_local_port,
+    reserve_port,
+    serve_merged_metrics,
+    share_port,
+    worker_count,
+)  # fmt: skip
 
 POLICY_HELP = (
     "policy file (default: $OPTOUT_POLICY, ./policies/default.yaml, ~/.config/optout-proxy/policy.yaml, "
@@ -428,17 +436,19 @@ def _supervise(args: argparse.Namespace, workers: int, policy: Policy, audit: Pa
             argv += ["--audit", args.audit]
         if _set_option(args, "optout_fleet_size") is None:
             argv += ["--set", f"optout_fleet_size={workers}"]
+        if metrics:
+            # A port the system has free now, chosen again at every (re)start: a fixed one could
+            # be taken by anything on the machine, and the worker would fail to start for ever.
+            worker_ports[k] = free_local_port()
         for option in args.options:
             if option.startswith("optout_metrics=") and metrics:
                 option = f"optout_metrics=127.0.0.1:{worker_ports[k]}"  # merged by the supervisor
             argv += ["--set", option]
         return argv
 
-    worker_ports: dict[int, int] = {}
+    worker_ports: dict[int, int] = {}  # read by the merged endpoint at every scrape
     merged = None
     if metrics:
-        base = int(metrics.rpartition(":")[2])
-        worker_ports = {k: base + k for k in range(1, workers + 1)}
         try:
             merged = serve_merged_metrics(metrics, worker_ports)
         except (OSError, ValueError) as e:

@@ -76,6 +76,13 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return s, int(s.getsockname()[1])
 
 
+def free_local_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now (for a worker's own metrics)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def ensure_ca(confdir: Path) -> None:
     """Create mitmproxy's CA before the workers start: N workers creating it at once would each
     write their own, and crawlers would trust only one of them."""

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from proxy.cache import CacheStats
+from proxy.counting import OUTCOMES
 
 
 class _CacheCollector(Collector):
@@ -38,21 +39,52 @@ class _CacheCollector(Collector):
         yield size
 
 
+class Tally:
+    """A counter by label values for what every request counts: plain integers added on the event
+    loop's thread (prometheus_client takes a lock and validates on every increment), read as one
+    counter family at scrape time."""
+
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.counts: dict[tuple[str, ...], int] = {}
+
+    def add(self, key: tuple[str, ...]) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, value in list(self.counts.items()):  # one C-level copy: safe beside the loop's adds
+            family.add_metric(list(key), value)
+        return family
+
+
+class _TallyCollector(Collector):
+    def __init__(self, tallies: list[Tally]) -> None:
+        self._tallies = tallies
+
+    def collect(self) -> Iterator[Any]:
+        for tally in self._tallies:
+            yield tally.family()
+
+
 class Metrics:
     """The proxy's counters and histograms, and the optional HTTP endpoint that serves them."""
 
     def __init__(self, cache_stats: Callable[[], CacheStats], cache_size: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
-        self.decisions = Counter(
+        self.decisions = Tally(
             "optout_decisions", "Decisions by phase, deciding signal, decision and whether enforced.",
-            ["phase", "signal", "decision", "enforced"], registry=self.registry,
+            ["phase", "signal", "decision", "enforced"],
         )  # fmt: skip
-        self.requests = Counter(
+        self.requests = Tally(
             "optout_requests",
             "Requests by outcome, each counted once: blocked (before the fetch), "
             "withheld (after it), delivered, would-block (monitor mode).",
-            ["outcome"], registry=self.registry,
+            ["outcome"],
         )  # fmt: skip
+        for outcome in OUTCOMES:  # every outcome is exported from the start, at 0
+            self.requests.counts[(outcome,)] = 0
+        self.registry.register(_TallyCollector([self.decisions, self.requests]))
         self.documents = Counter(
             "optout_documents_fetched", "Policy documents fetched, by document and outcome.",
             ["document", "outcome"], registry=self.registry,

@@ -29,7 +29,7 @@ from proxy.answers import (
     withhold_in_place,
 )
 from proxy.audit import SCHEMA_VERSION, AuditLog, evidence_of, new_id
-from proxy.counting import DELIVERED, OUTCOMES, settle
+from proxy.counting import DELIVERED, settle
 from proxy.documents import OriginDocuments
 from proxy.errors import AuditError, LocalLimit
 from proxy.evidence import Decision, Finding, Says, Verdict, utc_now
@@ -99,8 +99,6 @@ class Recorder:
         self.audit: AuditLog | None = None
         self.store: EvidenceStore | None = None
         self.metrics = metrics
-        self._counters: dict[tuple[Any, ...], Any] = {}  # decisions counter children by labels
-        self._outcomes = {o: metrics.requests.labels(o) for o in OUTCOMES}
 
     def record(
         self, flow: http.HTTPFlow, decision: Decision, policy: Policy | None, record_id: str, *,
@@ -166,24 +164,19 @@ class Recorder:
         """Move the flow's outcome on by one record; count a refusal once, when it is settled."""
         now = settle(state.outcome, record.get("phase"), record.get("decision"), record.get("enforced"))
         if now != state.outcome and now is not None and now != DELIVERED:
-            self._outcomes[now].inc()
+            self.metrics.requests.add((now,))
         state.outcome = now
 
     def delivered(self, state: FlowState) -> None:
         """The response went to the crawler: count it, unless a record already refused it."""
         if state.decision is not None and state.outcome in (None, DELIVERED) and not state.answered:
-            self._outcomes[DELIVERED].inc()
+            self.metrics.requests.add((DELIVERED,))
 
     def _count(self, record: dict[str, Any]) -> None:
-        key = (
-            record.get("phase"), record.get("signal") or "-", record.get("decision"),
+        self.metrics.decisions.add((
+            str(record.get("phase")), record.get("signal") or "-", str(record.get("decision")),
             "true" if record.get("enforced") else "false",
-        )  # fmt: skip
-        # prometheus_client's labels() validates and locks on every call: keep each child.
-        child = self._counters.get(key)
-        if child is None:
-            child = self._counters[key] = self.metrics.decisions.labels(*key)
-        child.inc()
+        ))  # fmt: skip
 
     def failed(
         self, flow: http.HTTPFlow, state: FlowState, error: Exception, *, phase: str, in_place: bool = False

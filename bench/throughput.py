@@ -20,7 +20,8 @@ record). It then loads them in turn, A B C A B C, for each scheme and
 concurrency, and prints req/s, p50 and p99 latency and the median ratio
 ours/bare. Absolute figures drift ±30 % on shared machines
 (shared/reference/performance.md); the ratio, measured in the same run, is
-the figure to quote. Target: ours >= 0.90 x bare.
+the figure to quote. Target: ours >= 0.90 x bare. Load comes from wrk
+(plain HTTP) and hey (HTTPS through CONNECT) when installed, else httpx.
 """
 
 from __future__ import annotations
@@ -224,6 +225,29 @@ def load_wrk(proxy_port: int, url: str, concurrency: int, seconds: float) -> tup
     return done, quantile("50"), quantile("99")
 
 
+def load_hey(
+    proxy_port: int, url: str, ca_file: Path, concurrency: int, seconds: float
+) -> tuple[int, float, float]:
+    """Closed-loop load from hey (Go, Debian's package) through the proxy with CONNECT: the HTTPS rows'
+    load generator when installed (the Python one spends as much CPU as the proxy it measures).
+
+    Returns (requests completed, p50 s, p99 s). `ca_file` is the proxy's CA (Go reads SSL_CERT_FILE).
+    """
+    out = subprocess.run(
+        ["hey", "-z", f"{max(1, round(seconds))}s", "-c", str(concurrency), "-x", f"http://127.0.0.1:{proxy_port}", url],
+        capture_output=True, text=True, check=True, env={**os.environ, "SSL_CERT_FILE": str(ca_file)},
+    ).stdout  # fmt: skip
+    codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
+    if set(codes) != {"200"} or "Error distribution" in out:
+        raise RuntimeError(f"hey saw errors from {url}:\n{out}")
+
+    def quantile(q: str) -> float:
+        m = re.search(rf"^\s+{q}% in ([\d.]+) secs", out, re.M)
+        return float(m.group(1)) if m else float("nan")
+
+    return int(codes["200"]), quantile("50"), quantile("99")
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of process `pid` so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -246,13 +270,15 @@ def main() -> int:
     parser.add_argument("--kind-concurrency", default="8", help="levels for the other kinds")
     parser.add_argument(
         "--load", choices=("auto", "python", "wrk"), default="auto",
-        help="load generator for plain HTTP: wrk (C, Debian's package) when installed, else httpx",
+        help="load generators: wrk (C) for plain HTTP and hey (Go) for HTTPS, Debian's packages, when "
+        "installed (auto); python: httpx for both",
     )  # fmt: skip
     args = parser.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
     kind_levels = [int(x) for x in args.kind_concurrency.split(",")]
     kinds = args.kinds.split(",")
     use_wrk = args.load == "wrk" or (args.load == "auto" and shutil.which("wrk") is not None)
+    use_hey = args.load != "python" and shutil.which("hey") is not None
 
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -298,7 +324,9 @@ def main() -> int:
         pids = {"bare": bare.pid, "floor": floor.pid, "ours": ours.pid}
         names = ("bare", "floor", "ours")
         try:
-            print(f"load generator for http: {'wrk' if use_wrk else 'httpx'}; for https: httpx")
+            print(
+                f"load generator for http: {'wrk' if use_wrk else 'httpx'}; for https: {'hey' if use_hey else 'httpx'}"
+            )
             print(
                 f"{'kind':<9} {'scheme':<6} {'conc':>4} {'proxy':<5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
                 f"{'cpu µs/req':>10}"
@@ -321,6 +349,10 @@ def main() -> int:
                                 if use_wrk and scheme == "http":
                                     done, p50, p99 = load_wrk(int(proxies[name].rsplit(":", 1)[1]), url, conc,
                                                               args.seconds)  # fmt: skip
+                                    got = [p50] * (done // 2) + [p99] * (done - done // 2) if done else []
+                                elif use_hey and scheme == "https":
+                                    done, p50, p99 = load_hey(int(proxies[name].rsplit(":", 1)[1]), url,
+                                                              t / name / "mitmproxy-ca-cert.pem", conc, args.seconds)  # fmt: skip
                                     got = [p50] * (done // 2) + [p99] * (done - done // 2) if done else []
                                 else:
                                     got = asyncio.run(load(proxies[name], url, verify, conc, args.seconds))

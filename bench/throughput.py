@@ -19,7 +19,7 @@ already cached, `log_allowed: true` so each request also writes an audit
 record). It then loads them in turn, A B C A B C, for each scheme and
 concurrency, and prints req/s, p50 and p99 latency and the median ratio
 ours/bare. Absolute figures drift ±30 % on shared machines
-(shared/reference/performance.md); the ratio, measured in the same run, is
+(bench/RESULTS.md has runs side by side); the ratio, measured in the same run, is
 the figure to quote. Target: ours >= 0.90 x bare. Load comes from wrk
 (plain HTTP) and hey (HTTPS through CONNECT) when installed, else httpx.
 """

@@ -248,6 +248,20 @@ def load_hey(
     return int(codes["200"]), quantile("50"), quantile("99")
 
 
+def write_bench_policy(folder: Path) -> Path:
+    """The benches' policy in `folder` (an empty registry beside it): every signal on, each request
+    audited (`log_allowed: true`), loopback allowed (the origins run there)."""
+    (folder / "registry.yaml").write_text("entries: []\n")
+    policy = folder / "policy.yaml"
+    policy.write_text(
+        "agent: ExampleBot\nhonor_agents: [GPTBot, CCBot]\nregistries: [registry.yaml]\n"
+        "audit: {path: audit.jsonl, log_allowed: true}\n"
+        # the origin is on loopback, which the shipped policy keeps crawlers away from
+        "private_addresses: allow\n"
+    )
+    return policy
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of process `pid` so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -296,14 +310,7 @@ def main() -> int:
         t = Path(tmp)
         ca_file = t / "origin-ca.pem"
         ca.cert_pem.write_to_path(str(ca_file))
-        (t / "registry.yaml").write_text("entries: []\n")
-        policy = t / "policy.yaml"
-        policy.write_text(
-            "agent: ExampleBot\nhonor_agents: [GPTBot, CCBot]\nregistries: [registry.yaml]\n"
-            "audit: {path: audit.jsonl, log_allowed: true}\n"
-            # the origin is on loopback, which the shipped policy keeps crawlers away from
-            "private_addresses: allow\n"
-        )
+        policy = write_bench_policy(t)
         (t / "bare").mkdir()
         (t / "ours").mkdir()
         (t / "floor").mkdir()

@@ -4,7 +4,9 @@ mitmproxy uses one core. Each worker is a complete `optout-proxy run` process
 (its own enforcer, cache and audit chain) listening on the same address with
 SO_REUSEPORT, so the kernel spreads connections over the workers; no process
 sits in the data path. The supervisor starts them, restarts one that dies
-(and says so), and stops them all on SIGINT or SIGTERM.
+(and says so), and stops them all on SIGINT or SIGTERM. It relays each worker's
+output line by line, each line whole and marked with the worker (`[w2] ...`):
+workers writing to one inherited terminal or pipe would splice their lines.
 
 mitmproxy 11.0 has no option for SO_REUSEPORT. It binds its listeners with
 `asyncio.start_server` in `mitmproxy.proxy.mode_servers`; `share_port` hands
@@ -22,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -99,6 +102,7 @@ class Worker:
 
     ident: int
     proc: subprocess.Popen[bytes] | None = None
+    relays: list[threading.Thread] = field(default_factory=list)
     started: float = 0.0
     starts: int = 0
     deaths: list[float] = field(default_factory=list)
@@ -118,8 +122,15 @@ class Supervisor:
         self.stopping = False
 
     def start(self, w: Worker) -> None:
-        w.proc = subprocess.Popen(list(self.command(w.ident)))
+        w.proc = subprocess.Popen(list(self.command(w.ident)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         w.started, w.starts = time.monotonic(), w.starts + 1
+        tag = f"[w{w.ident}] ".encode()
+        w.relays = [
+            threading.Thread(target=relay_lines, args=(pipe, fd, tag), daemon=True, name=f"w{w.ident}-{fd}")
+            for pipe, fd in ((w.proc.stdout, 1), (w.proc.stderr, 2))
+        ]
+        for t in w.relays:
+            t.start()
 
     def run(self, *, poll: float = 0.2) -> int:
         """Supervise until a signal; the exit status is 0, or 1 if a worker could not start."""
@@ -166,7 +177,14 @@ class Supervisor:
             return None
         status = w.proc.returncode
         w.proc = None
+        self._drain(w)
         return status
+
+    @staticmethod
+    def _drain(w: Worker) -> None:
+        """Wait (briefly) for a dead worker's last lines: they often say why it died."""
+        for t in w.relays:
+            t.join(timeout=2)
 
     def _restart(self, w: Worker, status: int) -> None:
         now = time.monotonic()
@@ -195,7 +213,22 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for w in self.workers:
+            self._drain(w)
         self.say("all workers stopped")
+
+
+def relay_lines(pipe: Any, fd: int, tag: bytes) -> None:
+    """Copy `pipe` to file descriptor `fd` a line at a time, each line `tag`-prefixed and written
+    with one write(2) (whole up to PIPE_BUF on a pipe, whatever else writes to it)."""
+    with pipe:
+        for line in iter(pipe.readline, b""):
+            data = tag + (line if line.endswith(b"\n") else line + b"\n")
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+            except OSError:
+                continue  # our output is gone (a closed terminal): keep reading, or the worker blocks
 
 
 def merge_metrics(texts: dict[int, str]) -> str:
@@ -225,7 +258,6 @@ def serve_merged_metrics(address: str, worker_ports: dict[int, int]) -> Any:
     """Serve /metrics on `address` (PORT or HOST:PORT; host 127.0.0.1 by default): the workers'
     metrics (each on 127.0.0.1 at its own port) merged, so a machine has one endpoint."""
     import http.server
-    import threading
     import urllib.request
 
     host, _, port = address.rpartition(":")

@@ -122,6 +122,12 @@ def test_three_workers_share_the_address_and_keep_their_own_chains(
     policy = write_policy(tmp_path, registry=[entry("Holder One", "holder.test")])
     f = fleet(policy, 3)
     f.wait_for(r"listening at", count=3)
+    # Each worker line arrives whole and says whose it is (three workers start at once: unrelayed,
+    # their log lines splice into one another).
+    listening = [line for line in f.lines if "listening at" in line]
+    assert sorted(line[:5] for line in listening) == ["[w1] ", "[w2] ", "[w3] "], listening
+    stamped = [line for line in f.lines if re.search(r"\[\d\d:\d\d:\d\d\.\d{3}\]", line)]
+    assert stamped and all(len(re.findall(r"\[\d\d:\d\d:\d\d\.\d{3}\]", x)) == 1 for x in stamped), stamped
     targets = [site.url("/page"), site.url("/private/x"), "http://holder.test:9/x"] * 60
     statuses = asyncio.run(many(f.url, targets))
     assert statuses == [200, 451, 451] * 60  # every worker a full enforcer

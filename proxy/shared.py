@@ -18,6 +18,9 @@ fetches documents itself and paces origins locally at the interval times the
 number of workers, says so (log and `optout_shared_state_up`), and goes back
 to Redis by itself when it answers again. Nothing is forwarded undecided
 either way: a failure here only ever means a fetch of our own or a wait.
+A call that timed out while this process's own event loop was stalled says
+nothing about Redis (`proxy.looplag`): it is tried again, so every script is
+safe to run twice.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import orjson
 
 from proxy.evidence import Document
 from proxy.fetch import Fetched
+from proxy.looplag import LoopLag
 from proxy.slots import Lease, Slots
 
 logger = logging.getLogger(__name__)
@@ -50,6 +54,7 @@ HEARTBEAT_TTL = 30  # seconds a silent worker stays listed
 LEASE_TTL = 30.0  # seconds an origin slot outlives a worker that stopped renewing it (killed)
 SLOT_POLL = 0.5  # a waiter for a fleet slot looks again this often even without a "free" message
 REDIS_TIMEOUT = 2.0  # seconds any Redis call may take before it counts as down
+STALL_RETRIES = 3  # times a call that timed out during a stall of our own loop is tried again
 PREFIX = "optout:"
 Fetch = Callable[[], Awaitable[Fetched]]
 
@@ -181,6 +186,13 @@ redis.call('HSET', KEYS[1], 'v', ARGV[1], 'at', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
+# The fetch lock: SET NX PX, and "already ours" when the same token asks again (a retried call).
+# KEYS[1] the lock; ARGV[1] the token, ARGV[2] its lifetime (ms).
+_LOCK = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
 # KEYS[1] the lock; ARGV[1] the holder's token: only the holder releases it.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -216,6 +228,7 @@ _SLOT_TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
@@ -275,11 +288,12 @@ class RedisState(SharedState):
         self._unfreed: dict[str, tuple[str, int]] = {}  # token -> (origin, limit)
         self._tasks: set[asyncio.Task[Any]] = set()  # slot releases under way
         scripts = (
-            ("store", _STORE), ("release", _RELEASE), ("turn", _TURN), ("hold", _HOLD),
+            ("store", _STORE), ("lock", _LOCK), ("release", _RELEASE), ("turn", _TURN), ("hold", _HOLD),
             ("take", _SLOT_TAKE), ("free", _SLOT_FREE), ("renew", _SLOT_RENEW),
         )  # fmt: skip
         self._scripts = {name: self.redis.register_script(src) for name, src in scripts}
         self.calls = 0  # Redis round trips (bench/fleet.py reports them per request)
+        self.lag = LoopLag()
 
     @property
     def up(self) -> bool:
@@ -317,17 +331,33 @@ class RedisState(SharedState):
                 self._on_change(True)
 
     async def _call(self, what: Callable[[], Awaitable[Any]]) -> Any:
-        """One Redis round trip; raises _Down when Redis is down or slow (and marks it so)."""
+        """One Redis round trip; raises _Down when Redis is down or slow (and marks it so).
+
+        A timeout while our own loop stalled is tried again (STALL_RETRIES times): the answer may
+        have been waiting in the socket all along."""
         if not self.up:
             raise _Down
-        self.calls += 1
-        try:
-            result = await asyncio.wait_for(what(), REDIS_TIMEOUT * 2)
-        except (TimeoutError, OSError, _redis_errors()) as e:
-            self._failed(e)
-            raise _Down from e
-        self._worked()
-        return result
+        self.lag.start()
+        retries = STALL_RETRIES
+        while True:
+            self.calls += 1
+            began = time.monotonic()
+            try:
+                result = await asyncio.wait_for(what(), REDIS_TIMEOUT * 2)
+            except (TimeoutError, OSError, _redis_errors()) as e:
+                stalled = self.lag.stalled_since(began) if _timed_out(e) else 0.0
+                if stalled and retries > 0:
+                    retries -= 1
+                    logger.info(
+                        "optout: a Redis call timed out while this process's event loop was stalled "
+                        "%.1f s; trying it again",
+                        stalled,
+                    )
+                    continue
+                self._failed(e)
+                raise _Down from e
+            self._worked()
+            return result
 
     # -- documents ------------------------------------------------------------
 
@@ -342,7 +372,8 @@ class RedisState(SharedState):
                     return decode(stored)
                 token = os.urandom(16).hex()
                 lock_ms = int(self.lock_ttl * 1000)
-                if await self._call(functools.partial(self.redis.set, lock, token, nx=True, px=lock_ms)):
+                take = functools.partial(self._scripts["lock"], keys=[lock], args=[token, lock_ms])
+                if await self._call(take):
                     return await self._fetch_and_store(fetch, key, lock, channel, token)
                 if time.monotonic() > deadline:
                     break  # the holder is taking too long: fetch it ourselves
@@ -541,6 +572,7 @@ class RedisState(SharedState):
             )
 
     async def close(self) -> None:
+        self.lag.stop()
         for task in (self._listener, self._probe):
             if task is not None:
                 task.cancel()
@@ -556,6 +588,12 @@ def _redis_errors() -> type[BaseException]:
     import redis.exceptions
 
     return redis.exceptions.RedisError
+
+
+def _timed_out(e: BaseException) -> bool:
+    import redis.exceptions
+
+    return isinstance(e, TimeoutError | redis.exceptions.TimeoutError)
 
 
 def make_shared_state(

@@ -222,3 +222,32 @@ def test_slots_taken_while_redis_was_down_count_when_it_is_back(redis_server: Re
         return local is not None, fleet is not None
 
     assert asyncio.run(scenario()) == (True, False)
+
+
+def test_a_stalled_event_loop_is_not_redis_being_down(redis_server: RedisServer) -> None:
+    """A reply that arrived while this process's loop was blocked (a CPU-starved machine, a long
+    synchronous step) is not Redis being slow: the call is tried again, Redis stays in use."""
+    from proxy.shared import REDIS_TIMEOUT
+
+    async def scenario() -> tuple[object, bool, object]:
+        state = RedisState(redis_server.url)
+        await state.start()
+        await state.redis.set("stall-key", "v")  # a pooled connection, ready
+        # Redis answers this after 0.3 s (nothing to pop); the loop is blocked from 0.1 s on.
+        call = asyncio.create_task(state._call(lambda: state.redis.blpop(["stall-list"], timeout=0.3)))
+
+        async def stall() -> None:
+            await asyncio.sleep(0.1)
+            time.sleep(REDIS_TIMEOUT + 1.5)
+
+        await asyncio.gather(call, stall(), return_exceptions=True)
+        got = call.exception() or call.result()
+        up = state.up
+        after = await state._call(lambda: state.redis.get("stall-key"))
+        await state.close()
+        return got, up, after
+
+    got, up, after = asyncio.run(scenario())
+    assert got is None, repr(got)  # BLPOP's nil: the answer Redis gave, not a timeout
+    assert up
+    assert after == b"v"

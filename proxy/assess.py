@@ -78,9 +78,6 @@ class DecisionMemo:
         return decision
 
 
-_memo = DecisionMemo()
-
-
 def _strictest(decisions: Sequence[tuple[str, Decision]]) -> tuple[str, Decision]:
     """An enforced block first, then a monitored one, else the first (canonical) form's allow."""
     for form, decision in decisions:
@@ -125,12 +122,14 @@ def finish(
     docs: Sequence[OriginDocuments],
     *,
     mode: str | None = None,
+    memo: DecisionMemo | None = None,
 ) -> Decision:
-    """The decision, from the registry's findings and each origin's documents (pure)."""
-    if len(docs) == 1 and len(pending.by_form) == 1 and not pending.by_form[0][1]:
+    """The decision, from the registry's findings and each origin's documents (pure; `memo`
+    only keeps decisions already reached, for the next request that matches the same rules)."""
+    if memo is not None and len(docs) == 1 and len(pending.by_form) == 1 and not pending.by_form[0][1]:
         # The usual request: one origin, one path form, nothing in the registry.
         form = pending.by_form[0][0]
-        decision = _memo.decision(docs[0], origins[0], form, policy, mode)
+        decision = memo.decision(docs[0], origins[0], form, policy, mode)
         return _with_form(pending.path, form, decision)
     decisions = []
     for form, registry_found in pending.by_form:

@@ -25,7 +25,7 @@ from mitmproxy import http
 
 from proxy.addresses import Resolver
 from proxy.answers import BLOCK_STATUS, block_body
-from proxy.assess import GetDocuments, Pending, finish, start
+from proxy.assess import DecisionMemo, GetDocuments, Pending, finish, start
 from proxy.audit import new_id
 from proxy.documents import OriginDocuments
 from proxy.evidence import Decision, Finding, Says, Verdict
@@ -70,6 +70,7 @@ class RequestJudge:
         self.own_ports = own_ports  # the proxy's own listening and metrics ports
         self.mode = mode  # enforce | monitor override, None for the policy's
         self.direct = direct  # True unless an upstream proxy connects for us (then DNS is its)
+        self.memo = DecisionMemo()  # decisions by the robots.txt rules they matched (every request asks)
 
     def judge(
         self, flow: http.HTTPFlow, state: FlowState, policy: Policy, *, tunnelled: bool
@@ -99,7 +100,7 @@ class RequestJudge:
         docs = [self.cached(o) for o in origins] if addresses_ok else []
         if addresses_ok and all(d is not None for d in docs):
             state.docs = docs[0]
-            decision = finish(policy, begun, origins, docs, mode=mode)  # type: ignore[arg-type]
+            decision = finish(policy, begun, origins, docs, mode=mode, memo=self.memo)  # type: ignore[arg-type]
             interval = self._pace(policy, decision, docs[0])
             if interval is not None:
                 return self._conclude_in_turn(flow, state, policy, decision, names, rewritten, interval)
@@ -123,7 +124,7 @@ class RequestJudge:
             docs = list(await asyncio.gather(*(self.documents(o) for o in origins)))
         # Kept for the response phase, which reads the documents the request was decided on.
         state.docs = docs[0]
-        decision = finish(policy, begun, origins, docs, mode=self.mode())
+        decision = finish(policy, begun, origins, docs, mode=self.mode(), memo=self.memo)
         interval = self._pace(policy, decision, docs[0])
         if interval is not None:
             await self._conclude_in_turn(flow, state, policy, decision, names, rewritten, interval)

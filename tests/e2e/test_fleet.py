@@ -9,20 +9,13 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
+from tests.bursts import burst
 from tests.engines import HAProxy
 from tests.policies import write_policy
 from tests.proxyproc import ProxyProcess
 from tests.sites import Reply, Site
 
 ROBOTS = "User-agent: *\nDisallow: /private/\n"
-
-
-async def burst(proxy_url: str, targets: list[str], concurrency: int = 200) -> list[int]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(proxy=proxy_url, trust_env=False, timeout=120, limits=limits) as c:
-        return [r.status_code for r in await asyncio.gather(*(c.get(t) for t in targets))]
 
 
 def test_haproxy_in_front_of_three_proxies_fetches_each_origin_once(
@@ -36,7 +29,7 @@ def test_haproxy_in_front_of_three_proxies_fetches_each_origin_once(
     try:
         targets = [s.url(p) for s in sites for p in ("/page", "/private/x")] * 10
         random.Random(5).shuffle(targets)
-        statuses = asyncio.run(burst(front.url, targets))
+        statuses = [r.status_code for r in asyncio.run(burst(front.url, targets, connections=200))]
     finally:
         front.stop()
     assert statuses == [451 if "/private/" in t else 200 for t in targets]

@@ -85,6 +85,7 @@ from proxy.store import EvidenceStore, store_dir
 from proxy.warc import write_warc
 from proxy.workers import (
     Supervisor,
+    die_with_supervisor,
     ensure_ca,
     free_local_port,
     reserve_port,
@@ -387,6 +388,7 @@ def _run(args: argparse.Namespace) -> int:
         return ExitStatus.INVALID
     audit = Path(args.audit) if args.audit else policy.audit.path
     if args.worker_id is not None:
+        die_with_supervisor()
         share_port()
         args.options = [*args.options, f"optout_worker={args.worker_id}"]
         audit = worker_log(audit, args.worker_id)

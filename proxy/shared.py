@@ -187,10 +187,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 # The fetch lock: SET NX PX, and "already ours" when the same token asks again (a retried call).
-# KEYS[1] the lock; ARGV[1] the token, ARGV[2] its lifetime (ms).
+# KEYS[1] the lock, KEYS[2] the document; ARGV[1] the token, ARGV[2] its lifetime (ms).
+# 2: the document is stored (a holder finished between our look and this take: do not fetch again).
 _LOCK = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+if redis.call('HEXISTS', KEYS[2], 'v') == 1 then return 2 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """
 # KEYS[1] the lock; ARGV[1] the holder's token: only the holder releases it.
@@ -372,8 +374,11 @@ class RedisState(SharedState):
                     return decode(stored)
                 token = os.urandom(16).hex()
                 lock_ms = int(self.lock_ttl * 1000)
-                take = functools.partial(self._scripts["lock"], keys=[lock], args=[token, lock_ms])
-                if await self._call(take):
+                take = functools.partial(self._scripts["lock"], keys=[lock, key], args=[token, lock_ms])
+                taken = await self._call(take)
+                if taken == 2:
+                    continue  # stored meanwhile: read it
+                if taken:
                     return await self._fetch_and_store(fetch, key, lock, channel, token)
                 if time.monotonic() > deadline:
                     break  # the holder is taking too long: fetch it ourselves

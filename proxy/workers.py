@@ -7,6 +7,9 @@ sits in the data path. The supervisor starts them, restarts one that dies
 (and says so), and stops them all on SIGINT or SIGTERM. It relays each worker's
 output line by line, each line whole and marked with the worker (`[w2] ...`):
 workers writing to one inherited terminal or pipe would splice their lines.
+Workers write unbuffered (a pipe would otherwise hold mitmproxy's log back in
+8 KiB blocks) and are sent SIGTERM if the supervisor dies, even by kill -9
+(Linux's parent-death signal): no worker outlives it unsupervised on the port.
 
 mitmproxy 11.0 has no option for SO_REUSEPORT. It binds its listeners with
 `asyncio.start_server` in `mitmproxy.proxy.mode_servers`; `share_port` hands
@@ -18,6 +21,7 @@ tests/e2e/test_workers.py fails if the workers stop sharing the port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
@@ -32,6 +36,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+SUPERVISOR_ENV = "OPTOUT_SUPERVISOR_PID"  # set for its workers: they stop when it dies
+RELAY_LINE_MAX = 64 * 1024  # a longer "line" (no newline) is relayed in pieces of this size
+DRAIN_WAIT = 1.0  # seconds, at most, to wait for dead workers' last lines (all of them together)
 QUICK_DEATH = 5.0  # a worker that exits with an error this soon after its first start cannot start
 RESTART_BACKOFF_MAX = 30.0
 STOP_GRACE = 10.0
@@ -122,7 +129,10 @@ class Supervisor:
         self.stopping = False
 
     def start(self, w: Worker) -> None:
-        w.proc = subprocess.Popen(list(self.command(w.ident)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        w.proc = subprocess.Popen(
+            list(self.command(w.ident)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", SUPERVISOR_ENV: str(os.getpid())},
+        )  # fmt: skip
         w.started, w.starts = time.monotonic(), w.starts + 1
         tag = f"[w{w.ident}] ".encode()
         w.relays = [
@@ -177,14 +187,16 @@ class Supervisor:
             return None
         status = w.proc.returncode
         w.proc = None
-        self._drain(w)
+        self._drain([w], DRAIN_WAIT / 4)
         return status
 
     @staticmethod
-    def _drain(w: Worker) -> None:
-        """Wait (briefly) for a dead worker's last lines: they often say why it died."""
-        for t in w.relays:
-            t.join(timeout=2)
+    def _drain(workers: Sequence[Worker], wait: float) -> None:
+        """Wait, `wait` seconds at most for all of them, for dead workers' last lines (they often say
+        why it died); a sink that does not take them (a paused pager) delays nothing longer."""
+        deadline = time.monotonic() + wait
+        for t in (t for w in workers for t in w.relays):
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _restart(self, w: Worker, status: int) -> None:
         now = time.monotonic()
@@ -213,16 +225,29 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for w in self.workers:
-            self._drain(w)
+        self._drain(self.workers, DRAIN_WAIT)
         self.say("all workers stopped")
+
+
+def die_with_supervisor() -> None:
+    """In a worker: be sent SIGTERM when the supervisor dies (Linux's PR_SET_PDEATHSIG; elsewhere
+    nothing), and exit now if it already has (this process was started by it, then re-parented)."""
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if not supervisor or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != int(supervisor):
+        raise SystemExit("optout-proxy worker: the supervisor is gone; not starting")
 
 
 def relay_lines(pipe: Any, fd: int, tag: bytes) -> None:
     """Copy `pipe` to file descriptor `fd` a line at a time, each line `tag`-prefixed and written
     with one write(2) (whole up to PIPE_BUF on a pipe, whatever else writes to it)."""
     with pipe:
-        for line in iter(pipe.readline, b""):
+        for line in iter(lambda: pipe.readline(RELAY_LINE_MAX), b""):
             data = tag + (line if line.endswith(b"\n") else line + b"\n")
             try:
                 while data:

@@ -111,6 +111,43 @@ def test_waiters_are_woken_by_the_store_and_fetch_nothing(redis_server: RedisSer
     assert round_trips <= 20 * 5  # a few look-ups each, not a hot loop
 
 
+def test_a_fetch_that_lands_between_our_look_and_our_lock_is_read_not_fetched_again(
+    redis_server: RedisServer,
+) -> None:
+    """Worker A stores the document and frees its lock just after worker B looked (nothing stored)
+    and just before B takes the lock: B reads A's copy instead of fetching the origin a second time."""
+    url = "http://between.example/robots.txt"
+
+    async def scenario() -> tuple[int, bytes | None]:
+        a, b = RedisState(redis_server.url), RedisState(redis_server.url)
+        calls = 0
+
+        async def fetch() -> Fetched:
+            nonlocal calls
+            calls += 1
+            return fetched(url, "2026-12-03T10:00:00.000Z")
+
+        real_hget, looks = b.redis.hget, 0
+
+        async def hget_then_a_finishes(*args: object) -> object:
+            nonlocal looks
+            looks += 1
+            seen = await real_hget(*args)
+            if looks == 1:
+                await a.document(url, fetch)  # A fetches, stores and releases its lock right now
+            return seen
+
+        b.redis.hget = hget_then_a_finishes
+        got = await b.document(url, fetch)
+        await a.close()
+        await b.close()
+        return calls, got.body
+
+    calls, body = asyncio.run(scenario())
+    assert calls == 1  # A's fetch only
+    assert body == b"User-agent: *\nDisallow: /\n"
+
+
 def test_the_pace_is_one_turn_per_interval_on_redis_clock(redis_server: RedisServer) -> None:
     async def scenario() -> list[tuple[bool, float]]:
         a, b = RedisState(redis_server.url), RedisState(redis_server.url)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
@@ -36,6 +37,8 @@ class Fleet:
             [sys.executable, "-m", "proxy", "run", "--policy", str(policy), "--listen-port", "0", "--workers",
              str(workers), "--audit", str(self.audit), "--set", f"confdir={tmp_path / 'ca'}", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            # As a terminal user runs it: no inherited PYTHONUNBUFFERED to hide a worker's buffered log.
+            env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
         )  # fmt: skip
         threading.Thread(target=self._read, daemon=True).start()
         self.port = int(self.wait_for(r"workers on 127\.0\.0\.1:(\d+)").group(1))
@@ -210,6 +213,27 @@ def test_a_killed_worker_is_restarted_and_continues_its_chain(
     assert report.ok, report.problem  # the restarted worker continued its chain (a repair at most)
     assert report.records > before
     assert f.worker_pids() == {}  # stopping the supervisor stopped every worker
+
+
+def test_workers_stop_when_the_supervisor_is_killed(
+    fleet: Callable[..., Fleet], make_site: Callable[..., Site], tmp_path: Path
+) -> None:
+    """kill -9 of the supervisor leaves no unsupervised worker serving on the address."""
+    site = make_site({"/robots.txt": Reply(200, ROBOTS), "/page": Reply(200, "ok")})
+    f = fleet(write_policy(tmp_path), 2)
+    f.wait_for(r"listening at", count=2)
+    assert asyncio.run(many(f.url, [site.url("/page")] * 10)) == [200] * 10
+    pids = list(f.worker_pids().values())
+    assert len(pids) == 2
+    f.proc.kill()
+    f.proc.wait(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(0.1)
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    for k in (1, 2):
+        report = verify_chain(worker_log(f.audit, k))
+        assert report.ok, report.problem  # they stopped cleanly
 
 
 def test_a_worker_that_cannot_start_stops_the_run(fleet: Callable[..., Fleet], tmp_path: Path) -> None:

@@ -18,9 +18,10 @@ fetches documents itself and paces origins locally at the interval times the
 number of workers, says so (log and `optout_shared_state_up`), and goes back
 to Redis by itself when it answers again. Nothing is forwarded undecided
 either way: a failure here only ever means a fetch of our own or a wait.
-A call that timed out while this process's own event loop was stalled says
-nothing about Redis (`proxy.looplag`): it is tried again, so every script is
-safe to run twice.
+A call whose timeout fired late because this process's own event loop was
+stalled says nothing about Redis (`proxy.looplag`): it is tried once more, so
+every script is safe to run twice (a turn is remembered by its token; a hold
+run twice ends at most the stall's length later).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ HEARTBEAT_TTL = 30  # seconds a silent worker stays listed
 LEASE_TTL = 30.0  # seconds an origin slot outlives a worker that stopped renewing it (killed)
 SLOT_POLL = 0.5  # a waiter for a fleet slot looks again this often even without a "free" message
 REDIS_TIMEOUT = 2.0  # seconds any Redis call may take before it counts as down
-STALL_RETRIES = 3  # times a call that timed out during a stall of our own loop is tried again
+TURN_MEMORY_MS = 10_000  # how long Redis remembers the answer to a turn, for a retried call
 PREFIX = "optout:"
 Fetch = Callable[[], Awaitable[Fetched]]
 
@@ -200,19 +201,29 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# GCRA on Redis's clock. KEYS[1] the origin's TAT (ms); ARGV: interval ms, max wait ms.
-# Returns {1, wait ms} (granted: ask after the wait) or {0, wait ms} (refused).
+# GCRA on Redis's clock. KEYS[1] the origin's TAT (ms), KEYS[2] this request's answer (kept
+# TURN_MEMORY_MS: a retried call gets the same turn, not the next); ARGV: interval ms, max wait ms,
+# TURN_MEMORY_MS. Returns {1, wait ms} (granted: ask after the wait) or {0, wait ms} (refused).
 _TURN = """
+local prior = redis.call('GET', KEYS[2])
+if prior then
+  local g, w = string.match(prior, '^(%d+):(%d+)$')
+  return {tonumber(g), tonumber(w)}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local wait = tat - now
-if wait > tonumber(ARGV[2]) then return {0, wait} end
+if wait > tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], '0:' .. wait, 'PX', ARGV[3])
+  return {0, wait}
+end
 local interval = tonumber(ARGV[1])
 if interval > 0 then
   redis.call('SET', KEYS[1], tat + interval, 'PX', wait + interval + 1000)
 end
+redis.call('SET', KEYS[2], '1:' .. wait, 'PX', ARGV[3])
 return {1, wait}
 """
 # KEYS[1] the origin's TAT; ARGV[1] ms to hold it back (Retry-After), on Redis's clock.
@@ -296,6 +307,7 @@ class RedisState(SharedState):
         self._scripts = {name: self.redis.register_script(src) for name, src in scripts}
         self.calls = 0  # Redis round trips (bench/fleet.py reports them per request)
         self.lag = LoopLag()
+        self.closed = False  # close() ran: no call starts (nor restarts the ticker)
 
     @property
     def up(self) -> bool:
@@ -335,21 +347,20 @@ class RedisState(SharedState):
     async def _call(self, what: Callable[[], Awaitable[Any]]) -> Any:
         """One Redis round trip; raises _Down when Redis is down or slow (and marks it so).
 
-        A timeout while our own loop stalled is tried again (STALL_RETRIES times): the answer may
-        have been waiting in the socket all along."""
-        if not self.up:
+        A timeout that fired late, because our own loop was stalled, is tried once more: the answer
+        may have been waiting in the socket all along. (Every script is safe to run twice.)"""
+        if not self.up or self.closed:
             raise _Down
         self.lag.start()
-        retries = STALL_RETRIES
+        retried = False
         while True:
             self.calls += 1
-            began = time.monotonic()
             try:
                 result = await asyncio.wait_for(what(), REDIS_TIMEOUT * 2)
             except (TimeoutError, OSError, _redis_errors()) as e:
-                stalled = self.lag.stalled_since(began) if _timed_out(e) else 0.0
-                if stalled and retries > 0:
-                    retries -= 1
+                stalled = self.lag.just_stalled() if _timed_out(e) else 0.0
+                if stalled and not retried and not self.closed:
+                    retried = True
                     logger.info(
                         "optout: a Redis call timed out while this process's event loop was stalled "
                         "%.1f s; trying it again",
@@ -474,10 +485,9 @@ class RedisState(SharedState):
 
     async def turn(self, origin: str, interval: float, max_wait: float) -> Turn:
         try:
-            args = [int(interval * 1000), int(max_wait * 1000)]
-            granted, wait_ms = await self._call(
-                lambda: self._scripts["turn"](keys=[f"{PREFIX}pace:{origin}"], args=args)
-            )
+            args = [int(interval * 1000), int(max_wait * 1000), TURN_MEMORY_MS]
+            keys = [f"{PREFIX}pace:{origin}", f"{PREFIX}turn:{os.urandom(12).hex()}"]
+            granted, wait_ms = await self._call(lambda: self._scripts["turn"](keys=keys, args=args))
             return Turn(bool(granted), int(wait_ms) / 1000)
         except _Down:
             # Alone now: pace as if every worker asked this origin at the same interval.
@@ -577,6 +587,7 @@ class RedisState(SharedState):
             )
 
     async def close(self) -> None:
+        self.closed = True
         self.lag.stop()
         for task in (self._listener, self._probe):
             if task is not None:

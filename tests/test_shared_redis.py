@@ -288,3 +288,48 @@ def test_a_stalled_event_loop_is_not_redis_being_down(redis_server: RedisServer)
     assert got is None, repr(got)  # BLPOP's nil: the answer Redis gave, not a timeout
     assert up
     assert after == b"v"
+
+
+def test_a_turn_asked_twice_with_one_token_is_one_turn(redis_server: RedisServer) -> None:
+    """A retried turn (its first answer lost in a stall) gets the same answer, not the next turn."""
+
+    async def scenario() -> list[list[int]]:
+        state = RedisState(redis_server.url)
+        turn = state._scripts["turn"]
+        pace = f"{PREFIX}pace:twice.example"
+        first = await turn(keys=[pace, f"{PREFIX}turn:t1"], args=[1000, 5000, 10_000])
+        again = await turn(keys=[pace, f"{PREFIX}turn:t1"], args=[1000, 5000, 10_000])
+        other = await turn(keys=[pace, f"{PREFIX}turn:t2"], args=[1000, 5000, 10_000])
+        await state.close()
+        return [first, again, other]
+
+    first, again, other = asyncio.run(scenario())
+    assert first == again == [1, 0]  # granted now, once
+    assert other[0] == 1 and 900 <= other[1] <= 1000  # the next request's turn is one interval on
+
+
+def test_a_hung_redis_with_a_responsive_loop_is_down_after_one_timeout(redis_server: RedisServer) -> None:
+    """No stall of ours: the first timeout marks Redis down (no retry stretches the outage)."""
+    import signal
+
+    from proxy.shared import REDIS_TIMEOUT, _Down
+
+    async def scenario() -> tuple[float, bool]:
+        state = RedisState(redis_server.url)
+        await state.start()
+        assert redis_server.proc is not None
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            with pytest.raises(_Down):
+                await state._call(lambda: state.redis.get("anything"))
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        took = time.monotonic() - started
+        up = state.up
+        await state.close()
+        return took, up
+
+    took, up = asyncio.run(scenario())
+    assert not up
+    assert took < REDIS_TIMEOUT * 2 + 1, took

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -249,11 +250,13 @@ def relay_lines(pipe: Any, fd: int, tag: bytes) -> None:
     with pipe:
         for line in iter(lambda: pipe.readline(RELAY_LINE_MAX), b""):
             data = tag + (line if line.endswith(b"\n") else line + b"\n")
-            try:
-                while data:
+            while data:
+                try:
                     data = data[os.write(fd, data) :]
-            except OSError:
-                continue  # our output is gone (a closed terminal): keep reading, or the worker blocks
+                except BlockingIOError:
+                    select.select([], [fd], [], 1.0)  # a full non-blocking output: the rest waits
+                except OSError:
+                    break  # our output is gone (a closed terminal): keep reading, or the worker blocks
 
 
 def merge_metrics(texts: dict[int, str]) -> str:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
@@ -62,16 +61,32 @@ def files(fmt: str) -> dict[str, tuple[bytes, str]]:
     }
 
 
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, ProxyProcess, ProxyProcess]]:
+    """One origin and two proxies for every format (each format's files under /FORMAT/): the
+    shipped defaults, and one that ignores ingredients and invalid signatures."""
+    tmp = tmp_path_factory.mktemp("c2pa")
+    site = Site({"/robots.txt": Reply(200, "User-agent: *\nAllow: /\n")})
+    proxies = []
+    for name, keys in (
+        ("default", {}),
+        ("lenient", {"c2pa_ingredients": "ignore", "c2pa_invalid_signature": "ignore"}),
+    ):
+        (tmp / f"conf-{name}").mkdir()
+        policy = write_policy(tmp / name, **keys)
+        proxies.append(ProxyProcess(policy, confdir=tmp / f"conf-{name}", audit=tmp / f"{name}.jsonl"))
+    yield site, proxies[0], proxies[1]
+    for proxy in proxies:
+        proxy.stop()
+    site.close()
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_signed_files_in_every_format(
-    make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], tmp_path: Path, fmt: str
-) -> None:
+def test_signed_files_in_every_format(served: tuple[Site, ProxyProcess, ProxyProcess], fmt: str) -> None:
+    site, default, lenient = served
     made = files(fmt)
-    routes = {f"/{case}": Reply(200, body, {"Content-Type": mime}) for case, (body, mime) in made.items()}
-    site = make_site({"/robots.txt": Reply(200, "User-agent: *\nAllow: /\n"), **routes})
-    default = make_proxy(write_policy(tmp_path / "default"))
-    lenient = make_proxy(
-        write_policy(tmp_path / "lenient", c2pa_ingredients="ignore", c2pa_invalid_signature="ignore")
+    site.routes.update(
+        {f"/{fmt}/{case}": Reply(200, body, {"Content-Type": mime}) for case, (body, mime) in made.items()}
     )
     expected = {
         # case: (status by default, status with ingredients and invalid signatures ignored)
@@ -84,11 +99,15 @@ def test_signed_files_in_every_format(
     }
     for case, (by_default, when_ignored) in expected.items():
         for proxy, status in ((default, by_default), (lenient, when_ignored)):
-            raw = raw_get(proxy, site.url(f"/{case}"))
+            raw = raw_get(proxy, site.url(f"/{fmt}/{case}"))
             assert int(raw.split(b" ", 2)[1]) == status, (fmt, case, raw[:300])
             # the signed file's own bytes (its manifest's tail) reach the client only when allowed
             assert (made[case][0][-48:] in raw) is (status == 200), (fmt, case)
-    records = {r["url"].rsplit("/", 1)[-1]: r for r in default.records() if r["phase"] == "response"}
+    records = {
+        r["url"].rsplit("/", 1)[-1]: r
+        for r in default.records()
+        if r["phase"] == "response" and f"/{fmt}/" in r["url"]
+    }
     deciding = {case: r["evidence"][r["deciding"]]["detail"] for case, r in records.items() if r["withheld"]}
     assert "active manifest; signature untrusted" in deciding["notAllowed"]
     assert "ingredient manifest" in deciding["ingredient"]

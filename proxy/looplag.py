@@ -5,8 +5,8 @@ asyncio runs a timer that expired during a stall (a CPU-starved machine, a long 
 step) before the task that would read the answer already in the socket, so a stall longer than
 a timeout turns every call in flight into a timeout. `LoopLag` ticks every `every` seconds and
 remembers the stalls it saw; `stalled_since(t)` says whether the loop stalled after `t` (or is
-stalled right now: its last tick is overdue); `just_stalled()` whether a timeout
-handled now probably fired late because of one.
+stalled right now: its last tick is overdue). A stall under way at a timeout's
+deadline, or ending after it, means the timeout fired late.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 
 STALL = 0.5  # seconds late a tick must be to count as a stall
-RECENT = 0.25  # seconds after a stall in which a timeout is taken to have fired late, because of it
 
 
 class LoopLag:
@@ -55,9 +54,3 @@ class LoopLag:
         seen = max((late for end, late in self.stalls if end >= since), default=0.0)
         longest = max(seen, overdue)
         return longest if longest >= self.stall else 0.0
-
-    def just_stalled(self) -> float:
-        """The stall (seconds) the loop is in or has just come out of; 0 if none.
-
-        A timeout handled now was probably due during it: its answer may be waiting unread."""
-        return self.stalled_since(self.clock() - RECENT)

@@ -197,33 +197,34 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """
 # KEYS[1] the lock; ARGV[1] the holder's token: only the holder releases it.
+# KEYS[2] the waiters' channel: told when the lock goes, stored or not (a holder whose fetch failed
+# stored nothing; its waiters look again now instead of at their next poll).
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', KEYS[2], '0')
+  return 1
+end
 return 0
 """
-# GCRA on Redis's clock. KEYS[1] the origin's TAT (ms), KEYS[2] this request's answer (kept
-# TURN_MEMORY_MS: a retried call gets the same turn, not the next); ARGV: interval ms, max wait ms,
-# TURN_MEMORY_MS. Returns {1, wait ms} (granted: ask after the wait) or {0, wait ms} (refused).
+# GCRA on Redis's clock. KEYS[1] the origin's TAT (ms), KEYS[2] this request's turn: the time it
+# was granted (kept TURN_MEMORY_MS, so a retried call gets the same turn, not the next; a refusal or
+# an interval of 0 changes nothing and is not kept); ARGV: interval ms, max wait ms, TURN_MEMORY_MS.
+# Returns {1, wait ms} (granted: ask after the wait) or {0, wait ms} (refused).
 _TURN = """
-local prior = redis.call('GET', KEYS[2])
-if prior then
-  local g, w = string.match(prior, '^(%d+):(%d+)$')
-  return {tonumber(g), tonumber(w)}
-end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local granted = tonumber(redis.call('GET', KEYS[2]))
+if granted then return {1, math.max(0, granted - now)} end
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local wait = tat - now
-if wait > tonumber(ARGV[2]) then
-  redis.call('SET', KEYS[2], '0:' .. wait, 'PX', ARGV[3])
-  return {0, wait}
-end
+if wait > tonumber(ARGV[2]) then return {0, wait} end
 local interval = tonumber(ARGV[1])
 if interval > 0 then
-  redis.call('SET', KEYS[1], tat + interval, 'PX', wait + interval + 1000)
+  redis.call('SET', KEYS[1], string.format('%d', tat + interval), 'PX', wait + interval + 1000)
+  redis.call('SET', KEYS[2], string.format('%d', tat), 'PX', ARGV[3])
 end
-redis.call('SET', KEYS[2], '1:' .. wait, 'PX', ARGV[3])
 return {1, wait}
 """
 # KEYS[1] the origin's TAT; ARGV[1] ms to hold it back (Retry-After), on Redis's clock.
@@ -308,12 +309,15 @@ class RedisState(SharedState):
         self.calls = 0  # Redis round trips (bench/fleet.py reports them per request)
         self.lag = LoopLag()
         self.closed = False  # close() ran: no call starts (nor restarts the ticker)
+        self._held_locks: dict[str, tuple[str, str]] = {}  # lock -> (channel, token) not known released
 
     @property
     def up(self) -> bool:
         return time.monotonic() >= self._down_until
 
     def _failed(self, e: BaseException) -> None:
+        if self.closed:
+            return  # a call under way when a reload replaced this state: the new one speaks now
         was_up = self.up
         self._down_until = time.monotonic() + DOWN_FOR
         if was_up:
@@ -328,7 +332,7 @@ class RedisState(SharedState):
     async def _recover(self) -> None:
         """Ping Redis every DOWN_FOR seconds while it is down: back in use (and said so) as soon as
         it answers, traffic or not."""
-        while self._down_until:
+        while self._down_until and not self.closed:
             await asyncio.sleep(DOWN_FOR)
             try:
                 await asyncio.wait_for(self.redis.ping(), REDIS_TIMEOUT * 2)
@@ -338,11 +342,19 @@ class RedisState(SharedState):
             self._worked()
 
     def _worked(self) -> None:
-        if self._down_until:
+        if self._down_until and not self.closed:
             self._down_until = 0.0
             logger.warning("optout: shared state %s is back", self.spec)
             if self._on_change:
                 self._on_change(True)
+            if self._held_locks:
+                task = asyncio.get_running_loop().create_task(self._release_held_locks())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _release_held_locks(self) -> None:
+        for lock, (channel, token) in list(self._held_locks.items()):
+            await self._release_lock(lock, channel, token)
 
     async def _call(self, what: Callable[[], Awaitable[Any]]) -> Any:
         """One Redis round trip; raises _Down when Redis is down or slow (and marks it so).
@@ -355,10 +367,13 @@ class RedisState(SharedState):
         retried = False
         while True:
             self.calls += 1
+            began = time.monotonic()
             try:
                 result = await asyncio.wait_for(what(), REDIS_TIMEOUT * 2)
             except (TimeoutError, OSError, _redis_errors()) as e:
-                stalled = self.lag.just_stalled() if _timed_out(e) else 0.0
+                # A stall under way at, or ending after, the attempt's first deadline: the timeout
+                # fired late, whatever other work the loop did after the stall.
+                stalled = self.lag.stalled_since(began + REDIS_TIMEOUT) if _timed_out(e) else 0.0
                 if stalled and not retried and not self.closed:
                     retried = True
                     logger.info(
@@ -386,7 +401,11 @@ class RedisState(SharedState):
                 token = os.urandom(16).hex()
                 lock_ms = int(self.lock_ttl * 1000)
                 take = functools.partial(self._scripts["lock"], keys=[lock, key], args=[token, lock_ms])
-                taken = await self._call(take)
+                try:
+                    taken = await self._call(take)
+                except _Down:
+                    self._held_locks[lock] = (channel, token)  # the take may have landed all the same
+                    raise
                 if taken == 2:
                     continue  # stored meanwhile: read it
                 if taken:
@@ -412,8 +431,16 @@ class RedisState(SharedState):
                     await self._call(lambda: self.redis.publish(channel, b"1"))
             return got
         finally:
-            with contextlib.suppress(_Down):
-                await self._call(lambda: self._scripts["release"](keys=[lock], args=[token]))
+            await self._release_lock(lock, channel, token)
+
+    async def _release_lock(self, lock: str, channel: str, token: str) -> None:
+        """Release our fetch lock; if Redis cannot say it did, try again when it is back (else the
+        other workers wait out the lock's whole lifetime)."""
+        try:
+            await self._call(lambda: self._scripts["release"](keys=[lock, channel], args=[token]))
+            self._held_locks.pop(lock, None)
+        except _Down:
+            self._held_locks[lock] = (channel, token)
 
     async def _wait_for(self, channel: str, lock: str) -> None:
         """Until the fetch behind `lock` is stored (a pub/sub message), or the lock is gone, or a

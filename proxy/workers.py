@@ -233,8 +233,8 @@ class Supervisor:
 def die_with_supervisor() -> None:
     """In a worker: be sent SIGTERM when the supervisor dies (Linux's PR_SET_PDEATHSIG; elsewhere
     nothing), and exit now if it already has (this process was started by it, then re-parented)."""
-    supervisor = os.environ.get(SUPERVISOR_ENV)
-    if not supervisor or not sys.platform.startswith("linux"):
+    supervisor = os.environ.get(SUPERVISOR_ENV, "")
+    if not supervisor.isdigit() or not sys.platform.startswith("linux"):
         return
     import ctypes
 

@@ -9,7 +9,7 @@ from proxy.looplag import LoopLag
 
 
 def test_a_stall_is_seen_after_it_and_while_it_lasts() -> None:
-    async def scenario() -> tuple[float, float, float, float, float, float]:
+    async def scenario() -> tuple[float, float, float, float]:
         lag = LoopLag(every=0.05, stall=0.3)
         lag.start()
         await asyncio.sleep(0.2)
@@ -19,16 +19,11 @@ def test_a_stall_is_seen_after_it_and_while_it_lasts() -> None:
         during = lag.stalled_since(began)
         await asyncio.sleep(0.1)  # the ticker runs and records the stall
         after = lag.stalled_since(began)
-        just = lag.just_stalled()  # a timeout handled now fired late
         later = lag.stalled_since(time.monotonic())  # a window that began after the stall
-        await asyncio.sleep(0.4)
-        long_after = lag.just_stalled()  # a timeout handled now fired on time
         lag.stop()
-        return quiet, during, after, later, just, long_after
+        return quiet, during, after, later
 
-    quiet, during, after, later, just, long_after = asyncio.run(scenario())
-    assert 0.45 <= just < 2.0, just
-    assert long_after == 0.0
+    quiet, during, after, later = asyncio.run(scenario())
     assert quiet == 0.0
     assert 0.45 <= during < 2.0, during
     assert 0.45 <= after < 2.0, after

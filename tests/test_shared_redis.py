@@ -261,9 +261,11 @@ def test_slots_taken_while_redis_was_down_count_when_it_is_back(redis_server: Re
     assert asyncio.run(scenario()) == (True, False)
 
 
-def test_a_stalled_event_loop_is_not_redis_being_down(redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("piled_up", [0, 400], ids=["alone", "work-piled-up-behind-the-stall"])
+def test_a_stalled_event_loop_is_not_redis_being_down(redis_server: RedisServer, piled_up: int) -> None:
     """A reply that arrived while this process's loop was blocked (a CPU-starved machine, a long
-    synchronous step) is not Redis being slow: the call is tried again, Redis stays in use."""
+    synchronous step) is not Redis being slow: the call is tried again, Redis stays in use, even
+    when the work queued during the stall runs before the timeout is handled."""
     from proxy.shared import REDIS_TIMEOUT
 
     async def scenario() -> tuple[object, bool, object]:
@@ -275,6 +277,9 @@ def test_a_stalled_event_loop_is_not_redis_being_down(redis_server: RedisServer)
 
         async def stall() -> None:
             await asyncio.sleep(0.1)
+            loop = asyncio.get_running_loop()
+            for _ in range(piled_up):  # 1 ms each, all run right after the stall
+                loop.call_soon(time.sleep, 0.001)
             time.sleep(REDIS_TIMEOUT + 1.5)
 
         await asyncio.gather(call, stall(), return_exceptions=True)
@@ -333,3 +338,81 @@ def test_a_hung_redis_with_a_responsive_loop_is_down_after_one_timeout(redis_ser
     took, up = asyncio.run(scenario())
     assert not up
     assert took < REDIS_TIMEOUT * 2 + 1, took
+
+
+def test_waiters_look_again_at_once_when_the_holders_fetch_fails(redis_server: RedisServer) -> None:
+    """The holder's fetch raised (a local limit): nothing is stored, but its release tells the
+    waiters, who fetch at once rather than at their next poll (a quarter of the lock's life)."""
+    url = "http://failing-holder.example/robots.txt"
+
+    async def scenario() -> tuple[float, int]:
+        a, b = RedisState(redis_server.url), RedisState(redis_server.url)
+        await a.start()
+        await b.start()
+        calls = 0
+
+        async def failing() -> Fetched:
+            await asyncio.sleep(0.3)
+            raise RuntimeError("no free connection of our own")
+
+        async def fine() -> Fetched:
+            nonlocal calls
+            calls += 1
+            return fetched(url, "2026-12-03T10:00:00.000Z")
+
+        holder = asyncio.create_task(a.document(url, failing))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        got = await b.document(url, fine)
+        took = time.monotonic() - started
+        with pytest.raises(RuntimeError):
+            await holder
+        assert got.body is not None
+        await a.close()
+        await b.close()
+        return took, calls
+
+    took, calls = asyncio.run(scenario())
+    assert calls == 1
+    assert took < 2.0, took  # not the 7.5 s poll
+
+
+def test_a_lock_whose_take_reply_was_lost_is_released_when_redis_is_back(redis_server: RedisServer) -> None:
+    """A's lock take ran in Redis but its reply was lost (a timeout): A fetched on its own. When
+    Redis answers A again, A releases that lock, so B waits seconds, not the lock's 30 s."""
+    import redis.exceptions
+
+    url = "http://lost-reply.example/robots.txt"
+
+    async def scenario() -> tuple[float, list[str]]:
+        a, b = RedisState(redis_server.url), RedisState(redis_server.url)
+        await a.start()
+        await b.start()
+        fetches: list[str] = []
+
+        def fetch_as(who: str):  # type: ignore[no-untyped-def]
+            async def fetch() -> Fetched:
+                fetches.append(who)
+                return fetched(url, "2026-12-03T10:00:00.000Z")
+
+            return fetch
+
+        real_lock = a._scripts["lock"]
+
+        async def lock_then_lose_the_reply(**kwargs: object) -> object:
+            await real_lock(**kwargs)
+            a._scripts["lock"] = real_lock
+            raise redis.exceptions.TimeoutError("the reply was lost")
+
+        a._scripts["lock"] = lock_then_lose_the_reply
+        await a.document(url, fetch_as("A"))  # Redis "down" for A: fetched alone, lock left behind
+        started = time.monotonic()
+        await b.document(url, fetch_as("B"))
+        took = time.monotonic() - started
+        await a.close()
+        await b.close()
+        return took, fetches
+
+    took, fetches = asyncio.run(scenario())
+    assert fetches == ["A", "B"]
+    assert took < 12, took  # A's recovery probe (every 5 s) released it; not the 30 s lock

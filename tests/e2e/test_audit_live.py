@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from proxy.audit import log_files
+from tests.bursts import burst
 from tests.engines import free_port
 from tests.policies import entry, write_policy
 from tests.proxyproc import ProxyProcess
@@ -45,15 +46,7 @@ def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
 
 
 async def load(proxy: ProxyProcess, urls: list[str], concurrency: int = 20) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(proxy=proxy.url, trust_env=False, timeout=30, limits=limits) as c:
-        sem = asyncio.Semaphore(concurrency)
-
-        async def one(u: str) -> httpx.Response:
-            async with sem:
-                return await c.get(u)
-
-        return await asyncio.gather(*(one(u) for u in urls))
+    return await burst(proxy.url, urls, concurrency, timeout=30)
 
 
 @pytest.fixture

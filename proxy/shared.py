@@ -300,7 +300,7 @@ class RedisState(SharedState):
         # Slots whose free (or take) met Redis down: freed again with the next renewal, or the
         # origin would wait out the whole lease for a slot nobody holds.
         self._unfreed: dict[str, tuple[str, int]] = {}  # token -> (origin, limit)
-        self._tasks: set[asyncio.Task[Any]] = set()  # slot releases under way
+        self._tasks: set[asyncio.Task[Any]] = set()  # slot and lock releases under way
         scripts = (
             ("store", _STORE), ("lock", _LOCK), ("release", _RELEASE), ("turn", _TURN), ("hold", _HOLD),
             ("take", _SLOT_TAKE), ("free", _SLOT_FREE), ("renew", _SLOT_RENEW),
@@ -309,7 +309,8 @@ class RedisState(SharedState):
         self.calls = 0  # Redis round trips (bench/fleet.py reports them per request)
         self.lag = LoopLag()
         self.closed = False  # close() ran: no call starts (nor restarts the ticker)
-        self._held_locks: dict[str, tuple[str, str]] = {}  # lock -> (channel, token) not known released
+        # Fetch locks not known released (Redis did not answer): released when it is back, like _unfreed.
+        self._held_locks: dict[str, tuple[str, str]] = {}  # token -> (lock, channel)
 
     @property
     def up(self) -> bool:
@@ -353,7 +354,7 @@ class RedisState(SharedState):
                 task.add_done_callback(self._tasks.discard)
 
     async def _release_held_locks(self) -> None:
-        for lock, (channel, token) in list(self._held_locks.items()):
+        for token, (lock, channel) in list(self._held_locks.items()):
             await self._release_lock(lock, channel, token)
 
     async def _call(self, what: Callable[[], Awaitable[Any]]) -> Any:
@@ -404,7 +405,7 @@ class RedisState(SharedState):
                 try:
                     taken = await self._call(take)
                 except _Down:
-                    self._held_locks[lock] = (channel, token)  # the take may have landed all the same
+                    self._held_locks[token] = (lock, channel)  # the take may have landed all the same
                     raise
                 if taken == 2:
                     continue  # stored meanwhile: read it
@@ -438,9 +439,9 @@ class RedisState(SharedState):
         other workers wait out the lock's whole lifetime)."""
         try:
             await self._call(lambda: self._scripts["release"](keys=[lock, channel], args=[token]))
-            self._held_locks.pop(lock, None)
+            self._held_locks.pop(token, None)
         except _Down:
-            self._held_locks[lock] = (channel, token)
+            self._held_locks[token] = (lock, channel)
 
     async def _wait_for(self, channel: str, lock: str) -> None:
         """Until the fetch behind `lock` is stored (a pub/sub message), or the lock is gone, or a

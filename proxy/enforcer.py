@@ -920,7 +920,9 @@ class Enforcer:
             client: httpx.AsyncClient, url: str, *, max_bytes: int, total_timeout: float
         ) -> Fetched:
             return await shared.document(
-                url, lambda: fetch_document(client, url, max_bytes=max_bytes, total_timeout=total_timeout)
+                url,
+                lambda: fetch_document(client, url, max_bytes=max_bytes, total_timeout=total_timeout),
+                lasts=total_timeout,
             )
 
         return get

@@ -9,9 +9,11 @@ One small interface, two backends, chosen by the policy key `shared_state`:
   by one worker is stored in Redis (raw bytes, status, headers, fetch time)
   for its RFC 9309 lifetime (at most 24 h); at most one worker fetches a
   document at a time (`SET NX PX` lock with a random token, released only by
-  its holder; a holder that dies loses it after LOCK_TTL); the others wait
-  on a pub/sub message, not a hot loop; a store never overwrites a newer
-  fetch. The pace of each origin is a GCRA on Redis's clock (one Lua script).
+  its holder, which extends it while its fetch runs; a holder that dies loses
+  it within LOCK_TTL, however long fetches may take); the others wait on a
+  pub/sub message, not a hot loop, for as long as the holder's fetch may
+  last; a store never overwrites a newer fetch. The pace of each origin is a
+  GCRA on Redis's clock (one Lua script).
 
 Redis is a helper, never a gate to open: when it is down or slow, a worker
 fetches documents itself and paces origins locally at the interval times the
@@ -47,7 +49,7 @@ from proxy.slots import Lease, Slots
 
 logger = logging.getLogger(__name__)
 
-LOCK_TTL = 30.0  # seconds a fetch lock outlives a crashed holder (fetches are bounded far below)
+LOCK_TTL = 30.0  # seconds a fetch lock outlives a crashed holder (a live one extends it)
 MAX_CONNECTIONS = 32  # per worker; a pub/sub subscription holds one
 DOWN_FOR = 5.0  # after a Redis failure, seconds before it is tried again
 HEARTBEAT_EVERY = 5.0  # seconds between a worker's "alive" notes in Redis (and slot renewals)
@@ -122,8 +124,13 @@ class SharedState:
     def up(self) -> bool:
         return True
 
-    async def document(self, url: str, fetch: Fetch) -> Fetched:
-        """The document at `url`: fetched by `fetch`, or (Redis) by another worker."""
+    async def document(self, url: str, fetch: Fetch, *, lasts: float = 0.0) -> Fetched:
+        """The document at `url`: fetched by `fetch`, or (Redis) by another worker.
+
+        `lasts` is the longest `fetch` may take (its own deadline): how long a
+        worker waits for another worker's fetch of the same document before it
+        fetches the document itself.
+        """
         return await fetch()
 
     def held(self, origin: str) -> bool:
@@ -194,6 +201,12 @@ _LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
 if redis.call('HEXISTS', KEYS[2], 'v') == 1 then return 2 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+# KEYS[1] the lock; ARGV[1] the holder's token, ARGV[2] the new lifetime (ms): only the holder
+# extends it, every third of its lifetime while its fetch runs.
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 # KEYS[1] the lock; ARGV[1] the holder's token: only the holder releases it.
@@ -302,7 +315,8 @@ class RedisState(SharedState):
         self._unfreed: dict[str, tuple[str, int]] = {}  # token -> (origin, limit)
         self._tasks: set[asyncio.Task[Any]] = set()  # slot and lock releases under way
         scripts = (
-            ("store", _STORE), ("lock", _LOCK), ("release", _RELEASE), ("turn", _TURN), ("hold", _HOLD),
+            ("store", _STORE), ("lock", _LOCK), ("extend", _EXTEND), ("release", _RELEASE), ("turn", _TURN),
+            ("hold", _HOLD),
             ("take", _SLOT_TAKE), ("free", _SLOT_FREE), ("renew", _SLOT_RENEW),
         )  # fmt: skip
         self._scripts = {name: self.redis.register_script(src) for name, src in scripts}
@@ -390,10 +404,12 @@ class RedisState(SharedState):
 
     # -- documents ------------------------------------------------------------
 
-    async def document(self, url: str, fetch: Fetch) -> Fetched:
+    async def document(self, url: str, fetch: Fetch, *, lasts: float = 0.0) -> Fetched:
         digest = hashlib.sha256(url.encode()).hexdigest()[:32]
         key, lock, channel = f"{PREFIX}doc:{digest}", f"{PREFIX}lock:{digest}", f"{PREFIX}done:{digest}"
-        deadline = time.monotonic() + self.lock_ttl + 5
+        # A live holder began no earlier than we did and ends within `lasts`; a dead one's lock
+        # goes within lock_ttl. Past both, something is wrong: fetch it ourselves.
+        deadline = time.monotonic() + max(lasts, self.lock_ttl) + 5
         try:
             while True:
                 stored = await self._call(lambda: self.redis.hget(key, "v"))
@@ -419,8 +435,12 @@ class RedisState(SharedState):
         return await fetch()
 
     async def _fetch_and_store(self, fetch: Fetch, key: str, lock: str, channel: str, token: str) -> Fetched:
+        keeper = asyncio.get_running_loop().create_task(self._keep_lock(lock, token))
         try:
-            got = await fetch()
+            try:
+                got = await fetch()
+            finally:
+                keeper.cancel()
             if got.outcome in ("ok", "unavailable", "unreachable"):
                 with contextlib.suppress(_Down):
                     ms = max(1000, int(got.ttl * 1000))
@@ -433,6 +453,15 @@ class RedisState(SharedState):
             return got
         finally:
             await self._release_lock(lock, channel, token)
+
+    async def _keep_lock(self, lock: str, token: str) -> None:
+        """Extend our fetch lock every third of its lifetime while the fetch runs: a fetch slower
+        than the lock's lifetime is not fetched a second time by a waiter that thinks us dead."""
+        ms = int(self.lock_ttl * 1000)
+        while True:
+            await asyncio.sleep(self.lock_ttl / 3)
+            with contextlib.suppress(_Down):
+                await self._call(lambda: self._scripts["extend"](keys=[lock], args=[token, ms]))
 
     async def _release_lock(self, lock: str, channel: str, token: str) -> None:
         """Release our fetch lock; if Redis cannot say it did, try again when it is back (else the
@@ -482,26 +511,47 @@ class RedisState(SharedState):
 
     async def _subscribe(self) -> None:
         pubsub = self.redis.pubsub()
-        await self._call(lambda: pubsub.psubscribe(f"{PREFIX}done:*", f"{PREFIX}free:*", f"{PREFIX}hold"))
+        patterns = (f"{PREFIX}done:*", f"{PREFIX}free:*", f"{PREFIX}hold")
+        await self._call(lambda: pubsub.psubscribe(*patterns))
+
+        async def confirmed() -> None:
+            # Redis's word that the patterns are in force: until then a store published after a
+            # waiter's look would be missed (it would wait a quarter of the lock's lifetime).
+            waiting = len(patterns)
+            while waiting:
+                message = await pubsub.get_message(timeout=REDIS_TIMEOUT)
+                if message is None:
+                    raise TimeoutError("no subscription confirmation from Redis")
+                if message.get("type") == "psubscribe":
+                    waiting -= 1
+                else:
+                    self._on_message(message)
+
+        try:
+            await self._call(confirmed)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            raise
         self._listener = asyncio.get_running_loop().create_task(self._dispatch(pubsub))
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        """A fleet message: a hold on an origin, or a channel whose waiters look again now."""
+        if message.get("type") != "pmessage":
+            return
+        if message["pattern"] in (b"optout:hold", "optout:hold"):
+            hold = orjson.loads(message["data"])
+            self.pace.hold(str(hold["origin"]), float(hold["seconds"]))
+            return
+        channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
+        for future in self._waiters.pop(channel, []):
+            if not future.done():
+                future.set_result(None)
 
     async def _dispatch(self, pubsub: Any) -> None:
         try:
             async for message in pubsub.listen():
-                if message.get("type") != "pmessage":
-                    continue
-                if message["pattern"] in (b"optout:hold", "optout:hold"):
-                    hold = orjson.loads(message["data"])
-                    self.pace.hold(str(hold["origin"]), float(hold["seconds"]))
-                    continue
-                channel = (
-                    message["channel"].decode()
-                    if isinstance(message["channel"], bytes)
-                    else message["channel"]
-                )
-                for future in self._waiters.pop(channel, []):
-                    if not future.done():
-                        future.set_result(None)
+                self._on_message(message)
         except Exception as e:  # the connection dropped: waiters fall back to their timeouts
             logger.info("optout: shared state subscription ended (%s)", e)
         finally:

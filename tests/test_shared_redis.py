@@ -56,6 +56,98 @@ def test_a_lock_left_by_a_dead_holder_is_recovered_within_its_lifetime(redis_ser
     assert 0.5 <= took < 5  # not before the lock's lifetime, and not much after
 
 
+def test_a_fetch_slower_than_the_locks_lifetime_is_still_fetched_once(redis_server: RedisServer) -> None:
+    """The holder's fetch takes three lock lifetimes (a slow origin, optout_fetch_timeout above
+    half of LOCK_TTL): the holder keeps its lock alive, so the other worker waits for its copy
+    instead of taking the lock and fetching the origin a second time."""
+    url = "http://slower-than-the-lock.example/robots.txt"
+
+    async def scenario() -> tuple[int, bytes | None, float]:
+        a, b = RedisState(redis_server.url, lock_ttl=1.0), RedisState(redis_server.url, lock_ttl=1.0)
+        calls = 0
+
+        async def slow() -> Fetched:
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(3.0)
+            return fetched(url, "2026-12-03T10:00:00.000Z")
+
+        first = asyncio.create_task(a.document(url, slow, lasts=10.0))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        got = await b.document(url, slow, lasts=10.0)
+        waited = time.monotonic() - started
+        await first
+        digest = hashlib.sha256(url.encode()).hexdigest()[:32]
+        left = await a.redis.exists(f"{PREFIX}lock:{digest}")
+        await a.close()
+        await b.close()
+        assert left == 0  # released by its holder once stored
+        return calls, got.body, waited
+
+    calls, body, waited = asyncio.run(scenario())
+    assert calls == 1  # the holder's fetch only
+    assert body == b"User-agent: *\nDisallow: /\n"
+    assert 2.0 < waited < 5  # woken by the store (about 2.8 s), not by a deadline
+
+
+def test_a_waiter_gives_up_on_a_live_holder_only_after_the_fetch_could_have_ended(
+    redis_server: RedisServer,
+) -> None:
+    """A holder that keeps its lock but never stores (hung past its own deadline): the waiter
+    fetches for itself once the holder's fetch (`lasts`) could no longer be running, not forever."""
+    url = "http://hung-holder.example/robots.txt"
+
+    async def scenario() -> tuple[int, float]:
+        a, b = RedisState(redis_server.url, lock_ttl=1.0), RedisState(redis_server.url, lock_ttl=1.0)
+        calls = 0
+        hang = asyncio.Event()
+
+        async def hung() -> Fetched:
+            await hang.wait()
+            return fetched(url, "2026-12-03T10:00:00.000Z")
+
+        async def quick() -> Fetched:
+            nonlocal calls
+            calls += 1
+            return fetched(url, "2026-12-03T10:00:01.000Z")
+
+        first = asyncio.create_task(a.document(url, hung, lasts=1.0))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await b.document(url, quick, lasts=1.0)
+        waited = time.monotonic() - started
+        hang.set()
+        await first
+        await a.close()
+        await b.close()
+        return calls, waited
+
+    calls, waited = asyncio.run(scenario())
+    assert calls == 1  # the waiter fetched for itself
+    assert 5.5 < waited < 9  # max(lasts, lock_ttl) + 5 s, plus at most one look of lock_ttl / 4
+
+
+def test_the_subscription_is_in_force_when_start_returns(redis_server: RedisServer) -> None:
+    """A waiter looks at a lock only after the fleet's channels are subscribed: a store published
+    right after its look is then never missed. Redis counts the patterns once `start` returns."""
+
+    async def scenario() -> tuple[int, bool]:
+        state = RedisState(redis_server.url)
+        await state.start()
+        patterns = await state.redis.execute_command("PUBSUB", "NUMPAT")
+        channel = f"{PREFIX}done:right-after"
+        future = state._wait_on(channel)
+        await state.redis.publish(channel, b"1")
+        await asyncio.wait_for(future, 2)
+        await state.close()
+        return int(patterns), future.done()
+
+    patterns, woken = asyncio.run(scenario())
+    assert patterns == 3  # done:*, free:* and hold
+    assert woken
+
+
 def test_a_store_never_replaces_a_newer_fetch(redis_server: RedisServer) -> None:
     url = "http://race.example/robots.txt"
 

@@ -36,7 +36,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,9 +310,11 @@ class RedisState(SharedState):
         self._subscribed: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
         self._leases: dict[str, str] = {}  # token -> origin of the fleet slots this worker holds
-        # Slots whose free (or take) met Redis down: freed again with the next renewal, or the
-        # origin would wait out the whole lease for a slot nobody holds.
-        self._unfreed: dict[str, tuple[str, int]] = {}  # token -> (origin, limit)
+        # What Redis must still hear from us, by token: the release of a fetch lock or the free of
+        # a slot whose call (or whose take) met Redis down. Each is run again when Redis answers
+        # and with every heartbeat until it lands: else the other workers would wait out the
+        # whole lock or lease for something nobody holds. (Every one is safe to run twice.)
+        self._owed: dict[str, Callable[[], Awaitable[Any]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()  # slot and lock releases under way
         scripts = (
             ("store", _STORE), ("lock", _LOCK), ("extend", _EXTEND), ("release", _RELEASE), ("turn", _TURN),
@@ -323,8 +325,6 @@ class RedisState(SharedState):
         self.calls = 0  # Redis round trips (bench/fleet.py reports them per request)
         self.lag = LoopLag()
         self.closed = False  # close() ran: no call starts (nor restarts the ticker)
-        # Fetch locks not known released (Redis did not answer): released when it is back, like _unfreed.
-        self._held_locks: dict[str, tuple[str, str]] = {}  # token -> (lock, channel)
 
     @property
     def up(self) -> bool:
@@ -362,14 +362,32 @@ class RedisState(SharedState):
             logger.warning("optout: shared state %s is back", self.spec)
             if self._on_change:
                 self._on_change(True)
-            if self._held_locks:
-                task = asyncio.get_running_loop().create_task(self._release_held_locks())
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if self._owed:
+                self._spawn(self._pay_all())
 
-    async def _release_held_locks(self) -> None:
-        for token, (lock, channel) in list(self._held_locks.items()):
-            await self._release_lock(lock, channel, token)
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _owe(self, token: str, call: Callable[[], Awaitable[Any]]) -> None:
+        """Note a release Redis must hear of (run by `_pay`, again until it lands)."""
+        self._owed[token] = call
+
+    async def _pay(self, token: str) -> None:
+        """Run the release owed under `token`; it stays owed if Redis does not answer."""
+        call = self._owed.get(token)
+        if call is None:
+            return
+        with contextlib.suppress(_Down):
+            await self._call(call)
+            if self._owed.get(token) is call:
+                del self._owed[token]
+
+    async def _pay_all(self) -> None:
+        for token in list(self._owed):
+            if self.up:
+                await self._pay(token)
 
     async def _call(self, what: Callable[[], Awaitable[Any]]) -> Any:
         """One Redis round trip; raises _Down when Redis is down or slow (and marks it so).
@@ -421,7 +439,7 @@ class RedisState(SharedState):
                 try:
                     taken = await self._call(take)
                 except _Down:
-                    self._held_locks[token] = (lock, channel)  # the take may have landed all the same
+                    self._owe(token, self._lock_release(lock, channel, token))  # the take may have landed
                     raise
                 if taken == 2:
                     continue  # stored meanwhile: read it
@@ -452,7 +470,8 @@ class RedisState(SharedState):
                     await self._call(lambda: self.redis.publish(channel, b"1"))
             return got
         finally:
-            await self._release_lock(lock, channel, token)
+            self._owe(token, self._lock_release(lock, channel, token))
+            await self._pay(token)
 
     async def _keep_lock(self, lock: str, token: str) -> None:
         """Extend our fetch lock every third of its lifetime while the fetch runs: a fetch slower
@@ -463,14 +482,10 @@ class RedisState(SharedState):
             with contextlib.suppress(_Down):
                 await self._call(lambda: self._scripts["extend"](keys=[lock], args=[token, ms]))
 
-    async def _release_lock(self, lock: str, channel: str, token: str) -> None:
-        """Release our fetch lock; if Redis cannot say it did, try again when it is back (else the
-        other workers wait out the lock's whole lifetime)."""
-        try:
-            await self._call(lambda: self._scripts["release"](keys=[lock, channel], args=[token]))
-            self._held_locks.pop(token, None)
-        except _Down:
-            self._held_locks[token] = (lock, channel)
+    def _lock_release(self, lock: str, channel: str, token: str) -> Callable[[], Awaitable[Any]]:
+        """The call that releases our fetch lock (if Redis cannot say it did, it stays owed: else
+        the other workers wait out the lock's whole lifetime)."""
+        return functools.partial(self._scripts["release"], keys=[lock, channel], args=[token])
 
     async def _wait_for(self, channel: str, lock: str) -> None:
         """Until the fetch behind `lock` is stored (a pub/sub message), or the lock is gone, or a
@@ -601,7 +616,9 @@ class RedisState(SharedState):
                         try:
                             taken = await self._call(take)
                         except _Down:
-                            self._unfreed[token] = (origin, limit)  # the take may have landed all the same
+                            self._owe(
+                                token, self._slot_free(origin, limit, token)
+                            )  # the take may have landed
                             raise
                         if taken:
                             self._leases[token] = origin
@@ -626,27 +643,20 @@ class RedisState(SharedState):
             return
         if self._leases.pop(lease.token, None) is None:
             return  # released already
-        self._unfreed[lease.token] = (lease.origin, lease.limit)
+        self._owe(lease.token, self._slot_free(lease.origin, lease.limit, lease.token))
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop (a finalizer at exit): the lease, no longer renewed, expires
-        task = loop.create_task(self._free(lease.token))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._pay(lease.token))
 
-    async def _free(self, token: str) -> None:
-        """Free a fleet slot; kept in `_unfreed` (and tried again with the renewal) until Redis says so."""
-        origin, limit = self._unfreed[token]
+    def _slot_free(self, origin: str, limit: int, token: str) -> Callable[[], Awaitable[Any]]:
+        """The call that frees a fleet slot (owed until Redis says so)."""
         key, channel = f"{PREFIX}slots:{origin}", f"{PREFIX}free:{origin}"
-        with contextlib.suppress(_Down):
-            await self._call(lambda: self._scripts["free"](keys=[key], args=[token, channel, limit]))
-            self._unfreed.pop(token, None)
+        return functools.partial(self._scripts["free"], keys=[key], args=[token, channel, limit])
 
     async def renew_slots(self) -> None:
-        for token in list(self._unfreed):
-            if token in self._unfreed and self.up:
-                await self._free(token)
+        await self._pay_all()
         if not self._leases:
             return
         held = list(self._leases.items())

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -61,8 +62,22 @@ def test_crawl_delay_holds_across_the_fleet(
     responses = asyncio.run(burst(proxies, site.url("/page"), 50))
     took = time.monotonic() - started
     seen = arrivals(site, "/page")
-    gaps = [b - a for a, b in itertools.pairwise(seen)]
-    assert len(seen) >= 3 and all(g >= 0.9 for g in gaps), gaps  # once a second, fleet-wide
+    records = [json.loads(line) for p in proxies if p.audit for line in p.audit.read_text().splitlines()]
+    # When each forwarded request was let go (its allow record, written right after its turn came),
+    # by the proxies' clock: once a second, fleet-wide (turns are granted exactly 1 s apart; each
+    # is let go when its proxy's event loop next runs it, a few ms later, more under load).
+    released = sorted(
+        datetime.fromisoformat(r["ts"]).timestamp()
+        for r in records
+        if r["url"].endswith("/page") and r["decision"] == "allow"
+    )
+    gaps = [b - a for a, b in itertools.pairwise(released)]
+    assert len(released) >= 3 and all(g >= 0.9 for g in gaps), gaps
+    # The origin saw them as spaced, give or take the forwarding of each: the first, let go at
+    # once, is forwarded while the proxy is still answering the rest of the burst, so on a loaded
+    # machine it can arrive up to a few hundred ms late (and its gap to the next shrinks so much).
+    arrived = [b - a for a, b in itertools.pairwise(seen)]
+    assert all(g >= 0.6 for g in arrived) and seen[-1] - seen[0] >= len(seen) - 1.5, arrived
     forwarded = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code == 429]
     assert len(forwarded) == len(seen) and len(forwarded) + len(refused) == 50
@@ -72,7 +87,6 @@ def test_crawl_delay_holds_across_the_fleet(
         assert r.headers["X-Optout-Reason"] == "crawl-delay"
         assert 1 <= int(r.headers["Retry-After"]) <= 60
         assert "Crawl-delay: 1" in r.text and "robots.txt line 2" in r.text
-    records = [json.loads(line) for p in proxies if p.audit for line in p.audit.read_text().splitlines()]
     paced = [r for r in records if r.get("signal") == "crawl-delay"]
     assert len(paced) == len(refused) and all(r["status"] == 429 for r in paced)
     assert {r["evidence"][0]["line"] for r in paced} == {2}  # the Crawl-delay line is the evidence

@@ -315,6 +315,7 @@ class RedisState(SharedState):
         # and with every heartbeat until it lands: else the other workers would wait out the
         # whole lock or lease for something nobody holds. (Every one is safe to run twice.)
         self._owed: dict[str, Callable[[], Awaitable[Any]]] = {}
+        self._holders = 0  # fetches under our lock in flight: close() leaves them their store and release
         self._tasks: set[asyncio.Task[Any]] = set()  # slot and lock releases under way
         scripts = (
             ("store", _STORE), ("lock", _LOCK), ("extend", _EXTEND), ("release", _RELEASE), ("turn", _TURN),
@@ -380,7 +381,7 @@ class RedisState(SharedState):
         if call is None:
             return
         with contextlib.suppress(_Down):
-            await self._call(call)
+            await self._call(call, finishing=True)
             if self._owed.get(token) is call:
                 del self._owed[token]
 
@@ -389,12 +390,14 @@ class RedisState(SharedState):
             if self.up:
                 await self._pay(token)
 
-    async def _call(self, what: Callable[[], Awaitable[Any]]) -> Any:
+    async def _call(self, what: Callable[[], Awaitable[Any]], *, finishing: bool = False) -> Any:
         """One Redis round trip; raises _Down when Redis is down or slow (and marks it so).
 
         A timeout that fired late, because our own loop was stalled, is tried once more: the answer
-        may have been waiting in the socket all along. (Every script is safe to run twice.)"""
-        if not self.up or self.closed:
+        may have been waiting in the socket all along. (Every script is safe to run twice.)
+        After close() only `finishing` calls run: the store and release of a fetch already under
+        our lock, the free of a slot, what is owed; nothing new starts."""
+        if not self.up or (self.closed and not finishing):
             raise _Down
         self.lag.start()
         retried = False
@@ -444,7 +447,7 @@ class RedisState(SharedState):
                 if taken == 2:
                     continue  # stored meanwhile: read it
                 if taken:
-                    return await self._fetch_and_store(fetch, key, lock, channel, token)
+                    return await self._fetch_and_store(fetch, key, lock, channel, token, lasts)
                 if time.monotonic() > deadline:
                     break  # the holder is taking too long: fetch it ourselves
                 await self._wait_for(channel, lock)
@@ -452,8 +455,13 @@ class RedisState(SharedState):
             pass
         return await fetch()
 
-    async def _fetch_and_store(self, fetch: Fetch, key: str, lock: str, channel: str, token: str) -> Fetched:
-        keeper = asyncio.get_running_loop().create_task(self._keep_lock(lock, token))
+    async def _fetch_and_store(
+        self, fetch: Fetch, key: str, lock: str, channel: str, token: str, lasts: float
+    ) -> Fetched:
+        self._holders += 1
+        keeper = asyncio.get_running_loop().create_task(
+            self._keep_lock(lock, token, max(lasts, self.lock_ttl))
+        )
         try:
             try:
                 got = await fetch()
@@ -465,22 +473,33 @@ class RedisState(SharedState):
                     await self._call(
                         lambda: self._scripts["store"](
                             keys=[key], args=[encode(got), ms, got.document.fetched_at]
-                        )
+                        ),
+                        finishing=True,
                     )
-                    await self._call(lambda: self.redis.publish(channel, b"1"))
+                    await self._call(lambda: self.redis.publish(channel, b"1"), finishing=True)
             return got
         finally:
             self._owe(token, self._lock_release(lock, channel, token))
             await self._pay(token)
+            self._holders -= 1
+            if self.closed and not self._holders:
+                with contextlib.suppress(Exception):
+                    await self.redis.aclose()  # the last holder of a closed state: its connections
 
-    async def _keep_lock(self, lock: str, token: str) -> None:
-        """Extend our fetch lock every third of its lifetime while the fetch runs: a fetch slower
-        than the lock's lifetime is not fetched a second time by a waiter that thinks us dead."""
+    async def _keep_lock(self, lock: str, token: str, lasts: float) -> None:
+        """Extend our fetch lock every third of its lifetime while the fetch runs, for at most
+        `lasts` seconds (the fetch's own bound): a fetch slower than the lock's lifetime is not
+        fetched a second time by a waiter that thinks us dead, and one that overruns its bound
+        (a bug) lets the lock lapse instead of holding the fleet's waiters for ever.
+
+        Not gated by `up`: a Redis that stalled once an instant ago still keeps the lock alive
+        if it answers now."""
         ms = int(self.lock_ttl * 1000)
-        while True:
+        until = time.monotonic() + lasts
+        while time.monotonic() + self.lock_ttl / 3 < until:
             await asyncio.sleep(self.lock_ttl / 3)
-            with contextlib.suppress(_Down):
-                await self._call(lambda: self._scripts["extend"](keys=[lock], args=[token, ms]))
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._scripts["extend"](keys=[lock], args=[token, ms]), REDIS_TIMEOUT)
 
     def _lock_release(self, lock: str, channel: str, token: str) -> Callable[[], Awaitable[Any]]:
         """The call that releases our fetch lock (if Redis cannot say it did, it stays owed: else
@@ -529,10 +548,12 @@ class RedisState(SharedState):
         patterns = (f"{PREFIX}done:*", f"{PREFIX}free:*", f"{PREFIX}hold")
         await self._call(lambda: pubsub.psubscribe(*patterns))
 
+        waiting = len(patterns)  # outside `confirmed`: a retried call goes on counting
+
         async def confirmed() -> None:
             # Redis's word that the patterns are in force: until then a store published after a
             # waiter's look would be missed (it would wait a quarter of the lock's lifetime).
-            waiting = len(patterns)
+            nonlocal waiting
             while waiting:
                 message = await pubsub.get_message(timeout=REDIS_TIMEOUT)
                 if message is None:
@@ -548,6 +569,10 @@ class RedisState(SharedState):
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
             raise
+        if self.closed:  # closed while we subscribed: no listener outlives the state
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            raise _Down
         self._listener = asyncio.get_running_loop().create_task(self._dispatch(pubsub))
 
     def _on_message(self, message: dict[str, Any]) -> None:
@@ -675,13 +700,19 @@ class RedisState(SharedState):
             )
 
     async def close(self) -> None:
+        """Stop: nothing new starts; what this worker owes the fleet (releases, frees) is paid
+        while Redis answers, within a bound; fetches under our lock still store and release theirs
+        (the last one closes the connections)."""
         self.closed = True
         self.lag.stop()
         for task in (self._listener, self._probe):
             if task is not None:
                 task.cancel()
         with contextlib.suppress(Exception):
-            await self.redis.aclose()
+            await asyncio.wait_for(self._pay_all(), REDIS_TIMEOUT * 2)
+        if not self._holders:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
 
 
 class _Down(Exception):

@@ -91,43 +91,6 @@ def test_a_fetch_slower_than_the_locks_lifetime_is_still_fetched_once(redis_serv
     assert 2.0 < waited < 5  # woken by the store (about 2.8 s), not by a deadline
 
 
-def test_a_waiter_gives_up_on_a_live_holder_only_after_the_fetch_could_have_ended(
-    redis_server: RedisServer,
-) -> None:
-    """A holder that keeps its lock but never stores (hung past its own deadline): the waiter
-    fetches for itself once the holder's fetch (`lasts`) could no longer be running, not forever."""
-    url = "http://hung-holder.example/robots.txt"
-
-    async def scenario() -> tuple[int, float]:
-        a, b = RedisState(redis_server.url, lock_ttl=1.0), RedisState(redis_server.url, lock_ttl=1.0)
-        calls = 0
-        hang = asyncio.Event()
-
-        async def hung() -> Fetched:
-            await hang.wait()
-            return fetched(url, "2026-12-03T10:00:00.000Z")
-
-        async def quick() -> Fetched:
-            nonlocal calls
-            calls += 1
-            return fetched(url, "2026-12-03T10:00:01.000Z")
-
-        first = asyncio.create_task(a.document(url, hung, lasts=1.0))
-        await asyncio.sleep(0.2)
-        started = time.monotonic()
-        await b.document(url, quick, lasts=1.0)
-        waited = time.monotonic() - started
-        hang.set()
-        await first
-        await a.close()
-        await b.close()
-        return calls, waited
-
-    calls, waited = asyncio.run(scenario())
-    assert calls == 1  # the waiter fetched for itself
-    assert 5.5 < waited < 9  # max(lasts, lock_ttl) + 5 s, plus at most one look of lock_ttl / 4
-
-
 def test_the_subscription_is_in_force_when_start_returns(redis_server: RedisServer) -> None:
     """A waiter looks at a lock only after the fleet's channels are subscribed: a store published
     right after its look is then never missed. Redis counts the patterns once `start` returns."""
@@ -146,6 +109,98 @@ def test_the_subscription_is_in_force_when_start_returns(redis_server: RedisServ
     patterns, woken = asyncio.run(scenario())
     assert patterns == 3  # done:*, free:* and hold
     assert woken
+
+
+def test_a_holder_that_overruns_its_own_bound_lets_the_lock_lapse(redis_server: RedisServer) -> None:
+    """The holder's fetch said it lasts at most 1 s and hangs: its lock is extended for that long
+    only, then lapses, so the next worker takes it and fetches (once) instead of every request of
+    the fleet waiting out a lock kept alive for ever."""
+    url = "http://overrun.example/robots.txt"
+
+    async def scenario() -> tuple[int, float]:
+        a, b = RedisState(redis_server.url, lock_ttl=1.0), RedisState(redis_server.url, lock_ttl=1.0)
+        hang = asyncio.Event()
+        calls = 0
+
+        async def hung() -> Fetched:
+            await hang.wait()
+            return fetched(url, "2026-12-03T10:00:00.000Z")
+
+        async def quick() -> Fetched:
+            nonlocal calls
+            calls += 1
+            return fetched(url, "2026-12-03T10:00:01.000Z")
+
+        holder = asyncio.create_task(a.document(url, hung, lasts=1.0))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await b.document(url, quick, lasts=1.0)
+        waited = time.monotonic() - started
+        await b.document(url, quick, lasts=1.0)  # stored by b's fetch: read, not fetched
+        hang.set()
+        await holder
+        await a.close()
+        await b.close()
+        return calls, waited
+
+    calls, waited = asyncio.run(scenario())
+    assert calls == 1
+    assert waited < 4  # the lock lapsed about 2 s after it was taken, not at the waiter's deadline (6 s)
+
+
+def test_a_fetch_under_way_when_its_state_closes_still_stores_and_releases(redis_server: RedisServer) -> None:
+    """A reload replaces the shared state while one of its flows holds a fetch lock: the holder
+    still stores the document and releases its lock, so the fleet reads it instead of waiting out
+    the lock and fetching the origin again."""
+    url = "http://closing.example/robots.txt"
+
+    async def scenario() -> tuple[int, float, bool]:
+        old, other = RedisState(redis_server.url, lock_ttl=3.0), RedisState(redis_server.url, lock_ttl=3.0)
+        calls = 0
+
+        async def slow() -> Fetched:
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(1.0)
+            return fetched(url, "2026-12-03T10:00:00.000Z")
+
+        holder = asyncio.create_task(old.document(url, slow, lasts=5))
+        await asyncio.sleep(0.3)
+        await old.close()
+        await holder
+        digest = hashlib.sha256(url.encode()).hexdigest()[:32]
+        locked = bool(await other.redis.exists(f"{PREFIX}lock:{digest}"))
+        started = time.monotonic()
+        await other.document(url, slow, lasts=5)
+        waited = time.monotonic() - started
+        await other.close()
+        return calls, waited, locked
+
+    calls, waited, locked = asyncio.run(scenario())
+    assert not locked
+    assert calls == 1 and waited < 1
+
+
+def test_a_state_closed_while_it_subscribes_keeps_no_listener(redis_server: RedisServer) -> None:
+    """close() at any point of start(): no subscription outlives the state (a reload would leak a
+    connection and keep applying the fleet's holds to a state nobody uses)."""
+
+    async def scenario() -> list[int]:
+        leaked = []
+        for steps in range(0, 40, 2):
+            state = RedisState(redis_server.url)
+            starting = asyncio.create_task(state.start())
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            await state.close()
+            await starting
+            await asyncio.sleep(0.05)
+            if state._listener is not None and not state._listener.done():
+                leaked.append(steps)
+                state._listener.cancel()
+        return leaked
+
+    assert asyncio.run(scenario()) == []
 
 
 def test_a_store_never_replaces_a_newer_fetch(redis_server: RedisServer) -> None:

@@ -29,6 +29,23 @@ def fetched(url: str, at: str, body: bytes = b"User-agent: *\nDisallow: /\n") ->
     return Fetched("ok", Document(url, 200, "ab" * 32, at), body, 3600.0, (("Content-Type", "text/plain"),))
 
 
+class Origin:
+    """A document fetch that counts its calls and takes `seconds` (a stand-in for the origin)."""
+
+    def __init__(self, url: str, seconds: float = 0.0, at: str = "2026-12-03T10:00:00.000Z") -> None:
+        self.url, self.seconds, self.at, self.calls = url, seconds, at, 0
+
+    async def __call__(self) -> Fetched:
+        self.calls += 1
+        await asyncio.sleep(self.seconds)
+        return fetched(self.url, self.at)
+
+
+def lock_of(url: str) -> str:
+    """The Redis key of `url`'s fetch lock."""
+    return f"{PREFIX}lock:{hashlib.sha256(url.encode()).hexdigest()[:32]}"
+
+
 def test_a_lock_left_by_a_dead_holder_is_recovered_within_its_lifetime(redis_server: RedisServer) -> None:
     url = "http://dead-holder.example/robots.txt"
 
@@ -64,26 +81,18 @@ def test_a_fetch_slower_than_the_locks_lifetime_is_still_fetched_once(redis_serv
 
     async def scenario() -> tuple[int, bytes | None, float]:
         a, b = RedisState(redis_server.url, lock_ttl=1.0), RedisState(redis_server.url, lock_ttl=1.0)
-        calls = 0
-
-        async def slow() -> Fetched:
-            nonlocal calls
-            calls += 1
-            await asyncio.sleep(3.0)
-            return fetched(url, "2026-12-03T10:00:00.000Z")
-
+        slow = Origin(url, seconds=3.0)
         first = asyncio.create_task(a.document(url, slow, lasts=10.0))
         await asyncio.sleep(0.2)
         started = time.monotonic()
         got = await b.document(url, slow, lasts=10.0)
         waited = time.monotonic() - started
         await first
-        digest = hashlib.sha256(url.encode()).hexdigest()[:32]
-        left = await a.redis.exists(f"{PREFIX}lock:{digest}")
+        left = await a.redis.exists(lock_of(url))
         await a.close()
         await b.close()
         assert left == 0  # released by its holder once stored
-        return calls, got.body, waited
+        return slow.calls, got.body, waited
 
     calls, body, waited = asyncio.run(scenario())
     assert calls == 1  # the holder's fetch only
@@ -120,17 +129,12 @@ def test_a_holder_that_overruns_its_own_bound_lets_the_lock_lapse(redis_server: 
     async def scenario() -> tuple[int, float]:
         a, b = RedisState(redis_server.url, lock_ttl=1.0), RedisState(redis_server.url, lock_ttl=1.0)
         hang = asyncio.Event()
-        calls = 0
 
         async def hung() -> Fetched:
             await hang.wait()
             return fetched(url, "2026-12-03T10:00:00.000Z")
 
-        async def quick() -> Fetched:
-            nonlocal calls
-            calls += 1
-            return fetched(url, "2026-12-03T10:00:01.000Z")
-
+        quick = Origin(url, at="2026-12-03T10:00:01.000Z")
         holder = asyncio.create_task(a.document(url, hung, lasts=1.0))
         await asyncio.sleep(0.2)
         started = time.monotonic()
@@ -141,7 +145,7 @@ def test_a_holder_that_overruns_its_own_bound_lets_the_lock_lapse(redis_server: 
         await holder
         await a.close()
         await b.close()
-        return calls, waited
+        return quick.calls, waited
 
     calls, waited = asyncio.run(scenario())
     assert calls == 1
@@ -156,25 +160,17 @@ def test_a_fetch_under_way_when_its_state_closes_still_stores_and_releases(redis
 
     async def scenario() -> tuple[int, float, bool]:
         old, other = RedisState(redis_server.url, lock_ttl=3.0), RedisState(redis_server.url, lock_ttl=3.0)
-        calls = 0
-
-        async def slow() -> Fetched:
-            nonlocal calls
-            calls += 1
-            await asyncio.sleep(1.0)
-            return fetched(url, "2026-12-03T10:00:00.000Z")
-
+        slow = Origin(url, seconds=1.0)
         holder = asyncio.create_task(old.document(url, slow, lasts=5))
         await asyncio.sleep(0.3)
         await old.close()
         await holder
-        digest = hashlib.sha256(url.encode()).hexdigest()[:32]
-        locked = bool(await other.redis.exists(f"{PREFIX}lock:{digest}"))
+        locked = bool(await other.redis.exists(lock_of(url)))
         started = time.monotonic()
         await other.document(url, slow, lasts=5)
         waited = time.monotonic() - started
         await other.close()
-        return calls, waited, locked
+        return slow.calls, waited, locked
 
     calls, waited, locked = asyncio.run(scenario())
     assert not locked

@@ -30,6 +30,7 @@ from proxy.audit import new_id
 from proxy.documents import OriginDocuments
 from proxy.evidence import Decision, Finding, Says, Verdict
 from proxy.guard import RequestNames, address_refusal, fix_host, refusal_for, request_names
+from proxy.inband import reads_bodies
 from proxy.origin import Origin
 from proxy.outcome import FlowState, Recorder, refusal, summary
 from proxy.policy import Policy
@@ -45,6 +46,26 @@ UNRESOLVED_STATUS = 502
 CachedDocuments = Callable[[Origin], "OriginDocuments | None"]
 # The same Origin object for the same (scheme, name, port): built once per origin, not per request.
 _origin = functools.lru_cache(maxsize=16384)(Origin.of)
+
+
+RANGE_FIELDS = (b"range", b"if-range")
+
+
+def whole_body(flow: http.HTTPFlow) -> Finding | None:
+    """Ask the origin for the whole body: remove Range and If-Range (RFC 9110 §14.2 lets a server
+    ignore them, so the client gets a 200 with all of it). A part of a body is not judged whole:
+    the bytes asked for can leave out the very tag or packet that reserves them. The note that
+    says so, for the record; None when the request asked for no range."""
+    fields = flow.request.headers.fields
+    asked = [value.decode("latin-1") for name, value in fields if name.lower() in RANGE_FIELDS]
+    if not asked:
+        return None
+    flow.request.headers.fields = tuple((n, v) for n, v in fields if n.lower() not in RANGE_FIELDS)
+    return Finding(
+        "range", Says.UNKNOWN,
+        f"Range/If-Range {'; '.join(asked)[:200]!r} removed: the origin is asked for the whole body, "
+        "which is judged whole (a part could leave its opt-out out)",
+    )  # fmt: skip
 
 
 class RequestJudge:
@@ -197,6 +218,10 @@ class RequestJudge:
                 f"Host {rewritten!r} replaced by the target's {names.target!r} (RFC 9112 §3.2.2)",
             )  # fmt: skip
             decision = replace(decision, findings=(*decision.findings, note))
+        if not decision.blocks and reads_bodies(policy):
+            whole = whole_body(flow)
+            if whole is not None:
+                decision = replace(decision, findings=(*decision.findings, whole))
         record_id = new_id()
         state.decision, state.request_id, state.last_id = decision, record_id, record_id
         flow.metadata["optout"] = summary(decision, record_id)

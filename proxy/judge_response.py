@@ -44,6 +44,7 @@ from proxy.store import headers_bytes
 logger = logging.getLogger(__name__)
 
 OVER_CAP = "body-over-cap"
+PARTIAL = "partial-content"
 UNDECODABLE = "undecodable"
 # Bodies larger than this are decoded and read in a worker thread: the event loop serves
 # every other flow meanwhile (performance.md: nothing over a millisecond or two on the loop).
@@ -120,7 +121,8 @@ class ResponseJudge:
             docs = state.docs
             tdm_file = docs.tdm_file(flow.request.path or "/", state.policy) if docs is not None else None
             names = {name.lower() for name, _ in flow.response.headers.fields}
-            quiet = names.isdisjoint(SIGNAL_HEADERS) and tdm_file is None
+            partial = flow.response.status_code == 206 and reads_bodies(state.policy)
+            quiet = names.isdisjoint(SIGNAL_HEADERS) and tdm_file is None and not partial
             if quiet and reads_bodies(state.policy):
                 state.inspect = (None, None, [], None)  # nothing in the headers: sniff the body
         except Exception:
@@ -151,6 +153,11 @@ class ResponseJudge:
         found = await header_findings(
             view, policy, document, tdm_file, self.license, body_follows=bool(declared)
         )
+        if view.status == 206 and reads_bodies(policy):
+            # The request went out without Range (judge_request.whole_body): this part of a body
+            # was not asked for, and a part cannot be judged whole.
+            detail = "206 Partial Content to a request sent without Range: a part of a body cannot be judged"
+            found.append(Finding(PARTIAL, Says.DISALLOW, detail + "; withheld", document))
         decision = decide(found, policy, mode=self.mode())
         if decision.blocks or not reads_bodies(policy):
             self._respond(flow, state, decision, policy, inspected="headers", in_place=True)

@@ -69,18 +69,9 @@ SIGNAL_HEADERS = frozenset(
 )  # fmt: skip
 
 
-_reads: tuple[Policy | None, bool] = (None, False)  # the last policy asked about, and its answer
-
-
 def reads_bodies(policy: Policy) -> bool:
     """True if any signal read from bodies is on: then every body is sniffed before delivery."""
-    global _reads
-    last = _reads
-    if last[0] is policy:
-        return last[1]
-    answer = any(policy.signal_mode(s) != "off" for s in BODY_SIGNALS)
-    _reads = (policy, answer)
-    return answer
+    return any(policy.signal_mode(s) != "off" for s in BODY_SIGNALS)
 
 
 def body_kind(content_types: Sequence[str] | str, policy: Policy, head: bytes = b"") -> frozenset[str]:

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 from mitmproxy import connection, ctx, exceptions, http, tcp, udp
 from mitmproxy.addonmanager import Loader
+from mitmproxy.flow import Error
 from mitmproxy.proxy import layer, server_hooks
 from mitmproxy.tls import ClientHelloData
 from mitmproxy.utils import human
@@ -864,13 +865,33 @@ class Enforcer:
         return then()
 
     def error(self, flow: http.HTTPFlow) -> None:
-        """Record a response mitmproxy aborted (a body over body_size_limit): withheld, and said so."""
+        """Record a response mitmproxy aborted (a body over body_size_limit): withheld, and said so.
+
+        An error that quotes what the origin sent (mitmproxy's 502 page repeats an answer it could
+        not read, `b'<!doctype html>...'`, unjudged) kills the flow instead: the client gets no
+        answer at all, and that is recorded (`bad-response`).
+        """
         state = self._flows.get(flow)
         if state is not None and state.release is not None:
             self._release_after_error(flow, state, state.release)
-        if state is None or state.answered or flow.error is None or state.decision is None:
+        if flow.error is None or flow.error.msg == Error.KILLED_MESSAGE:
             return
         if "body_size_limit" not in flow.error.msg:
+            message = flow.error.msg
+            if flow.server_conn.timestamp_tcp_setup is None or not ("'" in message or '"' in message):
+                # Never connected, or a message that quotes nothing (mitmproxy quotes what it could
+                # not read as a repr, in quotes): its 502 says what failed, not what the origin sent.
+                return
+            flow.kill()
+            if state is not None and not state.answered and state.decision is not None:
+                try:
+                    self.responses.unreadable(flow, state, message)
+                except Exception:
+                    logger.exception(
+                        "optout: cannot record the unreadable response of %s", flow.request.pretty_url
+                    )
+            return
+        if state is None or state.answered or state.decision is None:
             return
         try:
             self.responses.aborted(flow, state, flow.error.msg)

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 OVER_CAP = "body-over-cap"
 PARTIAL = "partial-content"
+UNREADABLE = "bad-response"
 UNDECODABLE = "undecodable"
 # Bodies larger than this are decoded and read in a worker thread: the event loop serves
 # every other flow meanwhile (performance.md: nothing over a millisecond or two on the loop).
@@ -314,6 +315,32 @@ class ResponseJudge:
         record = self.recorder.record(flow, decision, policy, record_id, phase="response", status=502)
         record["request_id"] = state.request_id
         record["inspected"] = "over-cap"
+        record["withheld"] = True
+        self.recorder.note(record, state)
+        state.last_id = record_id
+
+    def unreadable(self, flow: http.HTTPFlow, state: FlowState, message: str) -> None:
+        """Record an origin answer mitmproxy could not read as HTTP: the flow was killed, so the
+        client got nothing (mitmproxy's own 502 page would have quoted the origin's bytes)."""
+        policy = state.policy
+        if policy is None:
+            return
+        # The kind of failure only: the rest of the message quotes the origin, content included.
+        kind = message.split(":", 1)[0][:120]
+        document = Document(flow.request.url, None, None, utc_now())
+        detail = (
+            f"the origin's answer could not be read as HTTP ({kind}); the connection was closed, "
+            "nothing delivered"
+        )
+        finding = Finding(UNREADABLE, Says.DISALLOW, detail, document)
+        decision = refusal(
+            UNREADABLE, f"The origin's answer could not be read as HTTP ({kind}); withheld.", policy
+        )
+        decision = replace(decision, findings=(finding,), deciding=finding)
+        record_id = new_id()
+        record = self.recorder.record(flow, decision, policy, record_id, phase="response", status=None)
+        record["request_id"] = state.request_id
+        record["inspected"] = "unreadable"
         record["withheld"] = True
         self.recorder.note(record, state)
         state.last_id = record_id

@@ -49,7 +49,7 @@ CSV_COLUMNS = (
 RECORD_SIGNALS = (
     *SIGNALS, "unreachable", "body-over-cap", "undecodable", "internal-error", "audit-unavailable",
     "fetch-capacity", "private-address", "proxy-self", "unresolvable", "ambiguous-host", "raw-protocol",
-    "crawl-delay", "partial-content",
+    "crawl-delay", "partial-content", "bad-response",
 )  # fmt: skip
 _WHEN = re.compile(r"(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)([zZ]|[+-]\d{2}:?\d{2})?)?")
 WHEN_EXAMPLES = "2026-12-02, 2026-12-02 16:01, 2026-12-02T16:01:30Z or 2026-12-02T17:00:00+02:00"

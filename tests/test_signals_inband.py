@@ -71,6 +71,13 @@ TOKENS = ["ExampleBot"]
         (["max-image-preview:large, noai"], False, [D]),  # X9
         (["unavailable_after: 25 Jun 2010 15:00:00 PST"], False, []),  # X10
         ([":,", ",,,", "noai"], False, [D]),  # malformed items ignored one by one
+        # two field lines an intermediary combined (RFC 9110 §5.3): each bot prefix starts a group
+        (["googlebot: nofollow, ExampleBot: noai"], False, [D]),
+        (["nofollow, ExampleBot: noai"], False, [D]),
+        (["ExampleBot: noindex, otherbot: noai"], False, [U]),  # the noai is otherbot's
+        (["otherbot: noai, noindex"], False, []),  # "noindex" stays in otherbot's group
+        (["noai\x00"], False, [D]),  # NUL read as a space (RFC 9110 §5.5)
+        (["ExampleBot:\r\n noai"], False, [D]),
     ],
 )
 def test_x_robots_tag(lines: list[str], is_image: bool, expected: list[Says]) -> None:

@@ -2,8 +2,9 @@
 
 Implements the DeviantArt convention with robots-meta syntax (signals.md §6):
 
-* Every X-Robots-Tag field line is read on its own (a bot prefix covers only
-  the rest of its line); directive names are case-insensitive.
+* Every X-Robots-Tag field line is read on its own; a bot prefix covers the
+  rest of its line up to the next `Name:` item (two lines an intermediary
+  combined with a comma stay two groups); directive names are case-insensitive.
 * `Name: directives` is bot-specific unless `Name` is a valued directive
   (`max-snippet:-1`, `unavailable_after: ...`); it binds us when `Name` is our
   agent or one of `honor_agents`, case-insensitively.
@@ -29,27 +30,37 @@ NAME_HEADER = "x-robots-tag"
 NAME_META = "html-meta"
 VALUED_DIRECTIVES = frozenset({"max-snippet", "max-image-preview", "max-video-preview", "unavailable_after"})
 _BOT_PREFIX = re.compile(r"^\s*([A-Za-z0-9._-]+)\s*:\s*(.*)$", re.DOTALL)
+_CONTROLS = str.maketrans("\x00\r\n", "   ")
 AI_DIRECTIVES = frozenset({"noai"})
 AI_IMAGE_DIRECTIVES = frozenset({"noimageai"})
 SEARCH_DIRECTIVES = frozenset({"noindex", "none"})
 SEARCH_IMAGE_DIRECTIVES = frozenset({"noimageindex"})
 
 
-def directives(line: str, tokens: Iterable[str]) -> tuple[list[str], str | None] | None:
-    """(directives, bot) of one header line or meta content; None when it is for another bot."""
+def directives(line: str, tokens: Iterable[str]) -> list[tuple[list[str], str | None]]:
+    """The (directives, bot) groups of one header line or meta content that bind us: those for
+    every bot (bot None) and those for one of `tokens`.
+
+    `Name: ...` starts a group for bot `Name` (unless `Name` is a valued directive), also after a
+    comma: RFC 9110 §5.3 lets an intermediary combine two field lines into one, so
+    `googlebot: nofollow, ExampleBot: noai` is two groups. NUL, CR and LF count as spaces (§5.5).
+    """
+    wanted = {t.lower() for t in tokens}
+    groups: list[tuple[list[str], str | None]] = []
+    names: list[str] = []
     bot: str | None = None
-    m = _BOT_PREFIX.match(line)
-    if m and m.group(1).lower() not in VALUED_DIRECTIVES:
-        bot = m.group(1)
-        if bot.lower() not in {t.lower() for t in tokens}:
-            return None
-        line = m.group(2)
-    out = []
-    for item in line.split(","):
+    for raw in line.translate(_CONTROLS).split(","):
+        item = raw
+        m = _BOT_PREFIX.match(item)
+        if m and m.group(1).lower() not in VALUED_DIRECTIVES:
+            if names or bot is not None:
+                groups.append((names, bot))
+            names, bot, item = [], m.group(1), m.group(2)
         name = item.strip().split(":", 1)[0].strip().lower()
         if name:
-            out.append(name)
-    return out, bot
+            names.append(name)
+    groups.append((names, bot))
+    return [(n, b) for n, b in groups if b is None or b.lower() in wanted]
 
 
 def _reserving(purpose: str, *, is_image: bool, image_scope: str) -> frozenset[str]:
@@ -74,18 +85,17 @@ def _findings(
     known = AI_DIRECTIVES | AI_IMAGE_DIRECTIVES | SEARCH_DIRECTIVES | SEARCH_IMAGE_DIRECTIVES
     out: list[Finding] = []
     for label, line in lines:
-        parsed = directives(line, tokens)
-        if parsed is None:
-            continue
-        names, bot = parsed
-        hits = [n for n in names if n in reserving]
         shown = f"{label}: {line.strip()[:200]}"
-        if hits:
-            out.append(Finding(name, Says.DISALLOW, f"{shown} ({', '.join(hits)})", document, agent=bot))
-        elif any(n in known for n in names):
-            out.append(
-                Finding(name, Says.UNKNOWN, f"{shown} (not a reservation for {purpose})", document, agent=bot)
-            )
+        for names, bot in directives(line, tokens):
+            hits = [n for n in names if n in reserving]
+            if hits:
+                out.append(Finding(name, Says.DISALLOW, f"{shown} ({', '.join(hits)})", document, agent=bot))
+            elif any(n in known for n in names):
+                out.append(
+                    Finding(
+                        name, Says.UNKNOWN, f"{shown} (not a reservation for {purpose})", document, agent=bot
+                    )
+                )
     return out
 
 

@@ -155,6 +155,7 @@ def test_policy_documents_are_fetched_concurrently_and_once(
     [
         ({"X-Robots-Tag": "noai"}, "x-robots-tag"),
         ({"X-Robots-Tag": "ExampleBot: noindex, NoAI"}, "x-robots-tag"),
+        ({"X-Robots-Tag": "googlebot: nofollow, ExampleBot: noai"}, "x-robots-tag"),  # combined lines
         ({"tdm-reservation": "1", "tdm-policy": "https://p.example/policy.json"}, "tdmrep"),
         ({"Content-Usage": "train-ai=n"}, "content-usage"),
         ({"Content-Signal": "ai-train=no, search=yes"}, "content-signal"),

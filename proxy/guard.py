@@ -42,8 +42,9 @@ from proxy.addresses import Resolver, first_refused
 from proxy.fields import values
 from proxy.origin import canonical_host
 
-# mitmproxy defaults that fail open, and the values we run with instead.
-FORCED_OPTIONS: dict[str, Any] = {"rawtcp": False, "connection_strategy": "lazy"}
+# mitmproxy defaults that fail open, and the values we run with instead. (WebSocket messages are
+# content no reader of ours judges: after a 101 nothing is relayed, and the 101 itself is withheld.)
+FORCED_OPTIONS: dict[str, Any] = {"rawtcp": False, "connection_strategy": "lazy", "websocket": False}
 # Proxy modes in which every client byte arrives as an HTTP request we see.
 SAFE_MODES = ("regular", "upstream")
 _RAW_LAYERS = (layers.TCPLayer, layers.UDPLayer, layers.DNSLayer, RawQuicLayer)

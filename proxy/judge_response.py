@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 OVER_CAP = "body-over-cap"
 PARTIAL = "partial-content"
 UNREADABLE = "bad-response"
+RAW = "raw-protocol"
 UNDECODABLE = "undecodable"
 # Bodies larger than this are decoded and read in a worker thread: the event loop serves
 # every other flow meanwhile (performance.md: nothing over a millisecond or two on the loop).
@@ -122,8 +123,9 @@ class ResponseJudge:
             docs = state.docs
             tdm_file = docs.tdm_file(flow.request.path or "/", state.policy) if docs is not None else None
             names = {name.lower() for name, _ in flow.response.headers.fields}
-            partial = flow.response.status_code == 206 and reads_bodies(state.policy)
-            quiet = names.isdisjoint(SIGNAL_HEADERS) and tdm_file is None and not partial
+            status = flow.response.status_code
+            unjudged = status == 101 or (status == 206 and reads_bodies(state.policy))
+            quiet = names.isdisjoint(SIGNAL_HEADERS) and tdm_file is None and not unjudged
             if quiet and reads_bodies(state.policy):
                 state.inspect = (None, None, [], None)  # nothing in the headers: sniff the body
         except Exception:
@@ -154,6 +156,10 @@ class ResponseJudge:
         found = await header_findings(
             view, policy, document, tdm_file, self.license, body_follows=bool(declared)
         )
+        if view.status == 101:
+            # An upgrade (WebSocket, h2c, anything): what would follow is not HTTP we can judge.
+            detail = "101 Switching Protocols: what follows is not HTTP whose content can be judged"
+            found.append(Finding(RAW, Says.DISALLOW, detail + "; withheld", document))
         if view.status == 206 and reads_bodies(policy):
             # The request went out without Range (judge_request.whole_body): this part of a body
             # was not asked for, and a part cannot be judged whole.

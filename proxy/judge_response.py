@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,21 @@ async def _in_thread(
         return asyncio.run(body_findings(view, body, kinds, policy, document, tdm_file, get_license))
 
     return await loop.run_in_executor(worker, run)
+
+
+_META_TAG = re.compile(rb"<meta[\s/>]", re.IGNORECASE)
+
+
+def _markup_anywhere(body: bytes, policy: Policy) -> frozenset[str]:
+    """Readers for a body that is neither HTML nor media by its headers and first bytes: an XMP
+    packet anywhere is read as media's, a `<meta` tag anywhere as HTML's. Containers (multipart,
+    message/rfc822, message/http, JSON carrying a page) hold pages whose meta tags still speak
+    for them; reading one too many (a text about HTML) errs on the rights holder's side."""
+    if has_xmp(body):
+        return frozenset({"media"})
+    if b"<" in body and policy.signal_mode("html-meta") != "off" and _META_TAG.search(body):
+        return frozenset({"html"})
+    return frozenset()
 
 
 class ResponseJudge:
@@ -222,8 +238,8 @@ class ResponseJudge:
             logger.exception("optout: internal error sniffing the body of %s", flow.request.pretty_url)
             self.recorder.internal_error(flow, state, phase="response")
             return None
-        if not kinds and head is not None and not codings and has_xmp(raw):
-            kinds = frozenset({"media"})  # XMP wherever it is, whatever the body claims to be
+        if not kinds and head is not None and not codings:
+            kinds = _markup_anywhere(raw, state.policy)
         if not kinds and head is not None and not found and not codings:
             # Plain text or an unknown format, no signal in the headers and no XMP packet
             # anywhere in it: nothing to read. (A compressed one is decoded and looked into.)
@@ -276,8 +292,8 @@ class ResponseJudge:
         if over and kinds:
             self._over_cap(flow, state, found, policy, document, cap + 1, in_place=False, decoded=True)
             return
-        if not kinds and codings and has_xmp(body):
-            kinds = frozenset({"media"})  # as in `body`, now that the compressed body is decoded
+        if not kinds and codings:
+            kinds = _markup_anywhere(body, policy)  # as in `body`, now that it is decoded
         if kinds:
             # The C2PA SDK is native code that may take its time: never on the event loop.
             if len(body) > OFF_LOOP_BYTES or contains(body, b"c2pa", 1):

@@ -45,6 +45,30 @@ CASES: dict[str, tuple[list[str], bytes]] = {
     "duplicated-type": (["Content-Type: text/plain", "Content-Type: text/html"], PAGE),
     "comma-listed-type": (["Content-Type: text/plain, text/html"], PAGE),
     "bogus-type": (["Content-Type: foo/bar"], PAGE),
+    # containers: a page inside another body still speaks for itself
+    "multipart-mixed": (
+        ["Content-Type: multipart/mixed; boundary=B"],
+        b"--B\r\nContent-Type: text/plain\r\n\r\nhello\r\n--B\r\nContent-Type: text/html\r\n\r\n"
+        + PAGE
+        + b"\r\n--B--\r\n",
+    ),
+    "mhtml": (
+        ['Content-Type: multipart/related; type="text/html"; boundary="B"'],
+        b"--B\r\nContent-Type: text/html\r\nContent-Location: http://x/\r\n\r\n" + PAGE + b"\r\n--B--\r\n",
+    ),
+    "message-rfc822": (
+        ["Content-Type: message/rfc822"],
+        b"From: a@example.org\r\nSubject: s\r\nContent-Type: text/html\r\n\r\n" + PAGE,
+    ),
+    "message-http": (
+        ["Content-Type: message/http"],
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n%s" % (len(PAGE), PAGE),
+    ),
+    "json-carrying-a-page": (["Content-Type: application/json"], b'{"html": "' + PAGE + b'"}'),
+    "gzip-multipart": (
+        ["Content-Type: multipart/mixed; boundary=B", "Content-Encoding: gzip"],
+        gz(b"--B\r\nContent-Type: text/html\r\n\r\n" + PAGE + b"\r\n--B--\r\n"),
+    ),
     # content codings clients decode
     "gzip-gzip": (["Content-Type: text/html", "Content-Encoding: gzip, gzip"], gz(gz(PAGE))),
     "gzip-two-fields": (

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 import pytest
 
 from tests.adversarial.rawnet import MARKER, exchange
-from tests.policies import write_policy
 from tests.proxyproc import ProxyProcess
 
 PAGE = (
@@ -93,14 +92,6 @@ def origin() -> Iterator[Origin]:
     yield o
     o.server.shutdown()
     o.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
-    tmp = tmp_path_factory.mktemp("error-pages")
-    p = ProxyProcess(write_policy(tmp), confdir=tmp / "conf", audit=tmp / "audit.jsonl")
-    yield p
-    p.stop()
 
 
 # mitmproxy 11.0 sends this one's 502 (it quotes the header name) right after the error hook,

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 import pytest
 
 from tests.adversarial.rawnet import MARKER, CountingOrigin, exchange
-from tests.policies import write_policy
 from tests.proxyproc import ProxyProcess
 
 HEAD = b"<!doctype html><html><head><meta name=robots content=noai><title>t</title></head><body>"
@@ -98,14 +97,6 @@ def liar() -> Iterator[CountingOrigin]:
     o = CountingOrigin(respond=lambda path, head: honour_range(path, head, always_partial=True))
     yield o
     o.close()
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
-    tmp = tmp_path_factory.mktemp("ranges")
-    p = ProxyProcess(write_policy(tmp), confdir=tmp / "conf", audit=tmp / "audit.jsonl")
-    yield p
-    p.stop()
 
 
 # name -> (path, extra request header lines)

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 import pytest
 
 from tests.adversarial.rawnet import MARKER, CountingOrigin, exchange
-from tests.policies import write_policy
 from tests.proxyproc import ProxyProcess
 
 PAGE = b"<!doctype html><html><head><meta name=robots content=noai></head><body>" + MARKER + b"</body></html>"
@@ -60,14 +59,6 @@ def origin() -> Iterator[CountingOrigin]:
     o = CountingOrigin(respond=answer)
     yield o
     o.close()
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
-    tmp = tmp_path_factory.mktemp("upgrades")
-    p = ProxyProcess(write_policy(tmp), confdir=tmp / "conf", audit=tmp / "audit.jsonl")
-    yield p
-    p.stop()
 
 
 # name -> extra request header lines

@@ -323,46 +323,41 @@ class ResponseJudge:
 
     def aborted(self, flow: http.HTTPFlow, state: FlowState, why: str) -> None:
         """Record a response mitmproxy gave up on (a body over its limit): the crawler got a 502."""
-        policy = state.policy
-        if policy is None:
-            return
-        document = Document(
-            flow.request.url, flow.response.status_code if flow.response else None, None, utc_now()
-        )
-        detail = f"{why} (optout_body_cap {self.body_cap()}); the body was not delivered"
-        finding = Finding(OVER_CAP, Says.DISALLOW, detail, document)
-        decision = refusal(OVER_CAP, f"The response body outgrew the cap and was withheld: {why}", policy)
-        decision = replace(decision, findings=(finding,), deciding=finding)
-        record_id = new_id()
-        record = self.recorder.record(flow, decision, policy, record_id, phase="response", status=502)
-        record["request_id"] = state.request_id
-        record["inspected"] = "over-cap"
-        record["withheld"] = True
-        self.recorder.note(record, state)
-        state.last_id = record_id
+        status = flow.response.status_code if flow.response else None
+        self._note_withheld(
+            flow, state, OVER_CAP, status,
+            f"{why} (optout_body_cap {self.body_cap()}); the body was not delivered",
+            f"The response body outgrew the cap and was withheld: {why}", answered=502, inspected="over-cap",
+        )  # fmt: skip
 
     def unreadable(self, flow: http.HTTPFlow, state: FlowState, message: str) -> None:
         """Record an origin answer mitmproxy could not read as HTTP: the flow was killed, so the
         client got nothing (mitmproxy's own 502 page would have quoted the origin's bytes)."""
+        # The kind of failure only: the rest of the message quotes the origin, content included.
+        kind = message.split(":", 1)[0][:120]
+        self._note_withheld(
+            flow, state, UNREADABLE, None,
+            f"the origin's answer could not be read as HTTP ({kind}); the connection was closed, "
+            "nothing delivered",
+            f"The origin's answer could not be read as HTTP ({kind}); withheld.", answered=None,
+            inspected="unreadable",
+        )  # fmt: skip
+
+    def _note_withheld(
+        self, flow: http.HTTPFlow, state: FlowState, code: str, status: int | None, detail: str,
+        sentence: str, *, answered: int | None, inspected: str,
+    ) -> None:  # fmt: skip
+        """Record a response withheld after mitmproxy ended the flow itself (nothing left to answer):
+        `code` decides, `status` is the origin's, `answered` what the client got (None: nothing)."""
         policy = state.policy
         if policy is None:
             return
-        # The kind of failure only: the rest of the message quotes the origin, content included.
-        kind = message.split(":", 1)[0][:120]
-        document = Document(flow.request.url, None, None, utc_now())
-        detail = (
-            f"the origin's answer could not be read as HTTP ({kind}); the connection was closed, "
-            "nothing delivered"
-        )
-        finding = Finding(UNREADABLE, Says.DISALLOW, detail, document)
-        decision = refusal(
-            UNREADABLE, f"The origin's answer could not be read as HTTP ({kind}); withheld.", policy
-        )
-        decision = replace(decision, findings=(finding,), deciding=finding)
+        finding = Finding(code, Says.DISALLOW, detail, Document(flow.request.url, status, None, utc_now()))
+        decision = replace(refusal(code, sentence, policy), findings=(finding,), deciding=finding)
         record_id = new_id()
-        record = self.recorder.record(flow, decision, policy, record_id, phase="response", status=None)
+        record = self.recorder.record(flow, decision, policy, record_id, phase="response", status=answered)
         record["request_id"] = state.request_id
-        record["inspected"] = "unreadable"
+        record["inspected"] = inspected
         record["withheld"] = True
         self.recorder.note(record, state)
         state.last_id = record_id

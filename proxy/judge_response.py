@@ -140,9 +140,10 @@ class ResponseJudge:
             tdm_file = docs.tdm_file(flow.request.path or "/", state.policy) if docs is not None else None
             names = {name.lower() for name, _ in flow.response.headers.fields}
             status = flow.response.status_code
-            unjudged = status == 101 or (status == 206 and reads_bodies(state.policy))
+            reads = reads_bodies(state.policy)
+            unjudged = status == 101 or (status == 206 and reads)
             quiet = names.isdisjoint(SIGNAL_HEADERS) and tdm_file is None and not unjudged
-            if quiet and reads_bodies(state.policy):
+            if quiet and reads:
                 state.inspect = (None, None, [], None)  # nothing in the headers: sniff the body
         except Exception:
             logger.exception("optout: internal error judging the response of %s", flow.request.pretty_url)
@@ -176,13 +177,14 @@ class ResponseJudge:
             # An upgrade (WebSocket, h2c, anything): what would follow is not HTTP we can judge.
             detail = "101 Switching Protocols: what follows is not HTTP whose content can be judged"
             found.append(Finding(RAW, Says.DISALLOW, detail + "; withheld", document))
-        if view.status == 206 and reads_bodies(policy):
+        reads = reads_bodies(policy)
+        if view.status == 206 and reads:
             # The request went out without Range (judge_request.whole_body): this part of a body
             # was not asked for, and a part cannot be judged whole.
             detail = "206 Partial Content to a request sent without Range: a part of a body cannot be judged"
             found.append(Finding(PARTIAL, Says.DISALLOW, detail + "; withheld", document))
         decision = decide(found, policy, mode=self.mode())
-        if decision.blocks or not reads_bodies(policy):
+        if decision.blocks or not reads:
             self._respond(flow, state, decision, policy, inspected="headers", in_place=True)
             return
         cap = self.body_cap()

@@ -641,9 +641,8 @@ class RedisState(SharedState):
                         try:
                             taken = await self._call(take)
                         except _Down:
-                            self._owe(
-                                token, self._slot_free(origin, limit, token)
-                            )  # the take may have landed
+                            # The take may have landed all the same: its free is owed.
+                            self._owe(token, self._slot_free(origin, limit, token))
                             raise
                         if taken:
                             self._leases[token] = origin

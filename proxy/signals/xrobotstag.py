@@ -49,8 +49,7 @@ def directives(line: str, tokens: Iterable[str]) -> list[tuple[list[str], str | 
     groups: list[tuple[list[str], str | None]] = []
     names: list[str] = []
     bot: str | None = None
-    for raw in line.translate(_CONTROLS).split(","):
-        item = raw
+    for item in line.translate(_CONTROLS).split(","):
         m = _BOT_PREFIX.match(item)
         if m and m.group(1).lower() not in VALUED_DIRECTIVES:
             if names or bot is not None:

@@ -10,6 +10,7 @@ C2PA, PDF metadata).
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -148,6 +149,11 @@ async def header_findings(
     return found
 
 
+def _embedded_note(head: htmlhead.HtmlHead) -> str:
+    """Names the embedded documents read, so a finding from one of them says where it was."""
+    return f" [the page's embedded markup was read too: {', '.join(head.embedded)}]" if head.embedded else ""
+
+
 async def body_findings(
     view: ResponseView,
     body: bytes,
@@ -165,6 +171,7 @@ async def body_findings(
     tdm_late: list[tdmrep.Channel] = []
     if "html" in kinds:
         head = htmlhead.read(body, view.charset)
+        first = len(found)
         if mode(xrobotstag.NAME_META) != "off":
             found += xrobotstag.findings_from_meta(
                 head.metas, policy.tokens, purpose, document, image_scope=policy.reading("noimageai_scope")
@@ -185,7 +192,8 @@ async def body_findings(
             found += contentsignal.findings_from_headers(head.equiv("content-signal"), purpose, document)
         meta = tdmrep.value_channel(
             "meta", head.meta("tdm-reservation") + head.equiv("tdm-reservation"),
-            head.meta("tdm-policy") + head.equiv("tdm-policy"), document, '<meta name="tdm-reservation">',
+            head.meta("tdm-policy") + head.equiv("tdm-policy"), document,
+            '<meta name="tdm-reservation">' + _embedded_note(head),
         )  # fmt: skip
         if meta is not None:
             tdm_late.append(meta)
@@ -213,6 +221,9 @@ async def body_findings(
                     invalid_signature=policy.reading("c2pa_invalid_signature"),
                     declared=("application/c2pa",),
                 )  # fmt: skip
+        if head.embedded:
+            note = _embedded_note(head)
+            found[first:] = [dataclasses.replace(f, detail=f.detail + note) for f in found[first:]]
     if "media" in kinds:
         media_found, packets = media.findings_from_body(
             body, purpose, document, ingredients=policy.reading("c2pa_ingredients"),

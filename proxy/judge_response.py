@@ -79,17 +79,23 @@ async def _in_thread(
     return await loop.run_in_executor(worker, run)
 
 
-_META_TAG = re.compile(rb"<meta[\s/>]", re.IGNORECASE)
+# A meta tag, or an element that carries a document of its own (srcdoc, a data: URL).
+_META_TAG = re.compile(rb"<(?=[mMiIfFoOeE])(?:meta|iframe|frame|object|embed)[\s/>]", re.IGNORECASE)
+# A meta tag escaped for a script or JSON string (\u003cmeta, \x3cmeta).
+_ESCAPED_META = re.compile(rb"\\(?:u003[cC]|x3[cC]|u\{0*3[cC]\})(?:meta|META|Meta)")
 
 
 def _markup_anywhere(body: bytes, policy: Policy) -> frozenset[str]:
     """Readers for a body that is neither HTML nor media by its headers and first bytes: an XMP
-    packet anywhere is read as media's, a `<meta` tag anywhere as HTML's. Containers (multipart,
-    message/rfc822, message/http, JSON carrying a page) hold pages whose meta tags still speak
-    for them; reading one too many (a text about HTML) errs on the rights holder's side."""
+    packet anywhere is read as media's; a `<meta` tag, an iframe, object or embed (each can carry
+    a page of its own) or a meta escaped in a script string anywhere as HTML's. Containers
+    (multipart, message/rfc822, message/http, JSON carrying a page) hold pages whose meta tags
+    still speak for them; reading one too many (a text about HTML) errs on the rights holder's side."""
     if has_xmp(body):
         return frozenset({"media"})
-    if b"<" in body and policy.signal_mode("html-meta") != "off" and _META_TAG.search(body):
+    if policy.signal_mode("html-meta") != "off" and (
+        (b"<" in body and _META_TAG.search(body)) or (b"\\" in body and _ESCAPED_META.search(body))
+    ):
         return frozenset({"html"})
     return frozenset()
 

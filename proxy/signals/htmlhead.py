@@ -1,12 +1,18 @@
 """What an HTML document says about itself: meta tags, licence links, inline RSL and C2PA.
 
 A byte-level reader, not a parser: the tags that matter (`<meta>`, `<link>`,
-`<script>`) are found with one compiled pattern over the whole body (a meta
-tag after a megabyte of body still counts; signals.md §6.2: be lenient about
-`<head>`), and only those are taken apart. Markup that would stop a parser
-(marked sections `<![foo[ ... ]]>`, stray `</`, broken attributes) is simply
-not what the pattern looks for. Comments are skipped, as browsers skip them.
-Never raises on content.
+`<script>`, and the elements that embed a document) are found with one compiled
+pattern over the whole body (a meta tag after a megabyte of body still counts;
+signals.md §6.2: be lenient about `<head>`), and only those are taken apart.
+Markup that would stop a parser (marked sections `<![foo[ ... ]]>`, stray `</`,
+broken attributes) is simply not what the pattern looks for. Comments are
+skipped, as browsers skip them. Never raises on content.
+
+A document a page carries inside itself is read as well, since its bytes reach
+the crawler with the page: an `<iframe srcdoc>`, a `data:` URL in an
+iframe/frame/object/embed, and markup escaped for a script or JSON string
+(`\\u003cmeta`, `<meta name=\\"robots\\">`). What those readings add is named
+in `HtmlHead.embedded`, so the evidence says where a signal was found.
 
 Text is decoded the way browsers decide (WHATWG Encoding, HTML §13.2.3.1):
 a BOM first, then the Content-Type charset, then a `<meta charset>` or
@@ -17,10 +23,13 @@ the like it stands for the response header of that name.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import bisect
 import codecs
 import html
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,16 +38,30 @@ from proxy.sniff import contains
 MAX_SCRIPT = 256 * 1024
 # How far a <meta charset> is looked for (HTML §13.2.3.2: the first 1024 bytes).
 PRESCAN_BYTES = 1024
+# Documents inside documents: how deep, and how many per body, are read. Each level
+# reads at most the bytes of the one holding it, so a hostile page costs a few scans.
+MAX_DEPTH = 3
+MAX_EMBEDDED = 64
 
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
 _ATTR = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+)))?""")
 _SCRIPT_END = re.compile(r"</script", re.IGNORECASE)
-_TAG = re.compile(r"<(meta|link|script)(?=[\s/>])([^>]*)>", re.IGNORECASE)
-_BTAG = re.compile(rb"<(meta|link|script)(?=[\s/>])([^>]*)>", re.IGNORECASE)
+# The lookahead on the first letter lets the engine skip most `<` without trying each
+# name (measured: faster than the plain alternation even with four names more).
+_NAMES = r"<(?=[mMlLsSiIfFoOeE])(meta|link|script|iframe|frame|object|embed)(?=[\s/>])([^>]*)>"
+_TAG = re.compile(_NAMES, re.IGNORECASE)
+_BTAG = re.compile(_NAMES.encode(), re.IGNORECASE)
 _BCOMMENT = re.compile(rb"<!--.*?(?:-->|\Z)", re.DOTALL)
 _BSCRIPT_END = re.compile(rb"</script", re.IGNORECASE)
 _PRESCAN_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+# A `<` escaped for a JavaScript or JSON string: markup a script writes into the page.
+_ESCAPED_OPEN = re.compile(r"\\(?:u003[cC]|x3[cC]|u\{0*3[cC]\})")
+_BESCAPED_OPEN = re.compile(_ESCAPED_OPEN.pattern.encode())
+_JS_ESCAPE = re.compile(r"\\(u\{[0-9a-fA-F]{1,6}\}|u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|.)", re.DOTALL)
+_JS_SINGLE = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "b": "\b", "0": "\0"}
+_EMBEDS = ("iframe", "frame", "object", "embed")
+_DATA_URL = re.compile(r"\s*data:([^,]*),", re.IGNORECASE)
 
 
 @dataclass
@@ -49,6 +72,8 @@ class HtmlHead:
     rsl_scripts: list[str] = field(default_factory=list)
     c2pa_scripts: list[str] = field(default_factory=list)  # base64 manifests (C2PA 2.4 Annex A.7)
     encoding: str = "utf-8"
+    # Where tags were found besides the page's own markup ("iframe srcdoc", "data: URL", ...).
+    embedded: list[str] = field(default_factory=list)
 
     def meta(self, name: str) -> list[str]:
         """Contents of the meta tags called `name` (case-insensitive), in order."""
@@ -57,6 +82,27 @@ class HtmlHead:
     def equiv(self, name: str) -> list[str]:
         """Contents of the `http-equiv` meta tags standing for header `name` (lower-case)."""
         return [c for n, c in self.equivs if n == name]
+
+
+@dataclass
+class _Reading:
+    """One scan's place: how deep inside the page, what it is called, what is left to spend."""
+
+    where: str = ""  # "" for the page's own markup
+    depth: int = 0
+    budget: list[int] = field(default_factory=lambda: [MAX_EMBEDDED])  # shared by every level
+
+    def named(self, where: str) -> _Reading:
+        """This level read another way (no deeper: nothing is spent)."""
+        return _Reading(f"{self.where} > {where}" if self.where else where, self.depth, self.budget)
+
+    def inner(self, where: str) -> _Reading | None:
+        """A document one level deeper, or None when the depth or the budget is spent."""
+        if self.depth >= MAX_DEPTH or self.budget[0] <= 0:
+            return None
+        self.budget[0] -= 1
+        label = f"{self.where} > {where}" if self.where else where
+        return _Reading(label, self.depth + 1, self.budget)
 
 
 def _codec(label: str | None) -> str | None:
@@ -96,6 +142,35 @@ def _attrs(text: str) -> dict[str, str]:
     return out
 
 
+def _js_char(m: re.Match[str]) -> str:
+    s = m.group(1)
+    if s[0] in "ux" and len(s) > 1:
+        code = int(s.strip("ux{}"), 16)
+        # A lone surrogate would break the audit record's JSON; no tag needs one.
+        return "\ufffd" if 0xD800 <= code <= 0xDFFF or code > 0x10FFFF else chr(code)
+    return _JS_SINGLE.get(s, s)
+
+
+def js_unescape(text: str) -> str:
+    """`text` with JavaScript/JSON string escapes (`\\u003c`, `\\x3c`, `\\"`, `\\/`) undone."""
+    return _JS_ESCAPE.sub(_js_char, text)
+
+
+def data_url_bytes(url: str) -> bytes | None:
+    """The payload of a `data:` URL (RFC 2397, base64 or percent-encoded), or None if it is not one."""
+    m = _DATA_URL.match(url)
+    if m is None:
+        return None
+    payload = url[m.end() :]
+    if m.group(1).strip().lower().endswith(";base64"):
+        compact = "".join(urllib.parse.unquote(payload).split())
+        try:
+            return base64.b64decode(compact + "=" * (-len(compact) % 4))
+        except (binascii.Error, ValueError):
+            return None
+    return urllib.parse.unquote_to_bytes(payload)
+
+
 def read(body: bytes, charset: str | None = None) -> HtmlHead:
     """The meta tags, http-equiv tags, links and inline RSL/C2PA of an HTML body.
 
@@ -103,31 +178,62 @@ def read(body: bytes, charset: str | None = None) -> HtmlHead:
     too: a charset (or BOM) that contradicts the bytes must not hide a tag that
     a client decoding differently would see.
     """
-    encoding, skip = encoding_of(body, charset)
+    encoding, _ = encoding_of(body, charset)
     head = HtmlHead(encoding=encoding)
-    if encoding.startswith(("utf-16", "utf-32")):
-        _scan(body[skip:].decode(encoding, errors="replace"), head)
-    else:
-        # ASCII-compatible: the tags are found in the bytes, and only what they hold is decoded.
-        _scan(body[skip:], head, encoding)
-    if encoding != "utf-8":
-        _scan(body, head, "utf-8")
+    _read_into(body, charset, head, _Reading())
     return head
 
 
-def _scan(source: str | bytes, head: HtmlHead, encoding: str = "") -> None:
+def _read_into(body: bytes, charset: str | None, head: HtmlHead, reading: _Reading) -> None:
+    encoding, skip = encoding_of(body, charset)
+    if encoding.startswith(("utf-16", "utf-32")):
+        _scan(body[skip:].decode(encoding, errors="replace"), head, reading)
+    else:
+        # ASCII-compatible: the tags are found in the bytes, and only what they hold is decoded.
+        _scan(body[skip:], head, reading, encoding)
+    if encoding != "utf-8":
+        _scan(body, head, reading, "utf-8")
+
+
+def _quote_aware_end(data: Any, start: int, gt: int) -> int:
+    """Where the tag opened at `start` ends when a quoted value holds a `>` (as a parser reads it)."""
+    dq, sq = ('"', "'") if isinstance(data, str) else (b'"', b"'")
+    pos = start
+    while True:
+        quotes = [q for q in (data.find(dq, pos, gt), data.find(sq, pos, gt)) if q >= 0]
+        if not quotes:
+            return gt
+        q = min(quotes)
+        close = data.find(data[q : q + 1], q + 1)
+        if close < 0:
+            return gt  # never closed: read it as the plain pattern did
+        pos = close + 1
+        if pos > gt:
+            gt = data.find(">" if isinstance(data, str) else b">", pos)
+            if gt < 0:
+                return len(data)
+
+
+def _unbalanced(raw: str | bytes) -> bool:
+    if isinstance(raw, str):
+        return raw.count('"') % 2 == 1 or raw.count("'") % 2 == 1
+    return raw.count(b'"') % 2 == 1 or raw.count(b"'") % 2 == 1
+
+
+def _scan(source: str | bytes, head: HtmlHead, reading: _Reading, encoding: str = "") -> None:
     """Collect the tags of `source`: text, or bytes in an ASCII-compatible `encoding`."""
     data: Any = source  # one scan for both; the patterns below match its type
     if isinstance(data, bytes):
-        tags, comment, script_end = _BTAG, _BCOMMENT, _BSCRIPT_END
+        tags, comment, script_end, escaped = _BTAG, _BCOMMENT, _BSCRIPT_END, _BESCAPED_OPEN
         wanted_link: Any = b"licen"
         wanted_script: Any = b"application/"
+        backslash: Any = b"\\"
 
         def text(raw: bytes) -> str:
             return raw.decode(encoding, errors="replace")
     else:
-        tags, comment, script_end = _TAG, _COMMENT, _SCRIPT_END  # type: ignore[assignment]
-        wanted_link, wanted_script = "licen", "application/"
+        tags, comment, script_end, escaped = _TAG, _COMMENT, _SCRIPT_END, _ESCAPED_OPEN  # type: ignore[assignment]
+        wanted_link, wanted_script, backslash = "licen", "application/", "\\"
 
         def text(raw: str) -> str:  # type: ignore[misc]
             return raw
@@ -148,18 +254,63 @@ def _scan(source: str | bytes, head: HtmlHead, encoding: str = "") -> None:
             continue
         if tag == "script" and wanted_script not in raw.lower():
             continue
+        if _unbalanced(raw):
+            # A quoted value holding `>`: the tag runs on, as a parser reads it.
+            raw = data[m.start(2) : _quote_aware_end(data, m.start(2), m.end(2))]
         a = _attrs(text(raw))
-        if tag == "meta":
-            if "name" in a:
-                head.metas.append((a["name"], a.get("content", "")))
-            if "http-equiv" in a:
-                head.equivs.append((a["http-equiv"].strip().lower(), a.get("content", "")))
+        if tag in _EMBEDS:
+            _embedded(a, head, reading)
+        elif tag == "meta":
+            _meta(a, head, reading)
+            if backslash in raw:
+                # Markup inside a script or JSON string: `<meta name=\"robots\" ...>`.
+                _meta(_attrs(js_unescape(text(raw))), head, reading.named("JS-escaped markup"))
         elif tag == "link":
-            head.links.append(a)
+            _add(head.links, a, head, reading)
         else:
             kind = a.get("type", "").strip().lower()
             if kind not in ("application/rsl+xml", "application/c2pa"):
                 continue
             end = script_end.search(data, m.end())
             content = text(data[m.end() : end.start() if end else len(data)][: MAX_SCRIPT * 4])[:MAX_SCRIPT]
-            (head.rsl_scripts if kind == "application/rsl+xml" else head.c2pa_scripts).append(content)
+            scripts = head.rsl_scripts if kind == "application/rsl+xml" else head.c2pa_scripts
+            _add(scripts, content, head, reading)
+    if backslash in data and escaped.search(data):
+        inner = reading.inner("JS-escaped markup")
+        if inner is not None:
+            _scan(js_unescape(text(data)), head, inner)
+
+
+def _meta(a: dict[str, str], head: HtmlHead, reading: _Reading) -> None:
+    if "name" in a:
+        _add(head.metas, (a["name"], a.get("content", "")), head, reading)
+    if "http-equiv" in a:
+        _add(head.equivs, (a["http-equiv"].strip().lower(), a.get("content", "")), head, reading)
+
+
+def _add(found: list[Any], item: Any, head: HtmlHead, reading: _Reading) -> None:
+    """Keep `item`; one found only by a reading of embedded markup is kept once, with its place."""
+    if not reading.where:
+        found.append(item)
+    elif item not in found:
+        found.append(item)
+        if reading.where not in head.embedded:
+            head.embedded.append(reading.where)
+
+
+def _embedded(a: dict[str, str], head: HtmlHead, reading: _Reading) -> None:
+    """Read the documents an iframe/frame/object/embed carries in itself."""
+    srcdoc = a.get("srcdoc")
+    if srcdoc:
+        inner = reading.inner("iframe srcdoc")
+        if inner is not None:
+            _scan(srcdoc, head, inner)
+    for name in ("src", "data"):
+        url = a.get(name, "")
+        if "data:" not in url[:64].lower():
+            continue
+        payload = data_url_bytes(url)
+        inner = reading.inner("data: URL") if payload else None
+        if payload and inner is not None:
+            charset = re.search(r"charset=([^;,]+)", url[: url.find(",")], re.IGNORECASE)
+            _read_into(payload, charset.group(1) if charset else None, head, inner)

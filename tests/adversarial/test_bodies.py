@@ -7,6 +7,7 @@ log must hold the response-phase block.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import zlib
 from collections.abc import Iterator
@@ -138,6 +139,48 @@ CASES: dict[str, tuple[list[str], bytes]] = {
         ["Content-Type: text/plain"],
         b'<meta http-equiv="X-Robots-Tag" content="GPTBot: noai">' + MARKER,
     ),
+    # documents a page carries inside itself: their bytes reach the crawler with it
+    "json-escaped-quotes": (
+        ["Content-Type: application/json"],
+        b'{"page": "<meta name=\\"robots\\" content=\\"noai\\">' + MARKER + b'"}',
+    ),
+    "u003c-escaped-markup": (
+        ["Content-Type: application/json"],
+        b'{"page": "\\u003cmeta name=robots content=noai\\u003e' + MARKER + b'"}',
+    ),
+    "x3c-in-script": (
+        ["Content-Type: text/html"],
+        b"<script>document.write('\\x3cmeta name=robots content=noai\\x3e')</script>" + MARKER,
+    ),
+    "iframe-srcdoc-entities": (
+        ["Content-Type: text/html"],
+        b'<iframe srcdoc="&lt;meta name=&quot;robots&quot; content=&quot;noai&quot;&gt;' + MARKER + b'">',
+    ),
+    "iframe-srcdoc-after-gt-in-title": (
+        ["Content-Type: text/html"],
+        b"<iframe title='a>b' srcdoc='&lt;meta name=robots content=noai&gt;'></iframe>" + MARKER,
+    ),
+    "iframe-data-url-base64": (
+        ["Content-Type: text/html"],
+        b'<iframe src="data:text/html;base64,'
+        + base64.b64encode(b"<meta name=robots content=noai>" + MARKER)
+        + b'"></iframe>',
+    ),
+    "object-data-url-percent": (
+        ["Content-Type: text/html"],
+        b'<object data="data:text/html,%3Cmeta%20name%3Drobots%20content%3Dnoai%3E">' + MARKER + b"</object>",
+    ),
+    "embed-data-url-svg": (
+        ["Content-Type: text/html"],
+        b'<embed src="data:image/svg+xml;base64,'
+        + base64.b64encode(b'<svg><meta name="robots" content="noai"/></svg>')
+        + b'">'
+        + MARKER,
+    ),
+    "gt-inside-quoted-content": (
+        ["Content-Type: text/html"],
+        b'<meta content="noai, a>b" name=robots>' + MARKER,
+    ),
 }
 
 
@@ -190,3 +233,22 @@ def test_plain_text_without_markup_is_delivered(origin: CountingOrigin, proxy: P
         assert got.startswith(b"HTTP/1.1 200") and MARKER in got
     finally:
         del CASES["plain"]
+
+
+def test_a_signal_found_in_an_embedded_document_says_where(
+    origin: CountingOrigin, proxy: ProxyProcess
+) -> None:
+    a = f"127.0.0.1:{origin.port}"
+    exchange(
+        proxy.port,
+        [
+            f"GET http://{a}/iframe-data-url-base64 HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n".encode()
+        ],
+    )
+    *_, record = [
+        r
+        for r in proxy.records()
+        if r["url"].endswith("/iframe-data-url-base64") and r["phase"] == "response"
+    ]
+    details = " ".join(f["detail"] for f in record["evidence"])
+    assert "data: URL" in details, record

@@ -175,10 +175,11 @@ def request_names(flow: http.HTTPFlow, *, tunnelled: bool) -> RequestNames:
     req = flow.request
     fields = values(req.headers.fields, b"host")
     hosts = [h for h in map(_host_of, fields) if h]
-    if req.is_http2 or req.is_http3:
-        authority = _host_of(req.authority)
-        if authority:
-            hosts.insert(0, authority)
+    # HTTP/2's :authority, and an HTTP/1 absolute-form target that mitmproxy keeps inside a
+    # tunnel (it would send it upstream in absolute form, where origins prefer it to Host).
+    authority = _host_of(req.authority)
+    if authority:
+        hosts.insert(0, authority)
     sni = flow.client_conn.sni
     return RequestNames(
         target=canonical_host(req.host),
@@ -187,6 +188,21 @@ def request_names(flow: http.HTTPFlow, *, tunnelled: bool) -> RequestNames:
         tunnelled=tunnelled,
         host_fields=len(fields),
     )
+
+
+def target_form_problem(flow: http.HTTPFlow) -> str | None:
+    """Why `flow`'s request path is not one we can judge; None if it is origin-form.
+
+    RFC 9112 §3.2 and RFC 9113 §8.3.1: a path starts with "/" (or is "*" for
+    OPTIONS). mitmproxy relays any other `:path` or HTTP/1 target verbatim, and an
+    origin may read an absolute URL in it as another host, or "private/x" as
+    "/private/x", which no robots.txt rule we matched would have named.
+    """
+    req = flow.request
+    path = req.path
+    if path.startswith("/") or (path == "*" and req.method == "OPTIONS"):
+        return None
+    return f"request target {path[:200]!r} is not origin-form (it must start with '/')"
 
 
 def fix_host(flow: http.HTTPFlow, names: RequestNames) -> bool:

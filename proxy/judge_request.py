@@ -29,7 +29,14 @@ from proxy.assess import DecisionMemo, GetDocuments, Pending, finish, start
 from proxy.audit import new_id
 from proxy.documents import OriginDocuments
 from proxy.evidence import Decision, Finding, Says, Verdict
-from proxy.guard import RequestNames, address_refusal, fix_host, refusal_for, request_names
+from proxy.guard import (
+    RequestNames,
+    address_refusal,
+    fix_host,
+    refusal_for,
+    request_names,
+    target_form_problem,
+)
 from proxy.inband import reads_bodies
 from proxy.origin import Origin
 from proxy.outcome import FlowState, Recorder, refusal, summary
@@ -102,6 +109,13 @@ class RequestJudge:
         names resolved; a request decided from the cache is done on return.
         """
         req = flow.request
+        problem = target_form_problem(flow)
+        if problem is not None:
+            decision = refusal(
+                "target-form", "The request target is not a path we can judge.", policy, detail=problem
+            )
+            self.recorder.block(flow, state, decision, phase="request", status=AMBIGUOUS_STATUS)
+            return None
         names = request_names(flow, tunnelled=tunnelled)
         if names.host_fields > 1 or len(names.host_headers) > 1:
             self._ambiguous(flow, state, policy, names)

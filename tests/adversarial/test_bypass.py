@@ -204,6 +204,24 @@ def test_a_tunnel_whose_requests_name_a_registry_host_is_judged_on_both(
     assert MARKER not in got and origin.content_requests() == []
 
 
+@pytest.mark.parametrize(
+    "target", ["http://holder.test/page", "http://www.holder.test:80/page", "http://Holder.Test./page"]
+)
+def test_an_absolute_target_inside_a_tunnel_is_judged_as_a_name(
+    target: str, origin: CountingOrigin, make_proxy: Callable[..., ProxyProcess], policy: Path
+) -> None:
+    # mitmproxy keeps an absolute-form target inside a tunnel and sends it upstream as is,
+    # where an RFC 9112 §3.2.2 origin serves the host it names rather than Host's.
+    proxy = make_proxy(policy)
+    s = tunnel(proxy.port, f"127.0.0.1:{origin.port}")
+    with s:
+        s.sendall(get(target, f"127.0.0.1:{origin.port}"))
+        got = read_all(s, 3.0)
+    assert got.startswith((b"HTTP/1.1 451", b"HTTP/1.1 400")), got[:200]
+    assert MARKER not in got and origin.content_requests() == []
+    assert [r["decision"] for r in records(proxy)] == ["block"]
+
+
 def test_sni_naming_a_registry_host_is_judged(
     make_proxy: Callable[..., ProxyProcess], policy: Path, server_tls: ssl.SSLContext
 ) -> None:
@@ -423,3 +441,19 @@ def test_http2_on_both_sides_gets_every_check(
     assert sni[0] == 451 and MARKER not in sni[1]
     docs = ("/robots.txt", "/ai.txt", "/.well-known/ai.txt", "/.well-known/tdmrep.json")
     assert [p for p in h2_origin.paths() if p not in docs] == ["/page"]
+
+
+def test_an_http2_path_that_is_not_origin_form_is_refused(
+    h2_origin: H2Origin, make_proxy: Callable[..., ProxyProcess], policy: Path
+) -> None:
+    # mitmproxy relays :path verbatim; an origin reads an absolute URL in it as the host to
+    # serve, and "private/x" as "/private/x" (robots.txt says Disallow: /private).
+    proxy = make_proxy(policy)
+    a = f"localhost:{h2_origin.port}"
+    for path in ("https://www.holder.test/page", f"https://{a}/private/x", "private/x", "*"):
+        status, body, _ = h2_get(proxy.port, a, path, str(proxy.ca_cert))
+        assert status == 400 and MARKER not in body, (path, status)
+    docs = ("/robots.txt", "/ai.txt", "/.well-known/ai.txt", "/.well-known/tdmrep.json")
+    assert [p for p in h2_origin.paths() if p not in docs] == []
+    refused = [r for r in records(proxy) if r["signal"] == "target-form"]
+    assert len(refused) == 4 and all(r["decision"] == "block" for r in refused)

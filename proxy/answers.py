@@ -16,6 +16,7 @@ Two ways to replace a response:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import PurePath
 
 from mitmproxy import http
@@ -46,11 +47,13 @@ def make_response(
     return response
 
 
-def block_body(decision: Decision, record_id: str, *, withheld: bool = False) -> str:
+def block_body(
+    decision: Decision, record_id: str, *, withheld: bool = False, status: int = BLOCK_STATUS
+) -> str:
     """The short text a blocked crawler gets: signal, deciding rule or entry, document."""
     what = "withheld after the origin answered" if withheld else "blocked"
     lines = [
-        f"{BLOCK_STATUS} Unavailable For Legal Reasons: {what} by optout-proxy",
+        f"{status} {HTTPStatus(status).phrase}: {what} by optout-proxy",
         f"signal: {decision.signal}",
         f"reason: {decision.reason}",
     ]

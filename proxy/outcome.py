@@ -215,10 +215,8 @@ class Recorder:
         flow.metadata["optout"] = summary(decision, record_id)
         record = self.record(flow, decision, state.policy, record_id, phase=phase, status=status)
         if self.write(record, flow, state, record_id, in_place=in_place):
-            self.answer(
-                flow, state, status, block_body(decision, record_id), decision.signal or "blocked", record_id,
-                in_place=in_place,
-            )  # fmt: skip
+            body = block_body(decision, record_id, status=status)
+            self.answer(flow, state, status, body, decision.signal or "blocked", record_id, in_place=in_place)
         return record_id
 
     def busy(

@@ -453,6 +453,7 @@ def test_an_http2_path_that_is_not_origin_form_is_refused(
     for path in ("https://www.holder.test/page", f"https://{a}/private/x", "private/x", "*"):
         status, body, _ = h2_get(proxy.port, a, path, str(proxy.ca_cert))
         assert status == 400 and MARKER not in body, (path, status)
+        assert body.startswith(b"400 Bad Request: blocked by optout-proxy\nsignal: target-form\n"), body
     docs = ("/robots.txt", "/ai.txt", "/.well-known/ai.txt", "/.well-known/tdmrep.json")
     assert [p for p in h2_origin.paths() if p not in docs] == []
     refused = [r for r in records(proxy) if r["signal"] == "target-form"]

@@ -242,11 +242,17 @@ def _scan(source: str | bytes, head: HtmlHead, reading: _Reading, encoding: str 
     commented = contains(data, b"<!--", 1) if isinstance(data, bytes) else "<!--" in data
     comments = [m.span() for m in comment.finditer(data)] if commented else []
     starts = [start for start, _ in comments]
+    commented_out = reading.named("markup that may be inside an HTML comment") if comments else reading
     for m in tags.finditer(data):
+        here = reading
         if comments:
             i = bisect.bisect_right(starts, m.start()) - 1
             if i >= 0 and m.start() < comments[i][1]:
-                continue  # inside a comment: browsers do not read it
+                # Read anyway: whether `<!--` opens a comment depends on where it stands
+                # (not in a <title>, <script> or attribute value; `<!-->` is empty; `--!>`
+                # ends one), and a reader that guesses wrong hides the rest of the page.
+                # A signal found there withholds, and its record says where it was.
+                here = commented_out
         tag = text(m.group(1)).lower()
         raw = m.group(2)
         # Only licence links and RSL/C2PA scripts are read: the others are not taken apart.
@@ -259,14 +265,14 @@ def _scan(source: str | bytes, head: HtmlHead, reading: _Reading, encoding: str 
             raw = data[m.start(2) : _quote_aware_end(data, m.start(2), m.end(2))]
         a = _attrs(text(raw))
         if tag in _EMBEDS:
-            _embedded(a, head, reading)
+            _embedded(a, head, here)
         elif tag == "meta":
-            _meta(a, head, reading)
+            _meta(a, head, here)
             if backslash in raw:
                 # Markup inside a script or JSON string: `<meta name=\"robots\" ...>`.
-                _meta(_attrs(js_unescape(text(raw))), head, reading.named("JS-escaped markup"))
+                _meta(_attrs(js_unescape(text(raw))), head, here.named("JS-escaped markup"))
         elif tag == "link":
-            _add(head.links, a, head, reading)
+            _add(head.links, a, head, here)
         else:
             kind = a.get("type", "").strip().lower()
             if kind not in ("application/rsl+xml", "application/c2pa"):
@@ -274,7 +280,7 @@ def _scan(source: str | bytes, head: HtmlHead, reading: _Reading, encoding: str 
             end = script_end.search(data, m.end())
             content = text(data[m.end() : end.start() if end else len(data)][: MAX_SCRIPT * 4])[:MAX_SCRIPT]
             scripts = head.rsl_scripts if kind == "application/rsl+xml" else head.c2pa_scripts
-            _add(scripts, content, head, reading)
+            _add(scripts, content, head, here)
     if backslash in data and escaped.search(data):
         inner = reading.inner("JS-escaped markup")
         if inner is not None:

@@ -146,13 +146,23 @@ def file_channel(
 def value_channel(
     channel: str, values: Sequence[str], policies: Sequence[str], document: Document | None, label: str
 ) -> Channel | None:
-    """A header, meta or metadata statement from its raw values (the last one counts)."""
+    """A header, meta or metadata statement from its raw values.
+
+    The report expects one value per channel. Of several, a `1` anywhere counts
+    (else the last): a page cannot lift its own reservation with a decoy `0` in a
+    script string or a second header, whichever a reader happens to see last.
+    """
     if not values:
         return None
-    raw = values[-1].strip()
+    stripped = [v.strip() for v in values]
+    at = stripped.index("1") if "1" in stripped else len(stripped) - 1
+    raw = stripped[at]
     reservation = int(raw) if raw in ("0", "1") else None
     detail = f"{label}: {raw[:100]}" + ("" if reservation is not None else " (protocol error: unset)")
-    return Channel(channel, reservation, policies[-1].strip() if policies else None, detail, document)
+    if len(stripped) > 1:
+        detail += f" (one of {len(stripped)} values: {', '.join(v[:20] for v in stripped[:8])})"
+    policy = policies[min(at, len(policies) - 1)].strip() if policies else None
+    return Channel(channel, reservation, policy, detail, document)
 
 
 def _finding(ch: Channel, purpose: str, says: Says | None = None) -> Finding:

@@ -181,6 +181,43 @@ CASES: dict[str, tuple[list[str], bytes]] = {
         ["Content-Type: text/html"],
         b'<meta content="noai, a>b" name=robots>' + MARKER,
     ),
+    # `<!--` that opens no comment (or one that ends early) must not hide what follows
+    "comment-empty": (["Content-Type: text/html"], b'<!--><meta name="robots" content="noai">-->' + MARKER),
+    "comment-empty-dash": (
+        ["Content-Type: text/html"],
+        b'<!---><meta name="robots" content="noai">' + MARKER,
+    ),
+    "comment-bang-close": (
+        ["Content-Type: text/html"],
+        b'<!-- x --!><meta name="robots" content="noai">' + MARKER,
+    ),
+    "comment-open-in-attribute": (
+        ["Content-Type: text/html"],
+        b'<div title="<!--"></div><meta name="robots" content="noai">' + MARKER,
+    ),
+    "comment-open-in-title": (
+        ["Content-Type: text/html"],
+        b"<title><!--</title><meta name=robots content=noai>" + MARKER,
+    ),
+    "comment-open-in-script": (
+        ["Content-Type: text/html"],
+        b'<script>var a="<!--";</script><meta name="robots" content="noai">' + MARKER,
+    ),
+    "comment-open-in-style": (
+        ["Content-Type: text/html"],
+        b"<style>/*<!--*/</style><meta name=robots content=noai>" + MARKER,
+    ),
+    # a decoy 0 that a browser never reads as a tag does not lift a real reservation
+    "tdm-decoy-zero-in-script": (
+        ["Content-Type: text/html"],
+        b'<meta name="tdm-reservation" content="1"><script>s=\'<meta name="tdm-reservation" content="0">\'</script>'
+        + MARKER,
+    ),
+    "tdm-decoy-zero-in-attribute": (
+        ["Content-Type: text/html"],
+        b'<meta name="tdm-reservation" content="1"><p title=\'<meta name="tdm-reservation" content="0">\'>'
+        + MARKER,
+    ),
 }
 
 
@@ -235,20 +272,21 @@ def test_plain_text_without_markup_is_delivered(origin: CountingOrigin, proxy: P
         del CASES["plain"]
 
 
+@pytest.mark.parametrize(
+    ("case", "place"),
+    [
+        ("iframe-data-url-base64", "data: URL"),
+        ("comment-open-in-title", "inside an HTML comment"),
+        ("tdm-decoy-zero-in-script", "one of 2 values"),
+    ],
+)
 def test_a_signal_found_in_an_embedded_document_says_where(
-    origin: CountingOrigin, proxy: ProxyProcess
+    case: str, place: str, origin: CountingOrigin, proxy: ProxyProcess
 ) -> None:
     a = f"127.0.0.1:{origin.port}"
     exchange(
-        proxy.port,
-        [
-            f"GET http://{a}/iframe-data-url-base64 HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n".encode()
-        ],
+        proxy.port, [f"GET http://{a}/{case} HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n".encode()]
     )
-    *_, record = [
-        r
-        for r in proxy.records()
-        if r["url"].endswith("/iframe-data-url-base64") and r["phase"] == "response"
-    ]
+    *_, record = [r for r in proxy.records() if r["url"].endswith(f"/{case}") and r["phase"] == "response"]
     details = " ".join(f["detail"] for f in record["evidence"])
-    assert "data: URL" in details, record
+    assert place in details, record

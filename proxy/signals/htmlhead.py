@@ -27,6 +27,7 @@ import base64
 import binascii
 import bisect
 import codecs
+import functools
 import html
 import re
 import urllib.parse
@@ -105,16 +106,59 @@ class _Reading:
         return _Reading(label, self.depth + 1, self.budget)
 
 
-def _codec(label: str | None) -> str | None:
+# WHATWG Encoding labels that Python does not know, or knows as something else.
+_WHATWG_LABELS = {
+    "unicode": "utf-16-le", "csunicode": "utf-16-le", "ucs-2": "utf-16-le", "iso-10646-ucs-2": "utf-16-le",
+    "unicodefeff": "utf-16-le", "utf-16": "utf-16-le", "unicodefffe": "utf-16-be", "x-user-defined": "cp1252",
+}  # fmt: skip
+# Codecs whose bytes hold ASCII as ASCII, without state: a tag is found in them as in ASCII.
+_STATEFUL = ("iso2022", "utf-7", "hz", "utf-16", "utf-32")
+
+
+def _codec(label: str | None, *, meta: bool = False) -> str | None:
     if not label:
         return None
+    clean = label.strip().strip("\"'").lower()
     try:
-        name = codecs.lookup(label.strip().strip("\"'")).name
+        info = codecs.lookup(_WHATWG_LABELS.get(clean, clean))
     except LookupError:
         return None
-    # WHATWG Encoding: the Latin-1 labels mean windows-1252; a meta saying UTF-16 means UTF-8.
-    utf16 = {"utf-16": "utf-8", "utf-16-le": "utf-8", "utf-16-be": "utf-8"}
-    return {"latin-1": "cp1252", "iso8859-1": "cp1252", **utf16}.get(name, name)
+    if not _usable(info.name):
+        return None
+    name = info.name
+    name = {"latin-1": "cp1252", "iso8859-1": "cp1252"}.get(name, name)  # WHATWG: Latin-1 is windows-1252
+    # WHATWG §13.2.3.3: a meta saying UTF-16 means UTF-8 (it could not be read if it were true);
+    # a header saying UTF-16 (without a BOM) is believed, as little-endian unless it says otherwise.
+    if name.startswith("utf-16"):
+        return "utf-8" if meta else ("utf-16-be" if name == "utf-16-be" else "utf-16-le")
+    return name
+
+
+@functools.cache
+def _usable(name: str) -> bool:
+    """Whether Python can decode bytes as charset `name` (rot13, base64, idna and the like it cannot)."""
+    if not getattr(codecs.lookup(name), "_is_text_encoding", True):
+        return False
+    try:
+        b"<meta \xff\xfe>".decode(name, errors="replace")
+    except (UnicodeError, LookupError, TypeError, ValueError):
+        return False
+    return True
+
+
+@functools.cache
+def ascii_safe(encoding: str) -> bool:
+    """True if every ASCII character is its own byte in `encoding` and no state can change that.
+
+    Tags are then found in the bytes; otherwise (ISO-2022, UTF-7, HZ, EBCDIC, UTF-16/32)
+    the body is decoded first, since `<me\\x1b(Bta` is `<meta` to an ISO-2022-JP reader.
+    """
+    if encoding.startswith(_STATEFUL):
+        return False
+    try:
+        return "<meta name=robots>".encode(encoding) == b"<meta name=robots>"
+    except (LookupError, UnicodeError):
+        return False
 
 
 def encoding_of(body: bytes, charset: str | None) -> tuple[str, int]:
@@ -126,7 +170,7 @@ def encoding_of(body: bytes, charset: str | None) -> tuple[str, int]:
     if header is not None:
         return header, 0
     m = _PRESCAN_CHARSET.search(body[:PRESCAN_BYTES])
-    meta = _codec(m.group(1).decode("ascii", "replace")) if m else None
+    meta = _codec(m.group(1).decode("ascii", "replace"), meta=True) if m else None
     return meta or "utf-8", 0
 
 
@@ -186,7 +230,7 @@ def read(body: bytes, charset: str | None = None) -> HtmlHead:
 
 def _read_into(body: bytes, charset: str | None, head: HtmlHead, reading: _Reading) -> None:
     encoding, skip = encoding_of(body, charset)
-    if encoding.startswith(("utf-16", "utf-32")):
+    if not ascii_safe(encoding):
         _scan(body[skip:].decode(encoding, errors="replace"), head, reading)
     else:
         # ASCII-compatible: the tags are found in the bytes, and only what they hold is decoded.

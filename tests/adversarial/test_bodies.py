@@ -181,6 +181,32 @@ CASES: dict[str, tuple[list[str], bytes]] = {
         ["Content-Type: text/html"],
         b'<meta content="noai, a>b" name=robots>' + MARKER,
     ),
+    # a charset header is believed, and a codec with state is decoded before tags are looked for
+    "utf16le-no-bom-by-header": (
+        ["Content-Type: text/html; charset=utf-16"],
+        "<meta name=robots content=noai>".encode("utf-16-le") + MARKER,
+    ),
+    "utf16be-no-bom-by-header": (
+        ["Content-Type: text/html; charset=utf-16be"],
+        "<meta name=robots content=noai>".encode("utf-16-be") + MARKER,
+    ),
+    "utf16-by-whatwg-label-unicode": (
+        ["Content-Type: text/html; charset=unicode"],
+        "<meta name=robots content=noai>".encode("utf-16-le") + MARKER,
+    ),
+    "iso2022jp-escape-in-tag-name": (
+        ["Content-Type: text/html; charset=iso-2022-jp"],
+        b"<me\x1b(Bta name=robots content=noai>" + MARKER,
+    ),
+    "utf7-by-header": (
+        ["Content-Type: text/html; charset=utf-7"],
+        "<meta name=robots content=noai>".encode("utf-7").replace(b"<", b"+ADw-") + MARKER,
+    ),
+    "ebcdic-by-header": (
+        ["Content-Type: text/html; charset=cp037"],
+        "<meta name=robots content=noai>".encode("cp037") + MARKER,
+    ),
+    "charset-is-no-charset": (["Content-Type: text/html; charset=rot13"], PAGE),
     # `<!--` that opens no comment (or one that ends early) must not hide what follows
     "comment-empty": (["Content-Type: text/html"], b'<!--><meta name="robots" content="noai">-->' + MARKER),
     "comment-empty-dash": (

@@ -41,6 +41,15 @@ def codings_of(values: Iterable[str]) -> list[str]:
     return out
 
 
+def transfer_codings_of(values: Iterable[str]) -> list[str]:
+    """The codings named by Transfer-Encoding field values, less `chunked` (which mitmproxy undoes).
+
+    RFC 9112 §6.1 lets a response carry `gzip, chunked`; mitmproxy removes the
+    chunking and leaves the gzip, which clients that ask for it (TE: gzip) undo.
+    """
+    return [name for name in codings_of(values) if name != "chunked"]
+
+
 def _gunzip(data: bytes, limit: int) -> bytes:
     """gzip members one after another (RFC 1952 §2.2), trailing garbage and truncation tolerated."""
     parts: list[bytes] = []

@@ -22,7 +22,7 @@ from mitmproxy import http
 
 from proxy.answers import BLOCK_STATUS, block_body, finish_withheld
 from proxy.audit import new_id
-from proxy.codings import Undecodable, codings_of, decode
+from proxy.codings import Undecodable, codings_of, decode, transfer_codings_of
 from proxy.decide import decide
 from proxy.documents import OptionalDoc
 from proxy.errors import AuditError
@@ -228,6 +228,7 @@ class ResponseJudge:
         try:
             # One pass over the raw fields (mitmproxy's get_all decodes every field per call).
             encodings: list[str] = []
+            transfer: list[str] = []
             types: list[str] = []
             for name, value in flow.response.headers.fields:
                 lowered = name.lower()
@@ -235,8 +236,10 @@ class ResponseJudge:
                     encodings.append(value.decode("latin-1"))
                 elif lowered == b"content-type":
                     types.append(value.decode("latin-1"))
+                elif lowered == b"transfer-encoding":
+                    transfer.append(value.decode("latin-1"))
             raw = flow.response.raw_content or b""
-            codings = codings_of(encodings)
+            codings = codings_of(encodings) + transfer_codings_of(transfer)
             try:
                 head = decode(raw, codings, SNIFF_BYTES)[0] if codings else raw[:SNIFF_BYTES]
             except Undecodable:
@@ -283,7 +286,10 @@ class ResponseJudge:
         if kinds and len(raw) > cap:
             self._over_cap(flow, state, found, policy, document, len(raw), in_place=False)
             return
-        codings = codings_of(view.values("content-encoding"))
+        # Transfer codings were applied last, so they come last (and are undone first).
+        codings = codings_of(view.values("content-encoding")) + transfer_codings_of(
+            view.values("transfer-encoding")
+        )
         try:
             if len(raw) > OFF_LOOP_BYTES or (codings and len(raw) > OFF_LOOP_BYTES // 64):
                 loop = asyncio.get_running_loop()
@@ -292,7 +298,7 @@ class ResponseJudge:
                 body, over = decode(raw, codings, cap)
         except Undecodable as e:
             # The crawler's client may read what we cannot: withhold rather than guess.
-            detail = f"Content-Encoding {', '.join(codings)}: {e}; the body cannot be read, so it is withheld"
+            detail = f"codings {', '.join(codings)}: {e}; the body cannot be read, so it is withheld"
             finding = Finding(UNDECODABLE, Says.DISALLOW, detail, document)
             decision = decide([*found, finding], policy, mode=self.mode())
             self._respond(flow, state, decision, policy, inspected="undecodable", in_place=False)

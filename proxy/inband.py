@@ -170,7 +170,9 @@ async def body_findings(
     found: list[Finding] = []
     tdm_late: list[tdmrep.Channel] = []
     if "html" in kinds:
-        head = htmlhead.read(body, view.charset)
+        head = htmlhead.read(
+            body, view.charset, xml=any("xml" in t.lower() for t in view.values("content-type"))
+        )
         first = len(found)
         if mode(xrobotstag.NAME_META) != "off":
             found += xrobotstag.findings_from_meta(

@@ -38,6 +38,7 @@ from proxy.inband import (
 from proxy.outcome import FlowState, Recorder, refusal, summary
 from proxy.policy import Policy
 from proxy.signals import tdmrep
+from proxy.signals.htmlhead import looks_utf16
 from proxy.signals.media import has_xmp
 from proxy.sniff import SNIFF_BYTES, contains
 from proxy.store import headers_bytes
@@ -80,7 +81,11 @@ async def _in_thread(
 
 
 # A meta tag, or an element that carries a document of its own (srcdoc, a data: URL).
-_META_TAG = re.compile(rb"<(?=[mMiIfFoOeE])(?:meta|iframe|frame|object|embed)[\s/>]", re.IGNORECASE)
+# XHTML's `<h:meta>` and XML's `<!ENTITY` (whose expansion may be one) count too.
+_META_TAG = re.compile(
+    rb"<(?:(?=[mMiIfFoOeE])|[A-Za-z_][\w.-]{0,63}:)(?:meta|iframe|frame|object|embed)[\s/>]|<!ENTITY",
+    re.IGNORECASE,
+)
 # A meta tag escaped for a script or JSON string (\u003cmeta, \x3cmeta).
 _ESCAPED_META = re.compile(rb"\\(?:u003[cC]|x3[cC]|u\{0*3[cC]\})(?:meta|META|Meta)")
 
@@ -93,9 +98,12 @@ def _markup_anywhere(body: bytes, policy: Policy) -> frozenset[str]:
     still speak for them; reading one too many (a text about HTML) errs on the rights holder's side."""
     if has_xmp(body):
         return frozenset({"media"})
-    if policy.signal_mode("html-meta") != "off" and (
-        (b"<" in body and _META_TAG.search(body)) or (b"\\" in body and _ESCAPED_META.search(body))
-    ):
+    if policy.signal_mode("html-meta") == "off":
+        return frozenset()
+    if (b"<" in body and _META_TAG.search(body)) or (b"\\" in body and _ESCAPED_META.search(body)):
+        return frozenset({"html"})
+    wide = looks_utf16(body)  # UTF-16 without a BOM: its tags are not found in the bytes
+    if wide is not None and _META_TAG.search(body.decode(wide, "replace").encode("utf-8", "replace")):
         return frozenset({"html"})
     return frozenset()
 

@@ -379,3 +379,16 @@ async def test_c2pa_manifest_embedded_in_html(policy: Policy) -> None:
     assert await verdict(policy, HTML, page.encode()) == (Verdict.BLOCK, "media-metadata")
     broken = b'<html><head><script type="application/c2pa">!!not base64!!</script></head></html>'
     assert (await verdict(policy, HTML, broken))[0] is Verdict.ALLOW
+
+
+def test_xml_entities_are_expanded_within_a_bound() -> None:
+    from proxy.signals.htmlhead import expand_entities
+
+    assert expand_entities('<!DOCTYPE x [<!ENTITY n "no&#97;i">]><meta content="&n;">').endswith(
+        'content="noai">'
+    )
+    laughs = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10 if i else "lol"}">' for i in range(9))
+    doc = f"<!DOCTYPE x [{laughs}]><x>{'&l8;' * 100}</x>"
+    out = expand_entities(doc)
+    assert len(out) <= 4 * len(doc) + 4096  # 10**8 lols declared; the bound holds
+    assert out[out.index("<x>") :].startswith("<x>&l7;&l7;")  # expanded as far as the bound lets it

@@ -29,8 +29,10 @@ import bisect
 import codecs
 import functools
 import html
+import itertools
 import re
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +54,13 @@ _SCRIPT_END = re.compile(r"</script", re.IGNORECASE)
 _NAMES = r"<(?=[mMlLsSiIfFoOeE])(meta|link|script|iframe|frame|object|embed)(?=[\s/>])([^>]*)>"
 _TAG = re.compile(_NAMES, re.IGNORECASE)
 _BTAG = re.compile(_NAMES.encode(), re.IGNORECASE)
+# XHTML served as XML may name its elements with any namespace prefix: `<h:meta>`.
+_PREFIXED = r"<[A-Za-z_][\w.-]{0,63}:(meta|link|script|iframe|frame|object|embed)(?=[\s/>])([^>]*)>"
+_PTAG = re.compile(_PREFIXED, re.IGNORECASE)
+_BPTAG = re.compile(_PREFIXED.encode(), re.IGNORECASE)
+# XML internal entities (`<!DOCTYPE html [<!ENTITY n "noai">]>`): an XML reader expands them.
+_ENTITY_DECL = re.compile(r"""<!ENTITY\s+([A-Za-z_][\w.:-]*)\s+(?:"([^"]*)"|'([^']*)')""")
+_ENTITY_REF = re.compile(r"&([A-Za-z_][\w.:-]*);")
 _BCOMMENT = re.compile(rb"<!--.*?(?:-->|\Z)", re.DOTALL)
 _BSCRIPT_END = re.compile(rb"</script", re.IGNORECASE)
 _PRESCAN_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
@@ -92,10 +101,11 @@ class _Reading:
     where: str = ""  # "" for the page's own markup
     depth: int = 0
     budget: list[int] = field(default_factory=lambda: [MAX_EMBEDDED])  # shared by every level
+    xml: bool = False  # served as XML: an XML reader may read it, prefixes and all
 
     def named(self, where: str) -> _Reading:
         """This level read another way (no deeper: nothing is spent)."""
-        return _Reading(f"{self.where} > {where}" if self.where else where, self.depth, self.budget)
+        return _Reading(f"{self.where} > {where}" if self.where else where, self.depth, self.budget, self.xml)
 
     def inner(self, where: str) -> _Reading | None:
         """A document one level deeper, or None when the depth or the budget is spent."""
@@ -103,7 +113,7 @@ class _Reading:
             return None
         self.budget[0] -= 1
         label = f"{self.where} > {where}" if self.where else where
-        return _Reading(label, self.depth + 1, self.budget)
+        return _Reading(label, self.depth + 1, self.budget, self.xml)
 
 
 # WHATWG Encoding labels that Python does not know, or knows as something else.
@@ -200,6 +210,39 @@ def js_unescape(text: str) -> str:
     return _JS_ESCAPE.sub(_js_char, text)
 
 
+def expand_entities(text: str, limit: int | None = None) -> str:
+    """`text` with its XML internal general entities replaced, as an XML reader would.
+
+    Character references in a declared value are expanded first (XML 1.0 §4.4.5);
+    nested references are followed a few rounds deep, and the result never grows
+    past `limit` characters (default: four times `text`), whatever the declarations.
+    """
+    bound = 4 * len(text) + 4096 if limit is None else limit
+    values: dict[str, str] = {}
+    for m in _ENTITY_DECL.finditer(text):
+        if m.group(1) not in values:  # XML: the first declaration binds
+            values[m.group(1)] = html.unescape(m.group(2) if m.group(2) is not None else m.group(3))
+    if not values:
+        return text
+    size = [0]
+
+    def one(m: re.Match[str]) -> str:
+        value = values.get(m.group(1))
+        if value is None or size[0] + len(value) > bound:
+            return m.group(0)
+        size[0] += len(value)
+        return value
+
+    out = text
+    for _ in range(MAX_DEPTH):
+        size[0] = len(out)
+        expanded = _ENTITY_REF.sub(one, out)
+        if expanded == out:
+            break
+        out = expanded
+    return out
+
+
 def data_url_bytes(url: str) -> bytes | None:
     """The payload of a `data:` URL (RFC 2397, base64 or percent-encoded), or None if it is not one."""
     m = _DATA_URL.match(url)
@@ -215,16 +258,18 @@ def data_url_bytes(url: str) -> bytes | None:
     return urllib.parse.unquote_to_bytes(payload)
 
 
-def read(body: bytes, charset: str | None = None) -> HtmlHead:
+def read(body: bytes, charset: str | None = None, *, xml: bool = False) -> HtmlHead:
     """The meta tags, http-equiv tags, links and inline RSL/C2PA of an HTML body.
 
     Read as the browser would decode it and, when that is not UTF-8, as UTF-8
     too: a charset (or BOM) that contradicts the bytes must not hide a tag that
-    a client decoding differently would see.
+    a client decoding differently would see. `xml`: the body was served as XML
+    (it is taken as such anyway when it opens with an XML declaration).
     """
     encoding, _ = encoding_of(body, charset)
     head = HtmlHead(encoding=encoding)
-    _read_into(body, charset, head, _Reading())
+    xml = xml or b"<?xml" in body[:64] or looks_utf16(body) is not None
+    _read_into(body, charset, head, _Reading(xml=xml))
     return head
 
 
@@ -237,6 +282,24 @@ def _read_into(body: bytes, charset: str | None, head: HtmlHead, reading: _Readi
         _scan(body[skip:], head, reading, encoding)
     if encoding != "utf-8":
         _scan(body, head, reading, "utf-8")
+    wide = looks_utf16(body)
+    if wide is not None and wide != encoding:
+        # UTF-16 without a BOM that no header named: an XML reader detects it from `<\0?\0`
+        # (XML 1.0 Appendix F), so it is read as that too.
+        _scan(body.decode(wide, errors="replace"), head, reading)
+
+
+def looks_utf16(body: bytes) -> str | None:
+    """'utf-16-le' or 'utf-16-be' when the first bytes are ASCII text in UTF-16; else None."""
+    start = body[:64]
+    if len(start) < 8 or b"\x00" not in start:
+        return None
+    even, odd = start[0::2], start[1::2]
+    if odd.count(0) >= len(odd) * 3 // 4 and even.count(0) == 0:
+        return "utf-16-le"
+    if even.count(0) >= len(even) * 3 // 4 and odd.count(0) == 0:
+        return "utf-16-be"
+    return None
 
 
 def _quote_aware_end(data: Any, start: int, gt: int) -> int:
@@ -287,7 +350,12 @@ def _scan(source: str | bytes, head: HtmlHead, reading: _Reading, encoding: str 
     comments = [m.span() for m in comment.finditer(data)] if commented else []
     starts = [start for start, _ in comments]
     commented_out = reading.named("markup that may be inside an HTML comment") if comments else reading
-    for m in tags.finditer(data):
+    matches: Iterable[re.Match[Any]] = tags.finditer(data)
+    # A prefixed element is XHTML's only to an XML reader, and only where a namespace prefix
+    # is declared (it refuses an undeclared one); an HTML parser reads `<h:meta>` as no meta.
+    if reading.xml and (b"xmlns:" if isinstance(data, bytes) else "xmlns:") in data:
+        matches = itertools.chain(matches, (_BPTAG if isinstance(data, bytes) else _PTAG).finditer(data))
+    for m in matches:
         here = reading
         if comments:
             i = bisect.bisect_right(starts, m.start()) - 1
@@ -329,6 +397,10 @@ def _scan(source: str | bytes, head: HtmlHead, reading: _Reading, encoding: str 
         inner = reading.inner("JS-escaped markup")
         if inner is not None:
             _scan(js_unescape(text(data)), head, inner)
+    if contains(data, b"<!ENTITY", 1) if isinstance(data, bytes) else "<!ENTITY" in data:
+        inner = reading.inner("XML entities expanded")
+        if inner is not None:
+            _scan(expand_entities(text(data)), head, inner)
 
 
 def _meta(a: dict[str, str], head: HtmlHead, reading: _Reading) -> None:

@@ -208,6 +208,29 @@ CASES: dict[str, tuple[list[str], bytes]] = {
         "<meta name=robots content=noai>".encode("cp037") + MARKER,
     ),
     "charset-is-no-charset": (["Content-Type: text/html; charset=rot13"], PAGE),
+    # XHTML read as XML: internal entities, namespace prefixes, UTF-16 known by its first bytes
+    "xhtml-entity-in-content": (
+        ["Content-Type: application/xhtml+xml"],
+        b'<?xml version="1.0"?><!DOCTYPE html [<!ENTITY n "noai">]><html xmlns="http://www.w3.org/1999/xhtml">'
+        b'<head><meta name="robots" content="&n;"/></head><body>' + MARKER + b"</body></html>",
+    ),
+    "xml-entity-holding-the-tag": (
+        ["Content-Type: application/xml"],
+        b"<?xml version=\"1.0\"?><!DOCTYPE html [<!ENTITY m \"&#60;meta name='robots' content='noai'/>\">]>"
+        b'<html xmlns="http://www.w3.org/1999/xhtml"><head>&m;</head><body>' + MARKER + b"</body></html>",
+    ),
+    "xhtml-prefixed-meta": (
+        ["Content-Type: application/xhtml+xml"],
+        b'<h:html xmlns:h="http://www.w3.org/1999/xhtml"><h:head><h:meta name="robots" content="noai"/></h:head>'
+        b"<h:body>" + MARKER + b"</h:body></h:html>",
+    ),
+    "xml-utf16-without-bom": (
+        ["Content-Type: application/xml"],
+        '<?xml version="1.0" encoding="UTF-16"?><html><head><meta name="robots" content="noai"/></head><body>'.encode(
+            "utf-16-le"
+        )
+        + MARKER,
+    ),
     # `<!--` that opens no comment (or one that ends early) must not hide what follows
     "comment-empty": (["Content-Type: text/html"], b'<!--><meta name="robots" content="noai">-->' + MARKER),
     "comment-empty-dash": (

@@ -231,6 +231,14 @@ CASES: dict[str, tuple[list[str], bytes]] = {
         )
         + MARKER,
     ),
+    "directives-without-commas": (
+        ["Content-Type: text/html"],
+        b'<meta name="robots" content="noindex noai">' + MARKER,
+    ),
+    "directives-with-a-no-break-space": (
+        ["Content-Type: text/html; charset=utf-8"],
+        '<meta name="robots" content="index,\u00a0follow\u00a0noai">'.encode() + MARKER,
+    ),
     # `<!--` that opens no comment (or one that ends early) must not hide what follows
     "comment-empty": (["Content-Type: text/html"], b'<!--><meta name="robots" content="noai">-->' + MARKER),
     "comment-empty-dash": (

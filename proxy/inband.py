@@ -223,6 +223,12 @@ async def body_findings(
                     invalid_signature=policy.reading("c2pa_invalid_signature"),
                     declared=("application/c2pa",),
                 )  # fmt: skip
+        if head.unread and mode(xrobotstag.NAME_META) != "off":
+            found.append(Finding(
+                xrobotstag.NAME_META, Says.DISALLOW,
+                f"the page's markup could not be read in full ({'; '.join(head.unread)}); withheld rather "
+                "than guessed", document,
+            ))  # fmt: skip
         if head.embedded:
             note = _embedded_note(head)
             found[first:] = [dataclasses.replace(f, detail=f.detail + note) for f in found[first:]]

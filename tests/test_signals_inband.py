@@ -384,11 +384,19 @@ async def test_c2pa_manifest_embedded_in_html(policy: Policy) -> None:
 def test_xml_entities_are_expanded_within_a_bound() -> None:
     from proxy.signals.htmlhead import expand_entities
 
-    assert expand_entities('<!DOCTYPE x [<!ENTITY n "no&#97;i">]><meta content="&n;">').endswith(
-        'content="noai">'
-    )
+    out, complete = expand_entities('<!DOCTYPE x [<!ENTITY n "no&#97;i">]><meta content="&n;">')
+    assert out.endswith('content="noai">') and complete
     laughs = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10 if i else "lol"}">' for i in range(9))
     doc = f"<!DOCTYPE x [{laughs}]><x>{'&l8;' * 100}</x>"
-    out = expand_entities(doc)
+    out, complete = expand_entities(doc)
     assert len(out) <= 4 * len(doc) + 4096  # 10**8 lols declared; the bound holds
-    assert out[out.index("<x>") :].startswith("<x>&l7;&l7;")  # expanded as far as the bound lets it
+    assert out[out.index("<x>") :].startswith("<x>&l7;&l7;") and not complete
+
+
+async def test_markup_that_cannot_be_read_in_full_withholds(policy: Policy) -> None:
+    laughs = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10 if i else "lol"}">' for i in range(9))
+    body = f"<!DOCTYPE x [{laughs}]><x>{'&l8;' * 100}</x>".encode()
+    view = ResponseView("http://a.example/x", 200, (("content-type", "application/xhtml+xml"),))
+    found = await body_findings(view, body, "html", policy, DOC, None, no_license)
+    assert decide(found, policy).verdict is Verdict.BLOCK
+    assert any("could not be read in full" in f.detail for f in found)

@@ -84,6 +84,8 @@ class HtmlHead:
     encoding: str = "utf-8"
     # Where tags were found besides the page's own markup ("iframe srcdoc", "data: URL", ...).
     embedded: list[str] = field(default_factory=list)
+    # Markup that could not be read in full (the caller withholds: a reader may see more).
+    unread: list[str] = field(default_factory=list)
 
     def meta(self, name: str) -> list[str]:
         """Contents of the meta tags called `name` (case-insensitive), in order."""
@@ -210,12 +212,13 @@ def js_unescape(text: str) -> str:
     return _JS_ESCAPE.sub(_js_char, text)
 
 
-def expand_entities(text: str, limit: int | None = None) -> str:
-    """`text` with its XML internal general entities replaced, as an XML reader would.
+def expand_entities(text: str, limit: int | None = None) -> tuple[str, bool]:
+    """(`text` with its XML internal general entities replaced, as an XML reader would; complete).
 
     Character references in a declared value are expanded first (XML 1.0 §4.4.5);
     nested references are followed a few rounds deep, and the result never grows
     past `limit` characters (default: four times `text`), whatever the declarations.
+    `complete` is False when a reference was left because of the depth or the bound.
     """
     bound = 4 * len(text) + 4096 if limit is None else limit
     values: dict[str, str] = {}
@@ -223,7 +226,7 @@ def expand_entities(text: str, limit: int | None = None) -> str:
         if m.group(1) not in values:  # XML: the first declaration binds
             values[m.group(1)] = html.unescape(m.group(2) if m.group(2) is not None else m.group(3))
     if not values:
-        return text
+        return text, True
     size = [0]
 
     def one(m: re.Match[str]) -> str:
@@ -238,9 +241,9 @@ def expand_entities(text: str, limit: int | None = None) -> str:
         size[0] = len(out)
         expanded = _ENTITY_REF.sub(one, out)
         if expanded == out:
-            break
+            return out, True
         out = expanded
-    return out
+    return out, not any(m.group(1) in values for m in _ENTITY_REF.finditer(out))
 
 
 def data_url_bytes(url: str) -> bytes | None:
@@ -400,7 +403,10 @@ def _scan(source: str | bytes, head: HtmlHead, reading: _Reading, encoding: str 
     if contains(data, b"<!ENTITY", 1) if isinstance(data, bytes) else "<!ENTITY" in data:
         inner = reading.inner("XML entities expanded")
         if inner is not None:
-            _scan(expand_entities(text(data)), head, inner)
+            expanded, complete = expand_entities(text(data))
+            if not complete:
+                head.unread.append("XML entities that expand too far or too deep")
+            _scan(expanded, head, inner)
 
 
 def _meta(a: dict[str, str], head: HtmlHead, reading: _Reading) -> None:

@@ -27,6 +27,11 @@ PAGE = (
 )
 
 
+def meta_in(codec: str, *, bom: bool = False) -> bytes:
+    """The noai meta tag encoded in `codec` (after a BOM if `bom`), then the marker."""
+    return ("\ufeff" * bom + "<meta name=robots content=noai>").encode(codec) + MARKER
+
+
 def gz(data: bytes) -> bytes:
     return gzip.compress(data)
 
@@ -101,11 +106,11 @@ CASES: dict[str, tuple[list[str], bytes]] = {
     # encodings
     "utf16-bom-no-charset": (
         ["Content-Type: text/html"],
-        "\ufeff<meta name=robots content=noai>".encode("utf-16-le") + MARKER,
+        meta_in("utf-16-le", bom=True),
     ),
     "utf16be-bom": (
         ["Content-Type: text/html"],
-        "\ufeff<meta name=robots content=noai>".encode("utf-16-be") + MARKER,
+        meta_in("utf-16-be", bom=True),
     ),
     "charset-contradicts-bom": (
         ["Content-Type: text/html; charset=utf-16"],
@@ -185,15 +190,15 @@ CASES: dict[str, tuple[list[str], bytes]] = {
     # a charset header is believed, and a codec with state is decoded before tags are looked for
     "utf16le-no-bom-by-header": (
         ["Content-Type: text/html; charset=utf-16"],
-        "<meta name=robots content=noai>".encode("utf-16-le") + MARKER,
+        meta_in("utf-16-le"),
     ),
     "utf16be-no-bom-by-header": (
         ["Content-Type: text/html; charset=utf-16be"],
-        "<meta name=robots content=noai>".encode("utf-16-be") + MARKER,
+        meta_in("utf-16-be"),
     ),
     "utf16-by-whatwg-label-unicode": (
         ["Content-Type: text/html; charset=unicode"],
-        "<meta name=robots content=noai>".encode("utf-16-le") + MARKER,
+        meta_in("utf-16-le"),
     ),
     "iso2022jp-escape-in-tag-name": (
         ["Content-Type: text/html; charset=iso-2022-jp"],
@@ -205,7 +210,7 @@ CASES: dict[str, tuple[list[str], bytes]] = {
     ),
     "ebcdic-by-header": (
         ["Content-Type: text/html; charset=cp037"],
-        "<meta name=robots content=noai>".encode("cp037") + MARKER,
+        meta_in("cp037"),
     ),
     "charset-is-no-charset": (["Content-Type: text/html; charset=rot13"], PAGE),
     # XHTML read as XML: internal entities, namespace prefixes, UTF-16 known by its first bytes

@@ -48,6 +48,13 @@ def get(path: str, host: str, extra: str = "") -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode()
 
 
+def in_tunnel(proxy: ProxyProcess, origin: CountingOrigin, raw: bytes) -> bytes:
+    """Send `raw` inside a plain CONNECT tunnel to `origin`; every byte that comes back."""
+    with tunnel(proxy.port, f"127.0.0.1:{origin.port}") as s:
+        s.sendall(raw)
+        return read_all(s, 3.0)
+
+
 # -- raw tunnels -----------------------------------------------------------------
 
 RAW_VARIANTS = {
@@ -195,10 +202,7 @@ def test_a_tunnel_whose_requests_name_a_registry_host_is_judged_on_both(
     host: str, origin: CountingOrigin, make_proxy: Callable[..., ProxyProcess], policy: Path
 ) -> None:
     proxy = make_proxy(policy)
-    s = tunnel(proxy.port, f"127.0.0.1:{origin.port}")
-    with s:
-        s.sendall(get("/page", host))
-        got = read_all(s, 3.0)
+    got = in_tunnel(proxy, origin, get("/page", host))
     # xn--holder.test is not in the registry, but its own robots.txt is unreachable: blocked too.
     assert got.startswith(b"HTTP/1.1 451"), got[:200]
     assert MARKER not in got and origin.content_requests() == []
@@ -213,10 +217,7 @@ def test_an_absolute_target_inside_a_tunnel_is_judged_as_a_name(
     # mitmproxy keeps an absolute-form target inside a tunnel and sends it upstream as is,
     # where an RFC 9112 §3.2.2 origin serves the host it names rather than Host's.
     proxy = make_proxy(policy)
-    s = tunnel(proxy.port, f"127.0.0.1:{origin.port}")
-    with s:
-        s.sendall(get(target, f"127.0.0.1:{origin.port}"))
-        got = read_all(s, 3.0)
+    got = in_tunnel(proxy, origin, get(target, f"127.0.0.1:{origin.port}"))
     assert got.startswith((b"HTTP/1.1 451", b"HTTP/1.1 400")), got[:200]
     assert MARKER not in got and origin.content_requests() == []
     assert [r["decision"] for r in records(proxy)] == ["block"]

@@ -42,7 +42,7 @@ from proxy.errors import AuditError, PolicyError
 from proxy.evidence import utc_now
 from proxy.fetch import MAX_TTL, Fetched, answer_deadline, fetch_document, make_client
 from proxy.guard import FORCED_OPTIONS, address_refusal, harden_layer, mode_name, option_problems
-from proxy.inband import BODY_SIGNALS, DEFAULT_BODY_CAP
+from proxy.inband import DEFAULT_BODY_CAP
 from proxy.judge_request import RequestJudge
 from proxy.judge_response import ResponseJudge
 from proxy.metrics import Metrics
@@ -373,15 +373,15 @@ class Enforcer:
             raise exceptions.OptionsError("optout_body_cap must be at least 1 byte")
         self._bound_bodies()
         if getattr(ctx.options, "stream_large_bodies", None) and self.policy is not None:
-            inspecting = [s for s in BODY_SIGNALS if self.policy.signal_mode(s) != "off"]
-            if inspecting:
-                # A chunked body that outgrows stream_large_bodies is streamed by
-                # mitmproxy without another hook: it would bypass the body checks.
-                raise exceptions.OptionsError(
-                    "stream_large_bodies would let bodies reach the crawler uninspected while "
-                    f"{', '.join(inspecting)} are on; unset it (optout_body_cap bounds what is buffered) "
-                    "or set those signals to off"
-                )
+            # (Checked once a policy is in: raised from a nested configure, a rollback re-enters.)
+            # A request body over it is streamed to the origin right after the headers, before
+            # the `request` hook judges the request; a chunked response body that outgrows it is
+            # streamed without another hook. Either way bytes move before a decision.
+            raise exceptions.OptionsError(
+                "stream_large_bodies would send large request bodies to the origin before the request "
+                "is judged, and let response bodies reach the crawler uninspected; unset it "
+                "(optout_body_cap bounds what is buffered)"
+            )
         if updated & _CLIENT_OPTIONS and self._client is not None:
             old, self._client = self._client, None
             self._close_later(old)

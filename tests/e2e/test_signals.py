@@ -328,13 +328,21 @@ def test_over_cap_body_is_withheld_by_default(
     assert "forwarded" in rec["evidence"][-1]["detail"]
 
 
-def test_stream_large_bodies_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("body_signals", ["enforce", "off"])
+def test_stream_large_bodies_is_refused(body_signals: str, tmp_path: Path) -> None:
+    # Even with no body read: a request body over it would reach the origin before the request
+    # is judged (mitmproxy streams it right after the headers).
     confdir = tmp_path / "conf"
     confdir.mkdir()
-    cmd = [*mitmdump_command(write_policy(tmp_path), confdir), "--set", "stream_large_bodies=1m"]
+    signals = {s: body_signals for s in ("html-meta", "tdmrep", "rsl", "media-metadata")}
+    policy = write_policy(tmp_path, signals={"robots-txt": "enforce", "registry": "enforce", **signals})
+    cmd = [*mitmdump_command(policy, confdir), "--set", "stream_large_bodies=1k"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
-    assert "stream_large_bodies would let bodies reach the crawler uninspected" in done.stdout + done.stderr
+    assert (
+        "stream_large_bodies would send large request bodies to the origin before"
+        in done.stdout + done.stderr
+    )
 
 
 # -- hostile inputs, conflicts, purposes, monitor ----------------------------------------------

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -190,19 +191,38 @@ def request_names(flow: http.HTTPFlow, *, tunnelled: bool) -> RequestNames:
     )
 
 
+# Space, controls, DEL and the fragment mark: never part of a request target (RFC 9112 §3.2).
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f#]")
+
+
 def target_form_problem(flow: http.HTTPFlow) -> str | None:
-    """Why `flow`'s request path is not one we can judge; None if it is origin-form.
+    """Why `flow`'s request cannot be judged as sent; None if its target and fields are sound.
 
     RFC 9112 §3.2 and RFC 9113 §8.3.1: a path starts with "/" (or is "*" for
-    OPTIONS). mitmproxy relays any other `:path` or HTTP/1 target verbatim, and an
-    origin may read an absolute URL in it as another host, or "private/x" as
-    "/private/x", which no robots.txt rule we matched would have named.
+    OPTIONS) and holds no space, control or fragment; RFC 9113 §8.2.1: no field
+    holds CR, LF or NUL. mitmproxy relays an HTTP/2 `:path` and fields verbatim
+    into an HTTP/1 request: an absolute URL there is read as another host,
+    "private/x" as "/private/x", CR LF as a second request, and a `#` we cut
+    off before matching is kept by some origins (`/robots.txt#/../private`).
     """
     req = flow.request
     path = req.path
-    if path.startswith("/") or (path == "*" and req.method == "OPTIONS"):
-        return None
-    return f"request target {path[:200]!r} is not origin-form (it must start with '/')"
+    if not (path.startswith("/") or (path == "*" and req.method == "OPTIONS")):
+        return f"request target {path[:200]!r} is not origin-form (it must start with '/')"
+    bad = _BAD_TARGET.search(path)
+    if bad is not None:
+        return f"request target {path[:200]!r} holds {bad.group()!r}, which no request target may hold"
+    for name, value in req.headers.fields:
+        if (
+            b"\r" in value
+            or b"\n" in value
+            or b"\0" in value
+            or b"\r" in name
+            or b"\n" in name
+            or b"\0" in name
+        ):
+            return f"request field {name[:100]!r} holds CR, LF or NUL"
+    return None
 
 
 def fix_host(flow: http.HTTPFlow, names: RequestNames) -> bool:

@@ -112,7 +112,10 @@ class RequestJudge:
         problem = target_form_problem(flow)
         if problem is not None:
             decision = refusal(
-                "target-form", "The request target is not a path we can judge.", policy, detail=problem
+                "target-form",
+                "The request cannot be judged as sent (its target or a field is malformed).",
+                policy,
+                detail=problem,
             )
             self.recorder.block(flow, state, decision, phase="request", status=AMBIGUOUS_STATUS)
             return None

@@ -12,7 +12,7 @@ import socketserver
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 MARKER = b"OPTED-OUT-MARKER-7f3a"
@@ -210,8 +210,13 @@ class H2Origin(_Origin):
 
 
 def h2_get(proxy_port: int, authority: str, path: str, ca: str, *, sni: str = "localhost",
-           header_authority: str | None = None) -> tuple[int, bytes, str]:  # fmt: skip
-    """One HTTP/2 GET through a CONNECT tunnel; returns (status, body, ALPN the proxy chose)."""
+           header_authority: str | None = None, fields: Sequence[tuple[str, str]] = ()
+           ) -> tuple[int, bytes, str]:  # fmt: skip
+    """One HTTP/2 GET through a CONNECT tunnel; returns (status, body, ALPN the proxy chose).
+
+    Sends what it is given, malformed or not (`fields` after the pseudo-headers).
+    """
+    import h2.config
     import h2.connection
     import h2.events
 
@@ -226,10 +231,11 @@ def h2_get(proxy_port: int, authority: str, path: str, ca: str, *, sni: str = "l
     ctx.set_alpn_protocols(["h2"])
     tls = ctx.wrap_socket(s, server_hostname=sni)
     alpn = tls.selected_alpn_protocol() or ""
-    conn = h2.connection.H2Connection()
+    config = h2.config.H2Configuration(validate_outbound_headers=False, normalize_outbound_headers=False)
+    conn = h2.connection.H2Connection(config)
     conn.initiate_connection()
     conn.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "https"),
-                          (":authority", header_authority or authority)], end_stream=True)  # fmt: skip
+                          (":authority", header_authority or authority), *fields], end_stream=True)  # fmt: skip
     tls.sendall(conn.data_to_send())
     status, body = 0, b""
     tls.settimeout(10)

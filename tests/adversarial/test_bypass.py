@@ -459,3 +459,42 @@ def test_an_http2_path_that_is_not_origin_form_is_refused(
     assert [p for p in h2_origin.paths() if p not in docs] == []
     refused = [r for r in records(proxy) if r["signal"] == "target-form"]
     assert len(refused) == 4 and all(r["decision"] == "block" for r in refused)
+
+
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        ("/x HTTP/1.1\r\nHost: www.holder.test\r\n\r\nGET /x", []),  # a second request in :path
+        ("/x\nHost: www.holder.test", []),
+        ("/page", [("x-a", "b\r\nHost: www.holder.test")]),  # or in a field value
+        ("/page", [("x-a", "b\x00c")]),
+        ("/x#/../private/x", []),  # a fragment we would cut off and some origins keep
+        ("/x /private/x", []),
+    ],
+)
+def test_an_http2_request_that_http1_would_read_otherwise_is_refused(
+    path: str, fields: list[tuple[str, str]], server_tls: ssl.SSLContext,
+    make_proxy: Callable[..., ProxyProcess], policy: Path,
+) -> None:  # fmt: skip
+    # mitmproxy writes :path and field values verbatim into the HTTP/1 request it sends on.
+    o = CountingOrigin(tls=server_tls)
+    try:
+        proxy = make_proxy(policy)
+        status, body, _ = h2_get(proxy.port, f"localhost:{o.port}", path, str(proxy.ca_cert), fields=fields)
+        assert status == 400 and MARKER not in body, (status, body[:200])
+        assert o.content_requests() == []
+        assert [r["signal"] for r in records(proxy)] == ["target-form"]
+    finally:
+        o.close()
+
+
+@pytest.mark.parametrize("target", ["/robots.txt#/../private/x", "/x#/../private/x"])
+def test_a_fragment_in_the_request_target_is_refused(
+    target: str, origin: CountingOrigin, make_proxy: Callable[..., ProxyProcess], policy: Path
+) -> None:
+    proxy = make_proxy(policy)
+    plain = exchange(proxy.port, [get(f"http://127.0.0.1:{origin.port}{target}", f"127.0.0.1:{origin.port}")])
+    tunnelled = in_tunnel(proxy, origin, get(target, f"127.0.0.1:{origin.port}"))
+    for got in (plain, tunnelled):
+        assert got.startswith((b"HTTP/1.1 400", b"HTTP/1.1 451")) and MARKER not in got, got[:200]
+    assert [p for p in origin.paths() if "#" in p] == []

@@ -891,6 +891,9 @@ class Enforcer:
                         "optout: cannot record the unreadable response of %s", flow.request.pretty_url
                     )
             return
+        if state is None and flow.response is None:
+            self._note_request_over_limit(flow, flow.error.msg)
+            return
         if state is None or state.answered or state.decision is None:
             return
         try:
@@ -898,6 +901,25 @@ class Enforcer:
         except Exception:
             logger.exception("optout: cannot record the aborted response of %s", flow.request.pretty_url)
         self._reclaimer.soon()
+
+    def _note_request_over_limit(self, flow: http.HTTPFlow, message: str) -> None:
+        """Record the 413 mitmproxy sends, before any hook of ours, for a request body over
+        body_size_limit (our optout_body_cap): nothing reached the origin, and the record says so."""
+        if self.policy is None:
+            return
+        decision = refusal(
+            "request-over-cap",
+            "The request body is larger than optout_body_cap; mitmproxy refused it (413) before it "
+            "was sent anywhere.",
+            self.policy,
+            detail=f"{message} (optout_body_cap {ctx.options.optout_body_cap})",
+        )
+        try:
+            self.recorder.note(
+                self.recorder.record(flow, decision, self.policy, new_id(), phase="request", status=413)
+            )
+        except Exception:
+            logger.exception("optout: cannot record the refused request %s", flow.request.pretty_url)
 
     def _release_after_error(self, flow: http.HTTPFlow, state: FlowState, release: Callable[[], Any]) -> None:
         """Give an errored flow's origin slot back: at once if the request never reached the origin,

@@ -498,3 +498,18 @@ def test_a_fragment_in_the_request_target_is_refused(
     for got in (plain, tunnelled):
         assert got.startswith((b"HTTP/1.1 400", b"HTTP/1.1 451")) and MARKER not in got, got[:200]
     assert [p for p in origin.paths() if "#" in p] == []
+
+
+def test_a_request_body_over_the_cap_is_refused_on_the_record(
+    origin: CountingOrigin, make_proxy: Callable[..., ProxyProcess], policy: Path
+) -> None:
+    # mitmproxy answers 413 itself, before any request hook: the error hook records it.
+    proxy = make_proxy(policy, optout_body_cap=1000)
+    a = f"127.0.0.1:{origin.port}"
+    body = b"x" * 5000
+    head = f"POST http://{a}/upload HTTP/1.1\r\nHost: {a}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    got = exchange(proxy.port, [head.encode() + body])
+    assert got.startswith(b"HTTP/1.1 413"), got[:200]
+    assert "/upload" not in origin.paths()
+    (record,) = records(proxy)
+    assert (record["decision"], record["signal"], record["status"]) == ("block", "request-over-cap", 413)

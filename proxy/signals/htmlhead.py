@@ -45,17 +45,30 @@ PRESCAN_BYTES = 1024
 # reads at most the bytes of the one holding it, so a hostile page costs a few scans.
 MAX_DEPTH = 3
 MAX_EMBEDDED = 64
+# Attributes read in one tag; a tag with more is not read in full, and its page is withheld.
+MAX_ATTRIBUTES = 1024
 
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
-_ATTR = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+)))?""")
 _SCRIPT_END = re.compile(r"</script", re.IGNORECASE)
+# A start tag's attributes as the WHATWG tokenizer reads them (§13.2.5.32-40): only TAB, LF,
+# FF, CR and space separate them (not U+00A0 and the other spaces `\s` knows); a name ends at
+# space, "/", ">" or "="; a quoted value runs to its own quote, `>` and the other quote
+# included; an unquoted one to space or ">". Possessive throughout: one pass, no backtracking,
+# and a tag left open at the end of the body runs to the end (a browser drops it).
+_WS = "\t\n\f\r "
+_ATTR_NAME = rf"[^{_WS}/>][^{_WS}/>=]*+"
+_ATTR_VALUE = rf"""(?:"[^"]*+(?:"|\Z)|'[^']*+(?:'|\Z)|[^{_WS}>]*+)"""
+_REST = rf"""((?:[{_WS}/]*+{_ATTR_NAME}(?:[{_WS}]*+=[{_WS}]*+{_ATTR_VALUE})?+)*+)[{_WS}/]*+(>|\Z)"""
+_ATTR = re.compile(
+    rf"""[{_WS}/]*+({_ATTR_NAME})(?:[{_WS}]*+=[{_WS}]*+(?:"([^"]*+)"?|'([^']*+)'?|([^{_WS}>]*+)))?+"""
+)
 # The lookahead on the first letter lets the engine skip most `<` without trying each
 # name (measured: faster than the plain alternation even with four names more).
-_NAMES = r"<(?=[mMlLsSiIfFoOeE])(meta|link|script|iframe|frame|object|embed)(?=[\s/>])([^>]*)>"
+_NAMES = rf"<(?=[mMlLsSiIfFoOeE])(meta|link|script|iframe|frame|object|embed)(?=[{_WS}/>]){_REST}"
 _TAG = re.compile(_NAMES, re.IGNORECASE)
 _BTAG = re.compile(_NAMES.encode(), re.IGNORECASE)
 # XHTML served as XML may name its elements with any namespace prefix: `<h:meta>`.
-_PREFIXED = r"<[A-Za-z_][\w.-]{0,63}:(meta|link|script|iframe|frame|object|embed)(?=[\s/>])([^>]*)>"
+_PREFIXED = rf"<[A-Za-z_][\w.-]{{0,63}}:(meta|link|script|iframe|frame|object|embed)(?=[{_WS}/>]){_REST}"
 _PTAG = re.compile(_PREFIXED, re.IGNORECASE)
 _BPTAG = re.compile(_PREFIXED.encode(), re.IGNORECASE)
 # XML internal entities (`<!DOCTYPE html [<!ENTITY n "noai">]>`): an XML reader expands them.
@@ -186,15 +199,23 @@ def encoding_of(body: bytes, charset: str | None) -> tuple[str, int]:
     return meta or "utf-8", 0
 
 
-def _attrs(text: str) -> dict[str, str]:
+def _pairs(text: str) -> list[tuple[str, str]]:
+    """A tag's attributes in order, repeated names included: (lower-case name, unescaped value).
+
+    At most MAX_ATTRIBUTES + 1 of them: the caller withholds a page with a tag that has more.
+    """
+    out = []
+    for m in itertools.islice(_ATTR.finditer(text), MAX_ATTRIBUTES + 1):
+        value = m.group(2) if m.group(2) is not None else m.group(3) if m.group(3) is not None else m.group(4)
+        out.append((m.group(1).lower(), html.unescape(value or "")))
+    return out
+
+
+def _first(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """HTML's view of the attributes: the first of a repeated name counts."""
     out: dict[str, str] = {}
-    for m in _ATTR.finditer(text):
-        name = m.group(1).lower()
-        if name not in out:  # HTML: the first of a repeated attribute counts
-            value = (
-                m.group(2) if m.group(2) is not None else m.group(3) if m.group(3) is not None else m.group(4)
-            )
-            out[name] = html.unescape(value or "")
+    for name, value in pairs:
+        out.setdefault(name, value)
     return out
 
 
@@ -305,31 +326,6 @@ def looks_utf16(body: bytes) -> str | None:
     return None
 
 
-def _quote_aware_end(data: Any, start: int, gt: int) -> int:
-    """Where the tag opened at `start` ends when a quoted value holds a `>` (as a parser reads it)."""
-    dq, sq = ('"', "'") if isinstance(data, str) else (b'"', b"'")
-    pos = start
-    while True:
-        quotes = [q for q in (data.find(dq, pos, gt), data.find(sq, pos, gt)) if q >= 0]
-        if not quotes:
-            return gt
-        q = min(quotes)
-        close = data.find(data[q : q + 1], q + 1)
-        if close < 0:
-            return gt  # never closed: read it as the plain pattern did
-        pos = close + 1
-        if pos > gt:
-            gt = data.find(">" if isinstance(data, str) else b">", pos)
-            if gt < 0:
-                return len(data)
-
-
-def _unbalanced(raw: str | bytes) -> bool:
-    if isinstance(raw, str):
-        return raw.count('"') % 2 == 1 or raw.count("'") % 2 == 1
-    return raw.count(b'"') % 2 == 1 or raw.count(b"'") % 2 == 1
-
-
 def _scan(source: str | bytes, head: HtmlHead, reading: _Reading, encoding: str = "") -> None:
     """Collect the tags of `source`: text, or bytes in an ASCII-compatible `encoding`."""
     data: Any = source  # one scan for both; the patterns below match its type
@@ -338,12 +334,13 @@ def _scan(source: str | bytes, head: HtmlHead, reading: _Reading, encoding: str 
         wanted_link: Any = b"licen"
         wanted_script: Any = b"application/"
         backslash: Any = b"\\"
+        ampersand: Any = b"&"
 
         def text(raw: bytes) -> str:
             return raw.decode(encoding, errors="replace")
     else:
         tags, comment, script_end, escaped = _TAG, _COMMENT, _SCRIPT_END, _ESCAPED_OPEN  # type: ignore[assignment]
-        wanted_link, wanted_script, backslash = "licen", "application/", "\\"
+        wanted_link, wanted_script, backslash, ampersand = "licen", "application/", "\\", "&"
 
         def text(raw: str) -> str:  # type: ignore[misc]
             return raw
@@ -370,29 +367,38 @@ def _scan(source: str | bytes, head: HtmlHead, reading: _Reading, encoding: str 
                 here = commented_out
         tag = text(m.group(1)).lower()
         raw = m.group(2)
-        # Only licence links and RSL/C2PA scripts are read: the others are not taken apart.
-        if tag == "link" and wanted_link not in raw.lower():
+        if not m.group(3):
+            # Left open to the end of the body (an unclosed quote, say): no parser keeps the
+            # tag, but one may read on after it, so what follows its name is read as markup.
+            inner = reading.inner("markup after a tag left open") if m.end() - m.end(1) > 1 else None
+            if inner is not None:
+                _scan(data[m.end(1) :], head, inner, encoding)
             continue
-        if tag == "script" and wanted_script not in raw.lower():
+        # Only licence links and RSL/C2PA scripts are read: the others are not taken apart
+        # (an entity may spell the word, so a tag with one is read).
+        if tag == "link" and wanted_link not in raw.lower() and ampersand not in raw:
             continue
-        if _unbalanced(raw):
-            # A quoted value holding `>`: the tag runs on, as a parser reads it.
-            raw = data[m.start(2) : _quote_aware_end(data, m.start(2), m.end(2))]
-        a = _attrs(text(raw))
-        if tag in _EMBEDS:
-            _embedded(a, head, here)
-        elif tag == "meta":
-            _meta(a, head, here)
+        if tag == "script" and wanted_script not in raw.lower() and ampersand not in raw:
+            continue
+        pairs = _pairs(text(raw))
+        if len(pairs) > MAX_ATTRIBUTES:
+            head.unread.append(f"a <{tag}> tag with more than {MAX_ATTRIBUTES} attributes")
+        if tag == "meta":
+            _meta(pairs, head, here)
             if backslash in raw:
                 # Markup inside a script or JSON string: `<meta name=\"robots\" ...>`.
-                _meta(_attrs(js_unescape(text(raw))), head, here.named("JS-escaped markup"))
+                _meta(_pairs(js_unescape(text(raw))), head, here.named("JS-escaped markup"))
+            continue
+        a = _first(pairs)
+        if tag in _EMBEDS:
+            _embedded(a, head, here)
         elif tag == "link":
             _add(head.links, a, head, here)
         else:
             kind = a.get("type", "").strip().lower()
             if kind not in ("application/rsl+xml", "application/c2pa"):
                 continue
-            end = script_end.search(data, m.end())
+            end = script_end.search(data, m.end(), m.end() + MAX_SCRIPT * 4)
             content = text(data[m.end() : end.start() if end else len(data)][: MAX_SCRIPT * 4])[:MAX_SCRIPT]
             scripts = head.rsl_scripts if kind == "application/rsl+xml" else head.c2pa_scripts
             _add(scripts, content, head, here)
@@ -409,11 +415,21 @@ def _scan(source: str | bytes, head: HtmlHead, reading: _Reading, encoding: str 
             _scan(expanded, head, inner)
 
 
-def _meta(a: dict[str, str], head: HtmlHead, reading: _Reading) -> None:
-    if "name" in a:
-        _add(head.metas, (a["name"], a.get("content", "")), head, reading)
-    if "http-equiv" in a:
-        _add(head.equivs, (a["http-equiv"].strip().lower(), a.get("content", "")), head, reading)
+def _meta(pairs: list[tuple[str, str]], head: HtmlHead, reading: _Reading) -> None:
+    """A meta tag's (name, content) and (http-equiv, content) statements.
+
+    A browser takes the first of a repeated attribute, BeautifulSoup the last: every
+    name is paired with every content, so neither reading hides a statement.
+    """
+    names = [v for n, v in pairs if n == "name"][:8]
+    equivs = [v.strip().lower() for n, v in pairs if n == "http-equiv"][:8]
+    contents = [v for n, v in pairs if n == "content"][:8] or [""]
+    for name in names:
+        for content in contents:
+            _add(head.metas, (name, content), head, reading)
+    for equiv in equivs:
+        for content in contents:
+            _add(head.equivs, (equiv, content), head, reading)
 
 
 def _add(found: list[Any], item: Any, head: HtmlHead, reading: _Reading) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -244,6 +245,35 @@ CASES: dict[str, tuple[list[str], bytes]] = {
         ["Content-Type: text/html; charset=utf-8"],
         '<meta name="robots" content="index,\u00a0follow\u00a0noai">'.encode() + MARKER,
     ),
+    # attributes as the HTML tokenizer reads them
+    "quotes-of-both-kinds-around-gt": (
+        ["Content-Type: text/html"],
+        b'<meta a=\'x"\' b="y>" name=robots content=noai>' + MARKER,
+    ),
+    "quote-in-unquoted-value-then-gt": (
+        ["Content-Type: text/html"],
+        b'<meta a=x" b="y>" name=robots content=noai>' + MARKER,
+    ),
+    "no-break-space-is-no-separator": (
+        ["Content-Type: text/html; charset=utf-8"],
+        "<meta foo=bar\u00a0name=description name=robots content=noai>".encode() + MARKER,
+    ),
+    "repeated-name-last-wins-somewhere": (
+        ["Content-Type: text/html"],
+        b'<meta name="description" name="robots" content="noai">' + MARKER,
+    ),
+    "repeated-content": (
+        ["Content-Type: text/html"],
+        b'<meta name=robots content="index" content="noai">' + MARKER,
+    ),
+    "tag-inside-a-tag": (
+        ["Content-Type: text/html"],
+        b'<meta name="x" <meta name="robots" content="noai">' + MARKER,
+    ),
+    "tag-after-an-unclosed-quote": (
+        ["Content-Type: text/html"],
+        b'<meta a="unclosed <meta name=robots content=noai> ' + MARKER,
+    ),
     # `<!--` that opens no comment (or one that ends early) must not hide what follows
     "comment-empty": (["Content-Type: text/html"], b'<!--><meta name="robots" content="noai">-->' + MARKER),
     "comment-empty-dash": (
@@ -385,3 +415,20 @@ def test_a_transfer_coding_is_undone_before_the_body_is_read(
         assert blocks[0]["signal"] == ("undecodable" if coding == "compress" else "html-meta"), blocks[0]
     finally:
         o.close()
+
+
+def test_a_page_of_unclosed_tags_does_not_stall_the_proxy(
+    origin: CountingOrigin, proxy: ProxyProcess
+) -> None:
+    # `<meta ` 40,000 times and no `>`: a pattern that looks for each tag's end from each tag
+    # start took minutes, and held up every other request while it ran.
+    CASES["unclosed-tags"] = (["Content-Type: text/html"], b"<meta " * 40_000 + MARKER)
+    try:
+        a = f"127.0.0.1:{origin.port}"
+        request = f"GET http://{a}/unclosed-tags HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n"
+        started = time.monotonic()
+        got = exchange(proxy.port, [request.encode()], wait=30)
+        assert time.monotonic() - started < 10, "the hostile page took the proxy over 10 s"
+        assert got.startswith(b"HTTP/1.1 200") and MARKER in got  # no signal in it: delivered
+    finally:
+        del CASES["unclosed-tags"]

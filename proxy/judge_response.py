@@ -37,8 +37,7 @@ from proxy.inband import (
 )
 from proxy.outcome import FlowState, Recorder, refusal, summary
 from proxy.policy import Policy
-from proxy.signals import tdmrep
-from proxy.signals.htmlhead import looks_utf16
+from proxy.signals import htmlhead, tdmrep
 from proxy.signals.media import has_xmp
 from proxy.sniff import SNIFF_BYTES, contains
 from proxy.store import headers_bytes
@@ -86,26 +85,39 @@ _META_TAG = re.compile(
     rb"<(?:(?=[mMiIfFoOeE])|[A-Za-z_][\w.-]{0,63}:)(?:meta|iframe|frame|object|embed)[\s/>]|<!ENTITY",
     re.IGNORECASE,
 )
-# A meta tag escaped for a script or JSON string (\u003cmeta, \x3cmeta).
-_ESCAPED_META = re.compile(rb"\\(?:u003[cC]|x3[cC]|u\{0*3[cC]\})(?:meta|META|Meta)")
+# A `<` escaped for a script or JSON string (\u003c, \x3c, \u{3c}): markup may follow, itself escaped.
+_ESCAPED_OPEN = re.compile(rb"\\(?:u003[cC]|x3[cC]|u\{0*3[cC]\})")
 
 
-def _markup_anywhere(body: bytes, policy: Policy) -> frozenset[str]:
-    """Readers for a body that is neither HTML nor media by its headers and first bytes: an XMP
-    packet anywhere is read as media's; a `<meta` tag, an iframe, object or embed (each can carry
-    a page of its own) or a meta escaped in a script string anywhere as HTML's. Containers
-    (multipart, message/rfc822, message/http, JSON carrying a page) hold pages whose meta tags
-    still speak for them; reading one too many (a text about HTML) errs on the rights holder's side."""
-    if has_xmp(body):
+def _html_anywhere(body: bytes) -> bool:
+    """A `<meta` tag, an iframe, object or embed (each can carry a page of its own), an XML
+    entity declaration, or a meta escaped in a script or JSON string, anywhere in `body`."""
+    if b"<" in body and _META_TAG.search(body):
+        return True
+    if b"\\" in body and _ESCAPED_OPEN.search(body):
+        unescaped = htmlhead.js_unescape(body.decode("latin-1"))
+        if _META_TAG.search(unescaped.encode("utf-8", "replace")):
+            return True
+    wide = htmlhead.looks_utf16(body)  # UTF-16 without a BOM: its tags are not found in the bytes
+    return (
+        wide is not None
+        and _META_TAG.search(body.decode(wide, "replace").encode("utf-8", "replace")) is not None
+    )
+
+
+def _markup_anywhere(body: bytes, policy: Policy, kinds: frozenset[str] = frozenset()) -> frozenset[str]:
+    """`kinds` and the readers a body needs besides, whatever its headers and first bytes say:
+    an XMP packet anywhere in a body of no kind is read as media's; HTML markup anywhere (see
+    `_html_anywhere`) as HTML's, in a body taken for media too (a page served as
+    `application/octet-stream` or `image/png` is still a page to a crawler that parses it).
+    Containers (multipart, message/rfc822, message/http, JSON carrying a page) hold pages whose
+    meta tags still speak for them; reading one too many (a text about HTML) errs on the rights
+    holder's side."""
+    if not kinds and has_xmp(body):
         return frozenset({"media"})
-    if policy.signal_mode("html-meta") == "off":
-        return frozenset()
-    if (b"<" in body and _META_TAG.search(body)) or (b"\\" in body and _ESCAPED_META.search(body)):
-        return frozenset({"html"})
-    wide = looks_utf16(body)  # UTF-16 without a BOM: its tags are not found in the bytes
-    if wide is not None and _META_TAG.search(body.decode(wide, "replace").encode("utf-8", "replace")):
-        return frozenset({"html"})
-    return frozenset()
+    if "html" in kinds or policy.signal_mode("html-meta") == "off":
+        return kinds
+    return kinds | {"html"} if _html_anywhere(body) else kinds
 
 
 class ResponseJudge:
@@ -257,8 +269,8 @@ class ResponseJudge:
             logger.exception("optout: internal error sniffing the body of %s", flow.request.pretty_url)
             self.recorder.internal_error(flow, state, phase="response")
             return None
-        if not kinds and head is not None and not codings:
-            kinds = _markup_anywhere(raw, state.policy)
+        if "html" not in kinds and head is not None and not codings:
+            kinds = _markup_anywhere(raw, state.policy, kinds)
         if not kinds and head is not None and not found and not codings:
             # Plain text or an unknown format, no signal in the headers and no XMP packet
             # anywhere in it: nothing to read. (A compressed one is decoded and looked into.)
@@ -314,8 +326,8 @@ class ResponseJudge:
         if over and kinds:
             self._over_cap(flow, state, found, policy, document, cap + 1, in_place=False, decoded=True)
             return
-        if not kinds and codings:
-            kinds = _markup_anywhere(body, policy)  # as in `body`, now that it is decoded
+        if "html" not in kinds and codings:
+            kinds = _markup_anywhere(body, policy, kinds)  # as in `body`, now that it is decoded
         if kinds:
             # The C2PA SDK is native code that may take its time: never on the event loop.
             if len(body) > OFF_LOOP_BYTES or contains(body, b"c2pa", 1):

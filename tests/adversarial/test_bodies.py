@@ -274,6 +274,19 @@ CASES: dict[str, tuple[list[str], bytes]] = {
         ["Content-Type: text/html"],
         b'<meta a="unclosed <meta name=robots content=noai> ' + MARKER,
     ),
+    # a page whose first bytes are text, served as something that is not text
+    "octet-stream-text-first": (["Content-Type: application/octet-stream"], b"Welcome\n" + PAGE),
+    "no-type-text-first": ([], b"Welcome\n" + PAGE),
+    "image-type-text-first": (["Content-Type: image/png"], b"Welcome\n" + PAGE),
+    # markup escaped for JSON in whatever case and however much
+    "json-escaped-mixed-case": (
+        ["Content-Type: application/json"],
+        b'{"html": "\\u003cmEta name=\\"robots\\" content=\\"noai\\"\\u003e"} ' + MARKER,
+    ),
+    "json-escaped-letters-too": (
+        ["Content-Type: application/json"],
+        b'{"html": "\\u003c\\u006deta name=\\"robots\\" content=\\"noai\\"\\u003e"} ' + MARKER,
+    ),
     # `<!--` that opens no comment (or one that ends early) must not hide what follows
     "comment-empty": (["Content-Type: text/html"], b'<!--><meta name="robots" content="noai">-->' + MARKER),
     "comment-empty-dash": (

@@ -98,7 +98,7 @@ def _html_anywhere(body: bytes) -> bool:
         unescaped = htmlhead.js_unescape(body.decode("latin-1"))
         if _META_TAG.search(unescaped.encode("utf-8", "replace")):
             return True
-    wide = htmlhead.looks_utf16(body)  # UTF-16 without a BOM: its tags are not found in the bytes
+    wide = htmlhead.wide_encoding(body)  # UTF-16/32 without a BOM: its tags are not found in the bytes
     return (
         wide is not None
         and _META_TAG.search(body.decode(wide, "replace").encode("utf-8", "replace")) is not None

@@ -77,7 +77,11 @@ _ENTITY_REF = re.compile(r"&([A-Za-z_][\w.:-]*);")
 _BCOMMENT = re.compile(rb"<!--.*?(?:-->|\Z)", re.DOTALL)
 _BSCRIPT_END = re.compile(rb"</script", re.IGNORECASE)
 _PRESCAN_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
-_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+# UTF-32's before UTF-16's: FF FE 00 00 is also the start of a UTF-16LE BOM.
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
+)  # fmt: skip
 # A `<` escaped for a JavaScript or JSON string: markup a script writes into the page.
 _ESCAPED_OPEN = re.compile(r"\\(?:u003[cC]|x3[cC]|u\{0*3[cC]\})")
 _BESCAPED_OPEN = re.compile(_ESCAPED_OPEN.pattern.encode())
@@ -292,7 +296,7 @@ def read(body: bytes, charset: str | None = None, *, xml: bool = False) -> HtmlH
     """
     encoding, _ = encoding_of(body, charset)
     head = HtmlHead(encoding=encoding)
-    xml = xml or b"<?xml" in body[:64] or looks_utf16(body) is not None
+    xml = xml or b"<?xml" in body[:64] or wide_encoding(body) is not None
     _read_into(body, charset, head, _Reading(xml=xml))
     return head
 
@@ -306,22 +310,32 @@ def _read_into(body: bytes, charset: str | None, head: HtmlHead, reading: _Readi
         _scan(body[skip:], head, reading, encoding)
     if encoding != "utf-8":
         _scan(body, head, reading, "utf-8")
-    wide = looks_utf16(body)
+    wide = wide_encoding(body)
     if wide is not None and wide != encoding:
-        # UTF-16 without a BOM that no header named: an XML reader detects it from `<\0?\0`
+        # UTF-16 or UTF-32 without a BOM that no header named: an XML reader detects it from `<\0?\0`
         # (XML 1.0 Appendix F), so it is read as that too.
         _scan(body.decode(wide, errors="replace"), head, reading)
 
 
-def looks_utf16(body: bytes) -> str | None:
-    """'utf-16-le' or 'utf-16-be' when the first bytes are ASCII text in UTF-16; else None."""
+def wide_encoding(body: bytes) -> str | None:
+    """The UTF-32 or UTF-16 (LE or BE) that the first bytes are ASCII text in, if any
+    (XML 1.0 Appendix F: `<\\0\\0\\0`, `<\\0?\\0` and their big-endian forms); else None."""
     start = body[:64]
     if len(start) < 8 or b"\x00" not in start:
         return None
+
+    def zeros(lanes: bytes) -> bool:
+        return lanes.count(0) >= len(lanes) * 3 // 4
+
+    q = [start[i::4] for i in range(4)]
+    if q[0].count(0) == 0 and all(map(zeros, q[1:])):
+        return "utf-32-le"
+    if q[3].count(0) == 0 and all(map(zeros, q[:3])):
+        return "utf-32-be"
     even, odd = start[0::2], start[1::2]
-    if odd.count(0) >= len(odd) * 3 // 4 and even.count(0) == 0:
+    if zeros(odd) and even.count(0) == 0:
         return "utf-16-le"
-    if even.count(0) >= len(even) * 3 // 4 and odd.count(0) == 0:
+    if zeros(even) and odd.count(0) == 0:
         return "utf-16-be"
     return None
 

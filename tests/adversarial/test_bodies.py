@@ -287,6 +287,9 @@ CASES: dict[str, tuple[list[str], bytes]] = {
         ["Content-Type: application/json"],
         b'{"html": "\\u003c\\u006deta name=\\"robots\\" content=\\"noai\\"\\u003e"} ' + MARKER,
     ),
+    "xml-utf32le-without-bom": (["Content-Type: application/xml"], meta_in("utf-32-le")),
+    "xml-utf32be-without-bom": (["Content-Type: application/xml"], meta_in("utf-32-be")),
+    "xml-utf32le-with-bom": (["Content-Type: application/xml"], meta_in("utf-32-le", bom=True)),
     # `<!--` that opens no comment (or one that ends early) must not hide what follows
     "comment-empty": (["Content-Type: text/html"], b'<!--><meta name="robots" content="noai">-->' + MARKER),
     "comment-empty-dash": (

@@ -44,7 +44,7 @@ def directives(line: str, tokens: Iterable[str]) -> list[tuple[list[str], str | 
     `Name: ...` starts a group for bot `Name` (unless `Name` is a valued directive), also after a
     comma: RFC 9110 §5.3 lets an intermediary combine two field lines into one, so
     `googlebot: nofollow, ExampleBot: noai` is two groups. NUL, CR and LF count as spaces (§5.5);
-    words separated by spaces alone count one by one.
+    words separated by spaces or semicolons alone count one by one.
     """
     wanted = {t.lower() for t in tokens}
     groups: list[tuple[list[str], str | None]] = []
@@ -56,9 +56,10 @@ def directives(line: str, tokens: Iterable[str]) -> list[tuple[list[str], str | 
             if names or bot is not None:
                 groups.append((names, bot))
             names, bot, item = [], m.group(1), m.group(2)
-        # Space-separated directives (`noindex noai`) are not the syntax, but readers take them:
-        # each word counts, so a list that forgot its commas still reserves.
-        names += item.split(":", 1)[0].lower().split()
+        # Directives separated by spaces or semicolons (`noindex noai`, `noindex;noai`) are not
+        # the syntax, but readers take them: each word counts, so a list that forgot its commas
+        # still reserves.
+        names += item.split(":", 1)[0].lower().replace(";", " ").split()
     groups.append((names, bot))
     return [(n, b) for n, b in groups if b is None or b.lower() in wanted]
 

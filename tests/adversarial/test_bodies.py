@@ -237,6 +237,10 @@ CASES: dict[str, tuple[list[str], bytes]] = {
         )
         + MARKER,
     ),
+    "directives-with-semicolons": (
+        ["Content-Type: text/html"],
+        b'<meta name="robots" content="noindex;noai">' + MARKER,
+    ),
     "directives-without-commas": (
         ["Content-Type: text/html"],
         b'<meta name="robots" content="noindex noai">' + MARKER,

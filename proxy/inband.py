@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -24,6 +25,7 @@ from proxy.signals import contentsignal, contentusage, htmlhead, media, rsl, tdm
 GetLicense = Callable[[str], Awaitable[OptionalDoc]]
 DEFAULT_BODY_CAP = 32 * 1024 * 1024  # a long HTML page or a full-size photo, with room to spare
 BODY_SIGNALS = (xrobotstag.NAME_META, tdmrep.NAME, rsl.NAME, media.NAME)
+_CHARSET = re.compile(r"""charset\s*=\s*"?\s*([^";,\s]+)""", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,11 @@ class ResponseView:
                 if key.strip().lower() == "charset":
                     return val.strip().strip('"') or None
         return None
+
+    @property
+    def charsets(self) -> list[str]:
+        """Every charset any Content-Type line names (lines, comma-listed members, quoted or not)."""
+        return [m.group(1) for value in self.values("content-type") for m in _CHARSET.finditer(value)]
 
     @property
     def content_length(self) -> int | None:
@@ -170,8 +177,12 @@ async def body_findings(
     found: list[Finding] = []
     tdm_late: list[tdmrep.Channel] = []
     if "html" in kinds:
+        types = view.values("content-type")
         head = htmlhead.read(
-            body, view.charset, xml=any("xml" in t.lower() for t in view.values("content-type"))
+            body,
+            view.charset,
+            xml=any("xml" in t.lower() for t in types),
+            also=view.charsets if types else (),
         )
         first = len(found)
         if mode(xrobotstag.NAME_META) != "off":

@@ -32,7 +32,7 @@ import html
 import itertools
 import re
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,9 @@ PRESCAN_BYTES = 1024
 # reads at most the bytes of the one holding it, so a hostile page costs a few scans.
 MAX_DEPTH = 3
 MAX_EMBEDDED = 64
+# Other charsets a body is decoded with besides its own and UTF-8 (each one is a scan).
+MAX_CHARSETS = 4
+_CHARSET_PARAM = re.compile(r"""charset\s*=\s*["']?\s*([^"';,\s]+)""", re.IGNORECASE)
 # Attributes read in one tag; a tag with more is not read in full, and its page is withheld.
 MAX_ATTRIBUTES = 1024
 
@@ -103,6 +106,8 @@ class HtmlHead:
     embedded: list[str] = field(default_factory=list)
     # Markup that could not be read in full (the caller withholds: a reader may see more).
     unread: list[str] = field(default_factory=list)
+    # Charsets the page's meta tags declare, wherever they stand (a reader may honour any).
+    charsets: list[str] = field(default_factory=list)
 
     def meta(self, name: str) -> list[str]:
         """Contents of the meta tags called `name` (case-insensitive), in order."""
@@ -140,6 +145,8 @@ _WHATWG_LABELS = {
     "unicode": "utf-16-le", "csunicode": "utf-16-le", "ucs-2": "utf-16-le", "iso-10646-ucs-2": "utf-16-le",
     "unicodefeff": "utf-16-le", "utf-16": "utf-16-le", "unicodefffe": "utf-16-be", "x-user-defined": "cp1252",
 }  # fmt: skip
+# ISO-2022-JP read with the codec that knows the most escapes (JIS X 0201 katakana and Roman too).
+_WIDEST = {"iso2022_jp": "iso2022_jp_ext"}
 # Codecs whose bytes hold ASCII as ASCII, without state: a tag is found in them as in ASCII.
 _STATEFUL = ("iso2022", "utf-7", "hz", "utf-16", "utf-32")
 
@@ -286,22 +293,27 @@ def data_url_bytes(url: str) -> bytes | None:
     return urllib.parse.unquote_to_bytes(payload)
 
 
-def read(body: bytes, charset: str | None = None, *, xml: bool = False) -> HtmlHead:
+def read(body: bytes, charset: str | None = None, *, xml: bool = False, also: Sequence[str] = ()) -> HtmlHead:
     """The meta tags, http-equiv tags, links and inline RSL/C2PA of an HTML body.
 
     Read as the browser would decode it and, when that is not UTF-8, as UTF-8
     too: a charset (or BOM) that contradicts the bytes must not hide a tag that
     a client decoding differently would see. `xml`: the body was served as XML
-    (it is taken as such anyway when it opens with an XML declaration).
+    (it is taken as such anyway when it opens with an XML declaration). `also`: other
+    charsets its headers name (a second Content-Type line, say); those a tag cannot be
+    found in as bytes (ISO-2022, UTF-7, EBCDIC) are read too, as are such charsets any
+    meta tag declares, and ISO-2022-JP wherever an escape byte stands.
     """
     encoding, _ = encoding_of(body, charset)
     head = HtmlHead(encoding=encoding)
     xml = xml or b"<?xml" in body[:64] or wide_encoding(body) is not None
-    _read_into(body, charset, head, _Reading(xml=xml))
+    _read_into(body, charset, head, _Reading(xml=xml), also)
     return head
 
 
-def _read_into(body: bytes, charset: str | None, head: HtmlHead, reading: _Reading) -> None:
+def _read_into(
+    body: bytes, charset: str | None, head: HtmlHead, reading: _Reading, also: Sequence[str] = ()
+) -> None:
     encoding, skip = encoding_of(body, charset)
     if not ascii_safe(encoding):
         _scan(body[skip:].decode(encoding, errors="replace"), head, reading)
@@ -315,6 +327,14 @@ def _read_into(body: bytes, charset: str | None, head: HtmlHead, reading: _Readi
         # UTF-16 or UTF-32 without a BOM that no header named: an XML reader detects it from `<\0?\0`
         # (XML 1.0 Appendix F), so it is read as that too.
         _scan(body.decode(wide, errors="replace"), head, reading)
+    # A charset named elsewhere, or ISO-2022-JP's escapes: `<me\x1b(Bta` is `<meta` to its reader.
+    others = [*also, *head.charsets] + (["iso-2022-jp"] if b"\x1b" in body else [])
+    done = {encoding, "utf-8", wide}
+    for label in others[: MAX_CHARSETS + 2]:
+        codec = _codec(label)
+        if codec is not None and codec not in done and not ascii_safe(codec):
+            done.add(codec)
+            _scan(body.decode(_WIDEST.get(codec, codec), errors="replace"), head, reading)
 
 
 def wide_encoding(body: bytes) -> str | None:
@@ -435,6 +455,12 @@ def _meta(pairs: list[tuple[str, str]], head: HtmlHead, reading: _Reading) -> No
     A browser takes the first of a repeated attribute, BeautifulSoup the last: every
     name is paired with every content, so neither reading hides a statement.
     """
+    for n, v in pairs:
+        if n == "charset" or (n == "content" and "charset" in v.lower()):
+            label = _CHARSET_PARAM.search(v) if n == "content" else None
+            value = label.group(1) if label else v if n == "charset" else ""
+            if value and value not in head.charsets and len(head.charsets) < MAX_CHARSETS:
+                head.charsets.append(value)
     names = [v for n, v in pairs if n == "name"][:8]
     equivs = [v.strip().lower() for n, v in pairs if n == "http-equiv"][:8]
     contents = [v for n, v in pairs if n == "content"][:8] or [""]

@@ -294,6 +294,21 @@ CASES: dict[str, tuple[list[str], bytes]] = {
     "xml-utf32le-without-bom": (["Content-Type: application/xml"], meta_in("utf-32-le")),
     "xml-utf32be-without-bom": (["Content-Type: application/xml"], meta_in("utf-32-be")),
     "xml-utf32le-with-bom": (["Content-Type: application/xml"], meta_in("utf-32-le", bom=True)),
+    "iso2022jp-named-on-another-content-type-line": (
+        ["Content-Type: text/html; charset=iso-2022-jp", "Content-Type: text/html"],
+        b"<me\x1b(Bta name=robots content=noai>" + MARKER,
+    ),
+    "iso2022jp-meta-charset-after-1024-bytes": (
+        ["Content-Type: text/html"],
+        b"<!-- "
+        + b"x" * 2000
+        + b' --><meta charset="iso-2022-jp"><me\x1b(Bta name=robots content=noai>'
+        + MARKER,
+    ),
+    "utf7-meta-charset": (
+        ["Content-Type: text/html"],
+        b'<meta charset="utf-7">+ADw-meta name=robots content=noai+AD4-' + MARKER,
+    ),
     # `<!--` that opens no comment (or one that ends early) must not hide what follows
     "comment-empty": (["Content-Type: text/html"], b'<!--><meta name="robots" content="noai">-->' + MARKER),
     "comment-empty-dash": (

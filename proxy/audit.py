@@ -86,7 +86,7 @@ def evidence_of(decision: Decision) -> tuple[orjson.Fragment, int | None]:
     """
     cached: tuple[orjson.Fragment, int | None] | None = decision._evidence
     if cached is None:
-        evidence = orjson.Fragment(orjson.dumps([f.to_json() for f in decision.findings]))
+        evidence = orjson.Fragment(_dump([f.to_json() for f in decision.findings]))
         cached = (evidence, _deciding_index(decision))
         object.__setattr__(decision, "_evidence", cached)
     return cached
@@ -147,10 +147,26 @@ CHECKPOINT_SUFFIX = ".checkpoints"
 _TAIL_BYTES = 4 * 1024 * 1024  # a record is far smaller than this
 
 
-def _dump(record: dict[str, Any]) -> bytes:
+def _dump(record: Any) -> bytes:
     # orjson: compact, UTF-8, keys in insertion order, deterministic; verify re-serialises with
     # the same library, so a record's hash can be recomputed from the parsed line.
-    return orjson.dumps(record)
+    try:
+        return orjson.dumps(record)
+    except TypeError:
+        # A lone surrogate (a header byte that is not UTF-8, kept by surrogateescape) is no
+        # JSON string: written as its escape, so the record is still written.
+        return orjson.dumps(_valid_text(record))
+
+
+def _valid_text(value: Any) -> Any:
+    """`value` with every string made valid UTF-8 (lone surrogates written as `\\udcff`)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_valid_text(k): _valid_text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_valid_text(v) for v in value]
+    return value
 
 
 def seal(record: dict[str, Any]) -> tuple[bytes, str]:
@@ -334,7 +350,10 @@ class AuditLog:
             # file is open, the record does not rotate it and no checkpoint is due.
             record["seq"] = seq = self._seq + 1
             record["prev"] = self._head
-            body = orjson.dumps(record)  # _dump
+            try:
+                body = orjson.dumps(record)  # _dump
+            except TypeError:
+                body = _dump(record)
             digest = hashlib.sha256(body).hexdigest()
             line = b"".join((body[:-1], b',"hash":"', digest.encode(), b'"}\n'))  # seal, and the newline
             if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:

@@ -49,7 +49,7 @@ class Fetched:
 
     outcome: str  # "ok" | "unavailable" | "unreachable"
     document: Document
-    body: bytes | None  # ok only; at most max_bytes
+    body: bytes | None  # ok only; at most max_bytes, or max_bytes + 1 when truncated
     ttl: float  # seconds this answer may be cached (before clamping by the caller)
     headers: tuple[tuple[str, str], ...] = ()  # of the final response, when there was one
 
@@ -141,7 +141,9 @@ async def fetch_document(
                         doc = Document(url, status, None, fetched_at, final, error)
                         return Fetched("unreachable", doc, None, 0.0)
                     truncated = over or len(raw) > max_bytes
-                    body = body[:max_bytes]
+                    # One byte past the limit stays: the reader sees that its last line was cut
+                    # (RFC 9309 §2.5: a cut line is dropped, or `Allow: /public` reads `Allow: /`).
+                    body = body[: max_bytes + 1]
                     doc = Document(
                         url,
                         status,

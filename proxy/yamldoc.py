@@ -46,6 +46,11 @@ def _kind(node: Node) -> str:
     }.get(node.tag, "a number")
 
 
+# Nesting past which a policy is refused (PyYAML composes recursively; the interpreter's
+# limit stops it somewhere past this depth, and no policy needs a tenth of it).
+DEEPEST = 100
+
+
 class Reader:
     """Reads nodes of one file, collecting `Problem`s instead of raising."""
 
@@ -76,6 +81,9 @@ class Reader:
             self.problems.append(Problem(self.path, mark.line + 1 if mark is not None else None, msg))
         except yaml.YAMLError as e:
             self.problems.append(Problem(self.path, None, f"YAML error: {e}"))
+        except RecursionError:
+            why = f"YAML nested too deep to read (past {DEEPEST} levels by this line)"
+            self.problems.append(Problem(self.path, _deep_line(text, DEEPEST), why))
         return None
 
     def mapping(
@@ -206,3 +214,18 @@ class Reader:
         shown = f", not '{node.value}'" if isinstance(node, ScalarNode) else ""
         self.problem(node, f"{what} must be a date like 2025-10-27{shown}")
         return None
+
+
+def _deep_line(text: str, depth: int) -> int | None:
+    """The line where brackets or braces first nest `depth` deep (where a reader gives up)."""
+    level, line = 0, 1
+    for ch in text:
+        if ch in "[{":
+            level += 1
+            if level >= depth:
+                return line
+        elif ch in "]}":
+            level = max(0, level - 1)
+        elif ch == "\n":
+            line += 1
+    return None

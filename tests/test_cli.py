@@ -35,6 +35,16 @@ def test_validate_lists_every_problem(tmp_path: Path, capsys: pytest.CaptureFixt
     ]
 
 
+def test_validate_names_the_line_of_nesting_too_deep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "deep.yaml"
+    bad.write_text("agent: ExampleBot\nsignals: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    assert main(["policy", "validate", str(bad)]) == ExitStatus.INVALID
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"{bad}:2: YAML nested too deep to read")
+
+
 def test_check_blocked_with_deciding_line(
     make_site: Callable[..., Site], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

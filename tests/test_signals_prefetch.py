@@ -316,6 +316,8 @@ def file_says(
     ("body", "path", "expected"),
     [
         (b'[{"location":"/","tdm-reservation":1}]', "/any", D),  # D1
+        (b'[{"location":"/","tdm-reservation":1.0}]', "/any", D),  # JSON's one number type
+        (b'[{"location":"/","tdm-reservation":1e0}]', "/any", D),
         (
             b'[{"location":"/","tdm-reservation":1},{"location":"/images/","tdm-reservation":0}]',
             "/images/a.jpg",

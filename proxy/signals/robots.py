@@ -363,10 +363,13 @@ def decode(body: bytes) -> tuple[str, bool]:
     """Cut `body` at MAX_BYTES (dropping a cut line) and decode it; returns (text, truncated)."""
     truncated = len(body) > MAX_BYTES
     if truncated:
+        ends_a_line = body[MAX_BYTES : MAX_BYTES + 1] in (b"\n", b"\r")
         body = body[:MAX_BYTES]
-        # signals.md §2.3: drop the line cut by the limit.
-        last_nl = max(body.rfind(b"\n"), body.rfind(b"\r"))
-        body = body[: last_nl + 1] if last_nl >= 0 else b""
+        if not ends_a_line:
+            # signals.md §2.3: drop the line cut by the limit (the fetch keeps a byte past it,
+            # so a line that ends exactly at the limit is whole).
+            last_nl = max(body.rfind(b"\n"), body.rfind(b"\r"))
+            body = body[: last_nl + 1] if last_nl >= 0 else b""
     # utf-8-sig strips a BOM, which would otherwise hide the first group
     # (peers.md §1b); undecodable bytes become U+FFFD rather than an error.
     return body.decode("utf-8-sig", errors="replace"), truncated

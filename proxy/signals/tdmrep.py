@@ -72,8 +72,9 @@ def _reservation(value: object) -> tuple[int | None, str | None]:
     """(0, 1 or None, why it was read leniently)."""
     if isinstance(value, bool):
         return int(value), f"tdm-reservation {str(value).lower()} (a JSON boolean)"
-    if isinstance(value, int) and value in (0, 1):
-        return value, None
+    if isinstance(value, int | float) and value in (0, 1):
+        # JSON has one number type: 1, 1.0 and 1e0 are the same value to every JSON reader.
+        return int(value), None
     if isinstance(value, str) and value.strip() in ("0", "1"):
         return int(value.strip()), None
     return None, None

@@ -513,3 +513,42 @@ def test_a_request_body_over_the_cap_is_refused_on_the_record(
     assert "/upload" not in origin.paths()
     (record,) = records(proxy)
     assert (record["decision"], record["signal"], record["status"]) == ("block", "request-over-cap", 413)
+
+
+def test_a_robots_txt_line_cut_by_the_size_limit_is_dropped(
+    make_proxy: Callable[..., ProxyProcess], policy: Path
+) -> None:
+    # `Allow: /public-gallery/` cut at byte 512,000 reads `Allow: /`, which ties `Disallow: /`
+    # and wins the tie: the fetch must show the reader that its last line was cut.
+    limit, cut = 500 * 1024, "Allow: /"
+    body = "User-agent: *\nDisallow: /\n" + ("#" * 99 + "\n") * 5000
+    body += "#" * (limit - len(cut) - len(body) - 1) + "\n" + "Allow: /public-gallery/\n"
+    assert body.encode()[:limit].endswith(b"\n" + cut.encode())
+    o = CountingOrigin(robots=body)
+    try:
+        proxy = make_proxy(policy)
+        got = exchange(
+            proxy.port, [get(f"http://127.0.0.1:{o.port}/members/secret.html", f"127.0.0.1:{o.port}")]
+        )
+        assert got.startswith(b"HTTP/1.1 451") and MARKER not in got, got[:200]
+        assert o.content_requests() == []
+    finally:
+        o.close()
+
+
+def test_a_field_that_is_not_utf8_is_decided_and_recorded(
+    origin: CountingOrigin, make_proxy: Callable[..., ProxyProcess], policy: Path
+) -> None:
+    proxy = make_proxy(policy)
+    a = f"127.0.0.1:{origin.port}"
+    for path in ("/page", "/private/x"):
+        raw = get(f"http://{a}{path}", a, "User-Agent: ExampleBot/1.0 caf\xe9 \xff\r\n").replace(
+            b"\xc3\xa9", b"\xe9"
+        )
+        raw = raw.replace("\xff".encode(), b"\xff")
+        got = exchange(proxy.port, [raw])
+        assert got.startswith(b"HTTP/1.1 200" if path == "/page" else b"HTTP/1.1 451"), got[:200]
+    assert [(r["url"].rsplit("/", 1)[-1], r["decision"]) for r in records(proxy)] == [
+        ("page", "allow"),
+        ("x", "block"),
+    ]

@@ -261,6 +261,14 @@ async def fetch_license(
     )
 
 
+def _good_or_kept(new: OptionalDoc, old: OptionalDoc | None) -> OptionalDoc:
+    """`new`, or `old` when `new` could not be fetched and `old` is a good copy under STALE_LIMIT."""
+    if new.outcome != "unreachable" or old is None or old.outcome != "ok":
+        return new
+    age = _parse_time(new.document.fetched_at) - _parse_time(old.document.fetched_at)
+    return old if age < STALE_LIMIT else new
+
+
 async def load_origin(
     client: httpx.AsyncClient,
     origin: Origin,
@@ -295,6 +303,17 @@ async def load_origin(
             keep=keep, kind="tdmrep.json", get=get,
         ),
     )  # fmt: skip
+    # An optional document that could not be fetched this time keeps its last good copy (for
+    # STALE_LIMIT, as robots.txt does): one 503 at a refresh must not lift a reservation for a
+    # whole robots.txt lifetime. The origin is then asked again soon.
+    retry = None
+    if previous is not None:
+        fresh = (ai, ai_well_known, tdm)
+        olds = (previous.ai_txt, previous.ai_txt_well_known, previous.tdm_json)
+        kept_docs = [_good_or_kept(new, old) for new, old in zip(fresh, olds, strict=True)]
+        if any(k is not new for k, new in zip(kept_docs, fresh, strict=True)):
+            retry = unreachable_retry
+        ai, ai_well_known, tdm = kept_docs
     if fetched.outcome == "ok":
         keep(fetched, "robots.txt")
         parsed = await parse_off_loop(lambda body: robots.parse(body).warm(tokens), fetched.body or b"")
@@ -306,12 +325,12 @@ async def load_origin(
             origin, "ok", fetched.document, parsed, ai_txt=ai, tdm_json=tdm, ai_txt_well_known=ai_well_known,
             licenses=tuple(zip(sources, licenses, strict=True)),
         )  # fmt: skip
-        return docs, fetched.ttl
+        return docs, fetched.ttl if retry is None else min(fetched.ttl, retry)
     if fetched.outcome == "unavailable":
         return OriginDocuments(
             origin, "unavailable", fetched.document, None, ai_txt=ai, tdm_json=tdm,
             ai_txt_well_known=ai_well_known,
-        ), fetched.ttl  # fmt: skip
+        ), fetched.ttl if retry is None else min(fetched.ttl, retry)  # fmt: skip
     # Unreachable: keep a good copy in force if we have a recent one.
     if previous is not None and previous.robots_outcome != "unreachable":
         age = _parse_time(fetched.document.fetched_at) - _parse_time(previous.robots_document.fetched_at)

@@ -209,6 +209,26 @@ async def test_last_good_copy_survives_an_outage(make_site: Callable[..., Site])
     assert says(kept, "/pub") == Says.ALLOW
 
 
+@pytest.mark.parametrize(("path", "attr"), [("/.well-known/tdmrep.json", "tdm_json"), ("/ai.txt", "ai_txt")])
+async def test_an_optional_document_keeps_its_good_copy_through_an_outage(
+    path: str, attr: str, make_site: Callable[..., Site]
+) -> None:
+    # One 503 at a refresh must not lift a reservation for robots.txt's whole lifetime.
+    body = (
+        '[{"location": "/*", "tdm-reservation": 1}]' if "tdmrep" in path else "User-Agent: *\nDisallow: /\n"
+    )
+    site = make_site({"/robots.txt": Reply(200, "User-agent: *\nAllow: /\n"), path: Reply(200, body)})
+    good, ttl_good = await documents(site)
+    assert getattr(good, attr).outcome == "ok"
+    site.routes[path] = Reply(503, "down")
+    kept, ttl = await documents(site, good)
+    assert getattr(kept, attr) is getattr(good, attr)
+    assert ttl == min(ttl_good, 300)  # asked again soon
+    site.routes[path] = Reply(404, "gone")  # an answer, not an outage: the copy goes
+    gone, _ = await documents(site, kept)
+    assert getattr(gone, attr).outcome == "unavailable"
+
+
 async def test_https_origin_with_its_own_ca(make_site: Callable[..., Site], ca_pem: object) -> None:
     site = make_site({"/robots.txt": Reply(200, DISALLOW_ALL)}, tls=True)
     docs, _ = await documents(site, ca_file=str(ca_pem))

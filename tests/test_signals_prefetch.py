@@ -204,6 +204,24 @@ def test_aitxt(text: str, path: str, expected: Says) -> None:
     assert all(f.signal == "ai-txt" for f in found)
 
 
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("Agent: *\n  Training: allow\nAgent: ExampleBot/1.0\n  Training: deny\n", "/a"),  # a product token
+        ("Training: allow\nAgent: GPTBot/1.1\n  Training: deny\n", "/a"),  # an honored one
+        ("Training: conditional\nTraining-Allow: /*\nTraining-Deny: /members/?*\n", "/members/x"),  # globs
+        ("Training: conditional\nTraining-Allow: /*\nTraining-Deny: /members/[a-z]*\n", "/members/x"),
+        ("User-Agent: *\nDisallow: *.jpg\n\nTraining: deny\n", "/index.html"),  # both forms in one file
+        ("Agent: ExampleBot\n  Training: deny\nAgent: ExampleBot\n  Training: allow\n", "/a"),  # said twice
+    ],
+)
+def test_aitxt_key_value_reservations_are_read_every_way(text: str, path: str) -> None:
+    parsed = aitxt.parse(text.encode())
+    assert parsed is not None
+    found = aitxt.findings_for(path, parsed, "ExampleBot", ["GPTBot"], "ai-train", None)
+    assert any(f.says is D for f in found), found
+
+
 def test_aitxt_other_formats_are_no_signal() -> None:
     assert aitxt.parse(b"<html><body>Under maintenance</body></html>") is None  # A7
     assert aitxt.parse(b"# Acme\n\nWe build widgets. Please be accurate.\n") is None  # A8

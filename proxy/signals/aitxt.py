@@ -23,9 +23,13 @@ default (`Training` defaults to deny; the others to allow). Under
 `conditional`, a path matching a `Training-Deny` glob is denied, else one
 matching a `Training-Allow` glob is allowed, else denied; globs are read as
 robots.txt patterns (`*` matches anything, `/` included: the broader, stricter
-reading for a denial). Values are case-insensitive; an unknown value counts
-as unset. A file is taken as this form only if it has one of the draft's
-keys; a honored token's own block that denies binds us as in robots.txt.
+reading for a denial), and as shell globs too (`?`, `[a-z]`). Values are
+case-insensitive; an unknown value counts as unset; a key said twice for one
+agent keeps its stricter value. `Agent` names a product token as
+`User-agent` does (`ExampleBot/1.0` is ExampleBot). A file is taken as this
+form only if it has one of the draft's keys; a honored token's own block that
+denies binds us as in robots.txt. A file with both forms is read both ways,
+and the strictest answer wins.
 
 Deliberate choices, both forms:
 
@@ -42,6 +46,7 @@ Deliberate choices, both forms:
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -60,6 +65,7 @@ _DRAFT_KEYS = frozenset({
     *PREFERENCES, "site-name", "site-url", "agent", "training-allow", "training-deny", "training-license",
     "training-fee", "ai-json", "attribution", "ai-disclosure", "rate-limit", "spec-version",
 })  # fmt: skip
+_STRICTNESS = {"allow": 0, "conditional": 1, "deny": 2}
 # purpose -> the keys that bind it
 BINDING = {"ai-train": ("training", "scraping"), "ai-input": ("scraping",), "search": ("indexing",)}
 
@@ -78,6 +84,14 @@ class KeyValueAiTxt:
     agents: Mapping[str, Mapping[str, Line]]
     training_allow: tuple[tuple[robots.PathPattern, int], ...]
     training_deny: tuple[tuple[robots.PathPattern, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MixedAiTxt:
+    """A file in both forms (Spawning's rules and the draft's keys): each is read, the strictest wins."""
+
+    rules: robots.RobotsTxt
+    keys: KeyValueAiTxt
 
 
 def parse_key_value(body: bytes) -> KeyValueAiTxt | None:
@@ -104,10 +118,16 @@ def parse_key_value(body: bytes) -> KeyValueAiTxt | None:
         if not indented:
             block = None
         if key == "agent" and not indented:
-            block = agents.setdefault(value.lower(), {})
+            # The product token, as robots.txt reads `User-agent` (`ExampleBot/1.0` is ExampleBot).
+            block = agents.setdefault(robots.product_token(value), {})
             continue
         if key in PREFERENCES:
-            (block if block is not None and indented else site)[key] = Line(value.lower(), number)
+            lines = block if block is not None and indented else site
+            new = Line(value.lower(), number)
+            old = lines.get(key)
+            # Said twice (two blocks for one agent, a repeated line): the stricter one stands.
+            if old is None or _STRICTNESS.get(new.value, -1) >= _STRICTNESS.get(old.value, -1):
+                lines[key] = new
         elif key == "training-allow" and value and not indented:
             allow.append((robots.PathPattern(value), number))
         elif key == "training-deny" and value and not indented:
@@ -117,18 +137,19 @@ def parse_key_value(body: bytes) -> KeyValueAiTxt | None:
     return KeyValueAiTxt(site, agents, tuple(allow), tuple(deny))
 
 
-def parse(body: bytes) -> robots.RobotsTxt | KeyValueAiTxt | None:
-    """An ai.txt in Spawning's robots-like form or the draft's key/value form; None for neither."""
+def parse(body: bytes) -> robots.RobotsTxt | KeyValueAiTxt | MixedAiTxt | None:
+    """An ai.txt in Spawning's robots-like form, the draft's key/value form, or both; None for neither."""
     parsed = robots.parse(body)
+    keys = parse_key_value(body)
     if parsed.groups and any(g.rules for g in parsed.groups):
-        return parsed
-    return parse_key_value(body)
+        return parsed if keys is None else MixedAiTxt(parsed, keys)
+    return keys
 
 
 def _resolve(parsed: KeyValueAiTxt, token: str | None, key: str) -> tuple[str, str, Line | None]:
     """(value, where it was set, the line) of `key` for `token` (None: only `*` and site-wide)."""
     for where, lines in (
-        (f"Agent: {token}", parsed.agents.get(token.lower()) if token else None),
+        (f"Agent: {token}", parsed.agents.get(robots.product_token(token)) if token else None),
         ("Agent: *", parsed.agents.get("*")),
         ("site-wide", parsed.site),
     ):
@@ -152,7 +173,7 @@ def _key_value_findings(
             line=line.number if line else None, agent=agent,
         ))  # fmt: skip
         for token in honor_agents:
-            own = parsed.agents.get(token.lower(), {}).get(key)
+            own = parsed.agents.get(robots.product_token(token), {}).get(key)
             if own is None or own.value not in ("deny", "conditional"):
                 continue
             says, detail = _says(parsed, key, own.value, path)
@@ -170,7 +191,9 @@ def _says(parsed: KeyValueAiTxt, key: str, value: str, path: str) -> tuple[Says,
     if value == "deny" or key != "training":
         return Says.DISALLOW, ""
     for pattern, number in parsed.training_deny:
-        if pattern.matches(path):
+        # Read as a robots.txt pattern and as a shell glob (`?`, `[a-z]`): a denial takes the
+        # broader reading.
+        if pattern.matches(path) or fnmatch.fnmatchcase(path, pattern.value):
             return Says.DISALLOW, f"; Training-Deny: {pattern.value} (line {number})"
     for pattern, number in parsed.training_allow:
         if pattern.matches(path):
@@ -180,13 +203,18 @@ def _says(parsed: KeyValueAiTxt, key: str, value: str, path: str) -> tuple[Says,
 
 def findings_for(
     path: str,
-    parsed: robots.RobotsTxt | KeyValueAiTxt,
+    parsed: robots.RobotsTxt | KeyValueAiTxt | MixedAiTxt,
     agent: str,
     honor_agents: Iterable[str],
     purpose: str,
     document: Document | None,
 ) -> list[Finding]:
     """Findings for `path`: our agent's (or `*`'s) verdict plus honored tokens' disallows."""
+    if isinstance(parsed, MixedAiTxt):
+        return [
+            *findings_for(path, parsed.rules, agent, honor_agents, purpose, document),
+            *_key_value_findings(path, parsed.keys, agent, honor_agents, purpose, document),
+        ]
     if isinstance(parsed, KeyValueAiTxt):
         return _key_value_findings(path, parsed, agent, honor_agents, purpose, document)
     found = robots.findings_for(path, parsed, agent, honor_agents, document, signal=NAME)

@@ -161,21 +161,46 @@ def tdm_xmp(reservation: str) -> bytes:
     return xmp(f"<tdm:reservation>{reservation}</tdm:reservation>", f'xmlns:tdm="{TDM_NS}"')
 
 
-def epub(opf_meta: str) -> bytes:
-    """A minimal EPUB (zip) whose package document carries `opf_meta` in its <metadata>."""
+def epub(opf_meta: str, package: str = "OEBPS/content.opf", *, raw_package: str | None = None) -> bytes:
+    """A minimal EPUB (zip) whose package document (at `package`, which container.xml names)
+    carries `opf_meta` in its <metadata>, or is `raw_package` as given."""
     import zipfile
 
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as z:
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("mimetype", "application/epub+zip", compress_type=zipfile.ZIP_STORED)
         z.writestr(
             "META-INF/container.xml",
-            '<container><rootfiles><rootfile full-path="OEBPS/content.opf"/></rootfiles></container>',
+            f'<container><rootfiles><rootfile full-path="{package}"/></rootfiles></container>',
         )
         z.writestr(
-            "OEBPS/content.opf",
-            '<package xmlns="http://www.idpf.org/2007/opf" prefix="tdm: http://www.w3.org/ns/tdmrep#">'
+            package,
+            raw_package
+            if raw_package is not None
+            else '<package xmlns="http://www.idpf.org/2007/opf" prefix="tdm: http://www.w3.org/ns/tdmrep#">'
             f"<metadata>{opf_meta}</metadata></package>",
         )
         z.writestr("OEBPS/ch1.xhtml", "<html><body>chapter</body></html>")
     return out.getvalue()
+
+
+def jpeg_with_extended_xmp(packet: bytes, pieces: int = 2) -> bytes:
+    """A JPEG whose XMP is in Adobe's extended form: a stub packet, then `packet` in APP1 pieces."""
+    guid = b"0123456789ABCDEF0123456789ABCDEF"
+    size = -(-len(packet) // pieces)
+    extension = b"http://ns.adobe.com/xmp/extension/\x00"
+    segments = [
+        _segment(0xE1, extension + guid + struct.pack(">II", len(packet), at) + packet[at : at + size])
+        for at in range(0, len(packet), size)
+    ]
+    stub = xmp(
+        f'<xmpNote:HasExtendedXMP xmlns:xmpNote="http://ns.adobe.com/xmp/note/">{guid.decode()}</xmpNote:HasExtendedXMP>'
+    )
+    return jpeg_with_segments(_segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00" + stub), *segments)
+
+
+def webp_with_xmp(packet: bytes) -> bytes:
+    """A RIFF/WebP container whose `XMP ` chunk holds `packet` as given (any encoding)."""
+    chunk = b"XMP " + struct.pack("<I", len(packet)) + packet + b"\x00" * (len(packet) % 2)
+    body = b"WEBP" + chunk
+    return b"RIFF" + struct.pack("<I", len(body)) + body

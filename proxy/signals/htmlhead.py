@@ -65,6 +65,9 @@ _REST = rf"""((?:[{_WS}/]*+{_ATTR_NAME}(?:[{_WS}]*+=[{_WS}]*+{_ATTR_VALUE})?+)*+
 _ATTR = re.compile(
     rf"""[{_WS}/]*+({_ATTR_NAME})(?:[{_WS}]*+=[{_WS}]*+(?:"([^"]*+)"?|'([^']*+)'?|([^{_WS}>]*+)))?+"""
 )
+# A start tag of the elements `names` (a pattern, no groups): group 1 its attributes, group 2
+# its `>` (empty when it runs to the end), for readers of other markup (an EPUB's package).
+TAG_PATTERN = "<{names}" + rf"(?=[{_WS}/>])" + _REST.replace("{", "{{").replace("}", "}}")
 # The lookahead on the first letter lets the engine skip most `<` without trying each
 # name (measured: faster than the plain alternation even with four names more).
 _NAMES = rf"<(?=[mMlLsSiIfFoOeE])(meta|link|script|iframe|frame|object|embed)(?=[{_WS}/>]){_REST}"
@@ -220,6 +223,11 @@ def _pairs(text: str) -> list[tuple[str, str]]:
         value = m.group(2) if m.group(2) is not None else m.group(3) if m.group(3) is not None else m.group(4)
         out.append((m.group(1).lower(), html.unescape(value or "")))
     return out
+
+
+def attributes(text: str) -> list[tuple[str, str]]:
+    """A start tag's attributes (the text after its name), as `TAG_PATTERN`'s group 1 holds them."""
+    return _pairs(text)
 
 
 def _first(pairs: list[tuple[str, str]]) -> dict[str, str]:

@@ -32,6 +32,7 @@ its findings say "signature not checked". Remote manifests
 from __future__ import annotations
 
 import functools
+import html
 import io
 import json
 import re
@@ -45,7 +46,7 @@ import cbor2
 from defusedxml import ElementTree
 
 from proxy.evidence import Document, Finding, Says
-from proxy.signals import c2pa_store
+from proxy.signals import c2pa_store, htmlhead
 from proxy.sniff import contains
 
 NAME = "media-metadata"
@@ -54,10 +55,15 @@ TDM_NS = "http://www.w3.org/ns/tdmrep/"
 DMI_PREFIX = "http://ns.useplus.org/ldf/vocab/"
 _MAX_INFLATE = 8 * 1024 * 1024  # per stream: a zip bomb stops here
 _MAX_STREAMS = 64
-_XMP_PACKET = re.compile(rb"<x:xmpmeta[\s>].*?</x:xmpmeta>", re.DOTALL)
-_RDF_PACKET = re.compile(rb"<rdf:RDF[\s>].*?</rdf:RDF>", re.DOTALL)
+# Packets are cut out by finding an opening, then its closing once (never a lazy `.*?` per
+# opening: a body of openings without closings made that quadratic, minutes for 240 KB).
+_XMP_OPEN = re.compile(rb"<x:xmpmeta[\s>]")
+_RDF_OPEN = re.compile(rb"<rdf:RDF[\s>]")
 _RAW_DMI = re.compile(rb"ns\.useplus\.org/ldf/vocab/(DMI-PROHIBITED[A-Z-]*)")
-_PDF_FLATE = re.compile(rb"/FlateDecode.*?stream\r?\n", re.DOTALL)
+_PDF_STREAM = re.compile(rb"stream\r?\n")
+_XMP_KEYWORD = b"XML:com.adobe.xmp\x00"
+_XMP_EXTENSION = b"http://ns.adobe.com/xmp/extension/\x00"
+_WIDE_XMP = (("xmpmeta".encode("utf-16-le"), "utf-16-le"), ("xmpmeta".encode("utf-16-be"), "utf-16-be"))
 C2PA_LABELS = (b"cawg.training-mining", b"c2pa.training-mining")
 
 # value -> purposes it reserves (signals.md §10.1)
@@ -134,27 +140,96 @@ def _inflate(data: bytes) -> bytes | None:
     return out
 
 
-def xmp_packets(body: bytes) -> list[bytes]:
-    """Every XMP packet found in `body`, decompressed where the container compresses it."""
+def _delimited(data: bytes, opening: re.Pattern[bytes], closing: bytes) -> list[bytes]:
+    """Every `opening`...`closing` span of `data`, in one pass (none past an unclosed opening)."""
+    out: list[bytes] = []
+    pos = 0
+    while (m := opening.search(data, pos)) is not None:
+        end = data.find(closing, m.end())
+        if end < 0:
+            break
+        out.append(data[m.start() : end + len(closing)])
+        pos = end + len(closing)
+    return out
+
+
+def _packets_in(data: bytes) -> list[bytes]:
+    return _delimited(data, _XMP_OPEN, b"</x:xmpmeta>") or _delimited(data, _RDF_OPEN, b"</rdf:RDF>")
+
+
+def _png_xmp(kind: bytes, data: bytes) -> bytes | None:
+    """The XMP text of a PNG iTXt, zTXt or tEXt chunk with Adobe's keyword, inflated if it is compressed."""
+    if not data.startswith(_XMP_KEYWORD):
+        return None
+    rest = data[len(_XMP_KEYWORD) :]
+    if kind == b"tEXt":
+        return rest
+    if kind == b"zTXt":  # compression method, then zlib data
+        return _inflate(rest[1:]) or b""
+    # iTXt: compression flag, method, language tag\0, translated keyword\0, text. Readers
+    # (Pillow, exiftool) take any non-zero flag as compressed.
+    parts = rest[2:].split(b"\x00", 2)
+    text = parts[2] if len(parts) == 3 else b""
+    return (_inflate(text) or b"") if rest[:1] not in (b"\x00", b"") else text
+
+
+def xmp_packets(body: bytes, unread: list[str] | None = None) -> list[bytes]:
+    """Every XMP packet found in `body`, decompressed where the container compresses it.
+
+    `unread` gets a reason for each place that could not be read in full (a metadata
+    stream that inflates past the limit): the caller withholds rather than guess.
+    """
     packets: list[bytes] = []
+    extended: dict[bytes, list[tuple[int, bytes]]] = {}
     for marker, payload in _jpeg_segments(body):
         if marker == 0xE1 and payload.startswith(b"http://ns.adobe.com/xap/1.0/\x00"):
             packets.append(payload[29:])
+        elif marker == 0xE1 and payload.startswith(_XMP_EXTENSION) and len(payload) >= 75:
+            # Extended XMP: a GUID, the full length, this piece's offset, then the piece.
+            head = len(_XMP_EXTENSION)
+            guid, (offset,) = payload[head : head + 32], struct.unpack(">I", payload[head + 36 : head + 40])
+            extended.setdefault(guid, []).append((offset, payload[head + 40 :]))
+    packets += [b"".join(piece for _, piece in sorted(pieces)) for pieces in extended.values()]
     for kind, data in _png_chunks(body):
-        if kind == b"iTXt" and data.startswith(b"XML:com.adobe.xmp\x00"):
-            rest = data[len(b"XML:com.adobe.xmp\x00") :]
-            compressed = rest[:1] == b"\x01"
-            # compression flag, method, language tag\0, translated keyword\0, text
-            parts = rest[2:].split(b"\x00", 2)
-            text = parts[2] if len(parts) == 3 else b""
-            packets.append((_inflate(text) or b"") if compressed else text)
+        if kind in (b"iTXt", b"zTXt", b"tEXt"):
+            text = _png_xmp(kind, data)
+            if text is not None:
+                packets.append(text)
     if body.startswith(b"%PDF"):
-        for m in list(_PDF_FLATE.finditer(body))[:_MAX_STREAMS]:
-            inflated = _inflate(body[m.end() : m.end() + _MAX_INFLATE])
-            if inflated and (b"xmpmeta" in inflated or b"rdf:RDF" in inflated):
-                packets.extend(_XMP_PACKET.findall(inflated) or _RDF_PACKET.findall(inflated))
+        packets += _pdf_packets(body, unread if unread is not None else [])
     if not packets:
-        packets = _XMP_PACKET.findall(body) or _RDF_PACKET.findall(body)
+        packets = _packets_in(body)
+    if not packets:
+        # UTF-16 XMP in a container we do not take apart (WebP, TIFF): read it narrowed.
+        for wide, codec in _WIDE_XMP:
+            at = body.find(wide)
+            if at >= 0:
+                for start in (at % 2, 1 - at % 2):
+                    narrowed = body[start:].decode(codec, "replace").encode("utf-8", "replace")
+                    packets += _packets_in(narrowed)
+    return packets
+
+
+def _pdf_packets(body: bytes, unread: list[str]) -> list[bytes]:
+    """XMP packets in a PDF's Flate streams: every metadata stream, and the first _MAX_STREAMS others."""
+    packets: list[bytes] = []
+    others = 0
+    pos = 0
+    while (at := body.find(b"/FlateDecode", pos)) >= 0:
+        m = _PDF_STREAM.search(body, at)
+        if m is None:
+            break
+        pos = m.end()
+        metadata = b"/Metadata" in body[max(0, at - 512) : m.start()]
+        if not metadata:
+            others += 1
+            if others > _MAX_STREAMS:
+                continue
+        inflated = _inflate(body[m.end() : m.end() + _MAX_INFLATE])
+        if metadata and inflated is not None and len(inflated) >= _MAX_INFLATE:
+            unread.append(f"a PDF metadata stream that inflates past {_MAX_INFLATE} bytes")
+        if inflated and (b"xmpmeta" in inflated or b"rdf:RDF" in inflated):
+            packets.extend(_packets_in(inflated))
     return packets
 
 
@@ -249,37 +324,76 @@ def epub_tdm(body: bytes) -> tuple[list[str], list[str]]:
     """(tdm:reservation values, tdm:policy values) of an EPUB's package documents (TDMRep §4.4).
 
     EPUB 3 writes `<meta property="tdm:reservation">1</meta>`, EPUB 2
-    `<meta name="tdm:reservation" content="1"/>`. A broken archive gives nothing.
+    `<meta name="tdm:reservation" content="1"/>`. The package documents are those
+    `META-INF/container.xml` names and any `.opf`; each is read as XML (CDATA,
+    character references, any prefix on `meta`), or, if it is not well-formed,
+    by its tags. A broken archive gives nothing.
     """
     if not body.startswith(b"PK"):
         return [], []
-    reservations: list[str] = []
-    policies: list[str] = []
+    found: dict[str, list[str]] = {"reservation": [], "policy": []}
     try:
         with zipfile.ZipFile(io.BytesIO(body)) as archive:
-            for info in archive.infolist()[:1000]:
-                if not info.filename.lower().endswith(".opf") or info.file_size > _MAX_INFLATE:
-                    continue
+            infos = {info.filename: info for info in archive.infolist()[:1000]}
+
+            def read(name: str) -> bytes | None:
+                info = infos.get(name)
+                if info is None or info.file_size > _MAX_INFLATE:
+                    return None
                 with archive.open(info) as f:
-                    opf = f.read(_MAX_INFLATE).decode("utf-8", "replace")
-                for kind, target in (("reservation", reservations), ("policy", policies)):
-                    target += _EPUB3_META.get(kind, re.compile("$^")).findall(opf)
-                    target += [m.group(1) for m in _EPUB2_META[kind].finditer(opf)]
+                    return f.read(_MAX_INFLATE)
+
+            container = read("META-INF/container.xml") or b""
+            named = [m.group(1).decode("utf-8", "replace") for m in _ROOTFILE.finditer(container)][:16]
+            opfs = dict.fromkeys([*named, *(n for n in infos if n.lower().endswith(".opf"))])
+            for name in list(opfs)[:16]:
+                opf = read(name)
+                if opf is not None:
+                    for kind, values in _opf_tdm(opf).items():
+                        found[kind] += values
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError):
         return [], []
-    return [v.strip() for v in reservations], [v.strip() for v in policies]
+    return [v.strip() for v in found["reservation"]], [v.strip() for v in found["policy"]]
 
 
-_EPUB3_META = {
-    kind: re.compile(rf'<meta[^>]*property\s*=\s*["\']tdm:{kind}["\'][^>]*>([^<]*)</meta>', re.IGNORECASE)
-    for kind in ("reservation", "policy")
-}
-_EPUB2_META = {
-    kind: re.compile(
-        rf'<meta(?=[^>]*name\s*=\s*["\']tdm:{kind}["\'])[^>]*content\s*=\s*["\']([^"\']*)["\']', re.IGNORECASE
-    )
-    for kind in ("reservation", "policy")
-}
+_ROOTFILE = re.compile(rb"""full-path\s*=\s*["']([^"']+)["']""")
+
+
+def _opf_tdm(opf: bytes) -> dict[str, list[str]]:
+    """The tdm:reservation and tdm:policy statements of one package document."""
+    out: dict[str, list[str]] = {"reservation": [], "policy": []}
+    try:
+        root = ElementTree.fromstring(opf)  # defusedxml: no entity declarations, no external ones
+    except Exception:  # not well-formed, or entities refused: read by its tags below
+        root = None
+    if root is not None:
+        for el in root.iter():
+            if not isinstance(el.tag, str) or el.tag.rsplit("}", 1)[-1] != "meta":
+                continue
+            kind = _tdm_kind(el.get("property", "")) or _tdm_kind(el.get("name", ""))
+            if kind is not None:
+                value = el.get("content") if el.get("property") is None else "".join(el.itertext())
+                out[kind].append(value or "")
+        return out
+    # Not well-formed: its meta tags as an HTML reader finds them (one pass), content or text.
+    text = opf.decode("utf-8", "replace")
+    for m in _OPF_META.finditer(text):
+        attrs = dict(htmlhead.attributes(m.group(1)))
+        kind = _tdm_kind(attrs.get("property", "")) or _tdm_kind(attrs.get("name", ""))
+        if kind is not None:
+            lt = text.find("<", m.end())
+            after = text[m.end() : lt if lt >= 0 else len(text)]
+            out[kind].append(attrs.get("content") or html.unescape(after))
+    return out
+
+
+def _tdm_kind(value: str) -> str | None:
+    """'reservation' or 'policy' for `tdm:reservation` / `tdm:policy` (any case), else None."""
+    prefix, _, local = value.strip().lower().rpartition(":")
+    return local if prefix == "tdm" and local in ("reservation", "policy") else None
+
+
+_OPF_META = re.compile(htmlhead.TAG_PATTERN.format(names=r"(?:[A-Za-z_][\w.-]{0,63}:)?meta"), re.IGNORECASE)
 
 
 # -- C2PA / CAWG -------------------------------------------------------------
@@ -509,7 +623,8 @@ def findings_from_body(
     invalid_signature: str = "bind", declared: Iterable[str] = (),
 ) -> tuple[list[Finding], list[bytes]]:  # fmt: skip
     """Media-metadata findings of a body, and its XMP packets (for TDMRep's PDF channel)."""
-    packets = xmp_packets(body)
+    unread: list[str] = []
+    packets = xmp_packets(body, unread)
     manifests = c2pa_findings(
         body,
         purpose,
@@ -518,4 +633,6 @@ def findings_from_body(
         invalid_signature=invalid_signature,
         declared=declared,
     )
-    return datamining_findings(packets, body, purpose, document) + manifests, packets
+    why = "the file's metadata could not be read in full ({}); withheld rather than guessed"
+    withheld = [Finding(NAME, Says.DISALLOW, why.format(reason), document) for reason in unread]
+    return datamining_findings(packets, body, purpose, document) + manifests + withheld, packets

@@ -18,6 +18,7 @@ import brotli  # type: ignore[import-untyped]
 import pytest
 
 from tests.adversarial.rawnet import MARKER, CountingOrigin, exchange
+from tests.media_files import datamining_element, epub, jpeg_with_extended_xmp, png_with_chunk, webp_with_xmp
 from tests.policies import write_policy
 from tests.proxyproc import ProxyProcess
 
@@ -41,6 +42,8 @@ def raw_deflate(data: bytes) -> bytes:
     c = zlib.compressobj(wbits=-15)
     return c.compress(data) + c.flush()
 
+
+DMI = datamining_element("DMI-PROHIBITED")
 
 # name -> (header lines, body as sent)
 CASES: dict[str, tuple[list[str], bytes]] = {
@@ -309,6 +312,35 @@ CASES: dict[str, tuple[list[str], bytes]] = {
         ["Content-Type: text/html"],
         b'<meta charset="utf-7">+ADw-meta name=robots content=noai+AD4-' + MARKER,
     ),
+    # media metadata where readers (Pillow, exiftool) find it
+    "png-itxt-compression-flag-2": (
+        ["Content-Type: image/png"],
+        png_with_chunk(
+            b"iTXt", b"XML:com.adobe.xmp\x00\x02\x00\x00\x00" + zlib.compress(DMI), after_idat=False
+        )
+        + MARKER,
+    ),
+    "png-ztxt-xmp": (
+        ["Content-Type: image/png"],
+        png_with_chunk(b"zTXt", b"XML:com.adobe.xmp\x00\x00" + zlib.compress(DMI), after_idat=False) + MARKER,
+    ),
+    "webp-utf16-xmp": (
+        ["Content-Type: image/webp"],
+        webp_with_xmp(DMI.decode().encode("utf-16-le")) + MARKER,
+    ),
+    "jpeg-extended-xmp": (["Content-Type: image/jpeg"], jpeg_with_extended_xmp(DMI) + MARKER),
+    "epub-package-named-by-container": (
+        ["Content-Type: application/epub+zip"],
+        epub('<meta property="tdm:reservation">1</meta>', "OEBPS/package.xml") + MARKER,
+    ),
+    "epub-reservation-in-cdata": (
+        ["Content-Type: application/epub+zip"],
+        epub('<meta property="tdm:reservation"><![CDATA[1]]></meta>') + MARKER,
+    ),
+    "epub2-reservation-as-character-reference": (
+        ["Content-Type: application/epub+zip"],
+        epub('<meta name="tdm:reservation" content="&#49;"/>') + MARKER,
+    ),
     # `<!--` that opens no comment (or one that ends early) must not hide what follows
     "comment-empty": (["Content-Type: text/html"], b'<!--><meta name="robots" content="noai">-->' + MARKER),
     "comment-empty-dash": (
@@ -452,18 +484,27 @@ def test_a_transfer_coding_is_undone_before_the_body_is_read(
         o.close()
 
 
-def test_a_page_of_unclosed_tags_does_not_stall_the_proxy(
-    origin: CountingOrigin, proxy: ProxyProcess
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        ("text/html", b"<meta " * 40_000),
+        ("image/jpeg", b"<x:xmpmeta <rdf:RDF " * 12_000),
+        ("application/epub+zip", epub("", raw_package="<meta " * 60_000)),
+    ],
+    ids=["html", "xmp", "epub"],
+)
+def test_a_body_of_unclosed_tags_does_not_stall_the_proxy(
+    kind: str, body: bytes, origin: CountingOrigin, proxy: ProxyProcess
 ) -> None:
-    # `<meta ` 40,000 times and no `>`: a pattern that looks for each tag's end from each tag
-    # start took minutes, and held up every other request while it ran.
-    CASES["unclosed-tags"] = (["Content-Type: text/html"], b"<meta " * 40_000 + MARKER)
+    # Tags that never close: a pattern that looks for each tag's end from each tag start took
+    # minutes (a 321-byte EPUB inflates to such a package), and held up every other request.
+    CASES["unclosed-tags"] = ([f"Content-Type: {kind}"], body + MARKER)
     try:
         a = f"127.0.0.1:{origin.port}"
         request = f"GET http://{a}/unclosed-tags HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n"
         started = time.monotonic()
         got = exchange(proxy.port, [request.encode()], wait=30)
-        assert time.monotonic() - started < 10, "the hostile page took the proxy over 10 s"
+        assert time.monotonic() - started < 10, "the hostile body took the proxy over 10 s"
         assert got.startswith(b"HTTP/1.1 200") and MARKER in got  # no signal in it: delivered
     finally:
         del CASES["unclosed-tags"]

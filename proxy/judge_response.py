@@ -323,7 +323,9 @@ class ResponseJudge:
             decision = decide([*found, finding], policy, mode=self.mode())
             self._respond(flow, state, decision, policy, inspected="undecodable", in_place=False)
             return
-        if over and kinds:
+        if over:
+            # Whatever its kind: the same body sent uncompressed would be over the cap too (and
+            # mitmproxy's body_size_limit stops it), and what lies past the cap is unread.
             self._over_cap(flow, state, found, policy, document, cap + 1, in_place=False, decoded=True)
             return
         if "html" not in kinds and codings:

@@ -554,3 +554,26 @@ def test_license_line_is_file_wide_and_never_splits_groups() -> None:
     )
     assert [r.value for r in parsed.file_records("license")] == ["https://l.example/x.xml"]
     assert robots.findings_for("/a", parsed, "ExampleBot", [], None)[0].says is D
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ('<https://a.example/l.xml>; rel="license"; type="application/rsl+xml"', ["https://a.example/l.xml"]),
+        (
+            '<https://a.example/l.xml>; rel="nofollow license"; type="application/rsl+xml"',
+            ["https://a.example/l.xml"],
+        ),
+        (
+            "<https://a.example/lic,v1.xml>; rel=license; type=application/rsl+xml",
+            ["https://a.example/lic,v1.xml"],
+        ),
+        (
+            '<https://a.example/s.css>; rel=stylesheet, <https://a.example/l.xml>;rel="license";type="application/rsl+xml"',
+            ["https://a.example/l.xml"],
+        ),
+        ('<https://a.example/l.xml>; rel="licensed"; type="application/rsl+xml"', []),
+    ],
+)
+def test_rsl_link_header_is_read_as_rfc_8288_says(header: str, expected: list[str]) -> None:
+    assert rsl.license_links([header]) == expected

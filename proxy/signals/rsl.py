@@ -24,6 +24,7 @@ XML is parsed with defusedxml: no entity expansion, no external fetches.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
@@ -169,16 +170,25 @@ def unusable(source: str, document: Document | None, why: str) -> Finding:
     return Finding(NAME, Says.UNKNOWN, f"{source}: {why}", document)
 
 
+_LINK = re.compile(r"<([^>]*)>((?:\s*;\s*[^;,=\s]+(?:\s*=\s*(?:\"[^\"]*\"|[^;,]*))?)*)")
+_LINK_PARAM = re.compile(r"""([^;,=\s]+)(?:\s*=\s*(?:"([^"]*)"|([^;,]*)))?""")
+
+
 def license_links(link_header_values: list[str]) -> list[str]:
-    """URLs of `Link: <...>; rel="license"; type="application/rsl+xml"` header values."""
+    """URLs of `Link: <...>; rel="license"; type="application/rsl+xml"` header values.
+
+    RFC 8288: a target in `<...>` may hold commas; `rel` is a space-separated list
+    (`rel="nofollow license"`). A link that names RSL's type counts whatever else it says.
+    """
     out = []
     for value in link_header_values:
-        for part in value.split(","):
-            if "<" not in part or ">" not in part:
-                continue
-            target = part[part.index("<") + 1 : part.index(">")]
-            params = part[part.index(">") + 1 :].lower().replace(" ", "")
-            rel_license = 'rel="license"' in params or "rel=license" in params
-            if rel_license and MEDIA_TYPE in params:
-                out.append(target.strip())
+        for m in _LINK.finditer(value):
+            params: dict[str, str] = {}
+            for p in _LINK_PARAM.finditer(m.group(2)):
+                params.setdefault(
+                    p.group(1).lower(), (p.group(2) if p.group(2) is not None else p.group(3) or "")
+                )
+            rels = params.get("rel", "").lower().split()
+            if "license" in rels and MEDIA_TYPE in params.get("type", "").lower():
+                out.append(m.group(1).strip())
     return out

@@ -508,3 +508,32 @@ def test_a_body_of_unclosed_tags_does_not_stall_the_proxy(
         assert got.startswith(b"HTTP/1.1 200") and MARKER in got  # no signal in it: delivered
     finally:
         del CASES["unclosed-tags"]
+
+
+def test_a_compressed_body_that_decodes_past_the_cap_is_withheld_whatever_its_type(
+    make_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    # The same body uncompressed is stopped at the cap; compressed, what lies past it is unread.
+    page = b"x" * 300_000 + b'<meta name="robots" content="noai">' + MARKER
+    body = gz(page)
+
+    def answer(path: str, head: bytes) -> bytes:
+        if path == "/robots.txt":
+            return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 22\r\n\r\nUser-agent: *\nAllow: /\n"
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Encoding: gzip\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        )  # fmt: skip
+
+    o = CountingOrigin(respond=answer)
+    try:
+        proxy = make_proxy(write_policy(tmp_path), optout_body_cap=200_000)
+        a = f"127.0.0.1:{o.port}"
+        got = exchange(
+            proxy.port, [f"GET http://{a}/big HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n".encode()]
+        )
+        assert not got.startswith(b"HTTP/1.1 200") and body not in got, got[:200]
+        (record,) = [r for r in proxy.records() if r["phase"] == "response"]
+        assert record["signal"] == "body-over-cap" and record["withheld"] is True
+    finally:
+        o.close()

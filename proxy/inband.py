@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
-from proxy import sniff
+from proxy import mime, sniff
 from proxy.documents import OptionalDoc, license_findings
 from proxy.evidence import Document, Finding, Says
 from proxy.policy import Policy
@@ -184,6 +184,8 @@ async def body_findings(
             xml=any("xml" in t.lower() for t in types),
             also=view.charsets if types else (),
         )
+        for part in mime.encoded_parts(body, types):
+            head.merge(htmlhead.read(part))  # a page inside MHTML or a message, decoded
         first = len(found)
         if mode(xrobotstag.NAME_META) != "off":
             found += xrobotstag.findings_from_meta(

@@ -13,13 +13,14 @@ import hashlib
 import logging
 import re
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
 from mitmproxy import http
 
+from proxy import mime
 from proxy.answers import BLOCK_STATUS, block_body, finish_withheld
 from proxy.audit import new_id
 from proxy.codings import Undecodable, codings_of, decode, transfer_codings_of
@@ -105,7 +106,9 @@ def _html_anywhere(body: bytes) -> bool:
     )
 
 
-def _markup_anywhere(body: bytes, policy: Policy, kinds: frozenset[str] = frozenset()) -> frozenset[str]:
+def _markup_anywhere(
+    body: bytes, policy: Policy, kinds: frozenset[str] = frozenset(), types: Sequence[str] = ()
+) -> frozenset[str]:
     """`kinds` and the readers a body needs besides, whatever its headers and first bytes say:
     an XMP packet anywhere in a body of no kind is read as media's; HTML markup anywhere (see
     `_html_anywhere`) as HTML's, in a body taken for media too (a page served as
@@ -117,7 +120,9 @@ def _markup_anywhere(body: bytes, policy: Policy, kinds: frozenset[str] = frozen
         return frozenset({"media"})
     if "html" in kinds or policy.signal_mode("html-meta") == "off":
         return kinds
-    return kinds | {"html"} if _html_anywhere(body) else kinds
+    # A MIME body's encoded parts (base64, quoted-printable) are looked into decoded.
+    pages = [body, *mime.encoded_parts(body, types)] if mime.is_mime(body, types) else [body]
+    return kinds | {"html"} if any(map(_html_anywhere, pages)) else kinds
 
 
 class ResponseJudge:
@@ -270,7 +275,7 @@ class ResponseJudge:
             self.recorder.internal_error(flow, state, phase="response")
             return None
         if "html" not in kinds and head is not None and not codings:
-            kinds = _markup_anywhere(raw, state.policy, kinds)
+            kinds = _markup_anywhere(raw, state.policy, kinds, types)
         if not kinds and head is not None and not found and not codings:
             # Plain text or an unknown format, no signal in the headers and no XMP packet
             # anywhere in it: nothing to read. (A compressed one is decoded and looked into.)
@@ -329,7 +334,8 @@ class ResponseJudge:
             self._over_cap(flow, state, found, policy, document, cap + 1, in_place=False, decoded=True)
             return
         if "html" not in kinds and codings:
-            kinds = _markup_anywhere(body, policy, kinds)  # as in `body`, now that it is decoded
+            # as in `body`, now that it is decoded
+            kinds = _markup_anywhere(body, policy, kinds, view.values("content-type"))
         if kinds:
             # The C2PA SDK is native code that may take its time: never on the event loop.
             if len(body) > OFF_LOOP_BYTES or contains(body, b"c2pa", 1):

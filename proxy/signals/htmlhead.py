@@ -27,6 +27,7 @@ import base64
 import binascii
 import bisect
 import codecs
+import dataclasses
 import functools
 import html
 import itertools
@@ -111,6 +112,13 @@ class HtmlHead:
     unread: list[str] = field(default_factory=list)
     # Charsets the page's meta tags declare, wherever they stand (a reader may honour any).
     charsets: list[str] = field(default_factory=list)
+
+    def merge(self, other: HtmlHead) -> None:
+        """Add what `other` (another page of the same body) holds."""
+        for f in dataclasses.fields(self):
+            mine = getattr(self, f.name)
+            if isinstance(mine, list):
+                mine += [item for item in getattr(other, f.name) if item not in mine]
 
     def meta(self, name: str) -> list[str]:
         """Contents of the meta tags called `name` (case-insensitive), in order."""

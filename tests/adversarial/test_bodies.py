@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import quopri
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -70,6 +71,23 @@ CASES: dict[str, tuple[list[str], bytes]] = {
     "message-rfc822": (
         ["Content-Type: message/rfc822"],
         b"From: a@example.org\r\nSubject: s\r\nContent-Type: text/html\r\n\r\n" + PAGE,
+    ),
+    "mhtml-base64-part": (
+        ['Content-Type: multipart/related; type="text/html"; boundary="B"'],
+        b"--B\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(PAGE)
+        + b"\r\n--B--\r\n",
+    ),
+    "mhtml-quoted-printable-part": (
+        ['Content-Type: multipart/related; type="text/html"; boundary="B"'],
+        b"--B\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        + quopri.encodestring(PAGE.replace(b"content=noai", b'content="noai"'))
+        + b"\r\n--B--\r\n",
+    ),
+    "message-rfc822-base64": (
+        ["Content-Type: message/rfc822"],
+        b"From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: text/html\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(PAGE),
     ),
     "message-http": (
         ["Content-Type: message/http"],

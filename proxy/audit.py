@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -49,6 +50,7 @@ SCHEMA_VERSION = 1
 # id was a system call on every request. Emptied in a forked child, which must not repeat
 # its parent's ids; taken under a lock (the CLI writes from threads).
 _ID_BATCH = 16 * 256
+logger = logging.getLogger(__name__)
 _random = bytearray()
 _random_lock = threading.Lock()
 
@@ -381,6 +383,10 @@ class AuditLog:
     def _put(self, fd: int, record: dict[str, Any], line: bytes, digest: str, seq: int) -> None:
         """Write one sealed line; on a failed or short write roll back and raise AuditError."""
         try:
+            if os.fstat(fd).st_nlink == 0:
+                # Deleted while open: what we write would be on no disk (rotate by moving the
+                # file, as `optout-proxy` and logrotate's `create` do, never by removing it).
+                raise AuditError(f"audit log {self.path} was removed while open; restore it or restart")
             written = os.write(fd, line)
         except OSError as e:
             self._roll_back(fd)
@@ -393,7 +399,12 @@ class AuditLog:
         self._size += written
         self._since_checkpoint += 1
         if self._since_checkpoint >= self.checkpoint_every:
-            self._checkpoint()
+            try:
+                self._checkpoint()
+            except AuditError as e:
+                # The record is written and chained, so its decision stands; the checkpoint
+                # is tried again with the next record.
+                logger.error("optout: %s (the record itself was written)", e)
 
     def _roll_back(self, fd: int) -> None:
         """Cut a partly written record off, so the next one starts on a clean line.

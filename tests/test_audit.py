@@ -175,6 +175,26 @@ print(ok, failed)
     del resource
 
 
+def test_a_log_removed_while_open_refuses_every_record(tmp_path: Path) -> None:
+    # What would be written goes to no disk: the proxy answers 503 rather than forward.
+    path = tmp_path / "decisions.jsonl"
+    log = AuditLog(path)
+    log.write({"id": "before"})
+    path.unlink()
+    with pytest.raises(AuditError, match="removed while open"):
+        log.write({"id": "after"})
+
+
+def test_a_checkpoint_that_cannot_be_written_does_not_unwrite_its_record(tmp_path: Path) -> None:
+    # The record is in the chain when the checkpoint fails: its decision must stand.
+    path = tmp_path / "decisions.jsonl"
+    (tmp_path / "decisions.jsonl.checkpoints").mkdir()  # the checkpoint cannot be opened
+    log = AuditLog(path, checkpoint_every=2)
+    for i in range(5):
+        log.write({"id": f"r{i}"})
+    assert [json.loads(line)["id"] for line in lines(path)][-5:] == [f"r{i}" for i in range(5)]
+
+
 def test_no_log(tmp_path: Path) -> None:
     with pytest.raises(AuditError, match="no audit log"):
         verify_chain(tmp_path / "none.jsonl")

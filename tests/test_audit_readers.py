@@ -195,3 +195,18 @@ def test_a_response_without_its_request_at_hand_is_counted_and_said(
     assert main(["audit", "summary", "--log", str(path), "--signal", "robots-txt"]) == ExitStatus.OK
     out = capsys.readouterr().out
     assert out.startswith("1 requests: 0 blocked before the fetch, 1 withheld") and "1 withholding" in out
+
+
+def test_verify_warns_when_there_are_no_checkpoints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, checkpoint_every=100)
+    for i in range(3):
+        log.write(_record(i))
+    log.close()
+    assert main(["audit", "verify", str(path)]) == ExitStatus.OK
+    assert "warning" not in capsys.readouterr().err  # close wrote a checkpoint
+    (tmp_path / "audit.jsonl.checkpoints").unlink()  # removed, or never written (a crash)
+    assert main(["audit", "verify", str(path)]) == ExitStatus.OK
+    assert "no checkpoints, so records removed from the end cannot be found" in capsys.readouterr().err

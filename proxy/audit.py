@@ -178,12 +178,6 @@ def seal(record: dict[str, Any]) -> tuple[bytes, str]:
     return b"".join((body[:-1], b',"hash":"', digest.encode(), b'"}')), digest
 
 
-def recompute_hash(record: dict[str, Any]) -> str:
-    """The hash a parsed record should carry: SHA-256 of its line as written without `hash`."""
-    without = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(_dump(without)).hexdigest()
-
-
 def log_files(path: Path) -> list[Path]:
     """The files of an audit log in chain order: rotated ones by number, then the live file."""
     pattern = re.compile(re.escape(path.stem) + r"\.(\d+)" + re.escape(path.suffix) + "$")
@@ -627,18 +621,25 @@ def verify_chain(path: Path) -> VerifyReport:
         return VerifyReport(False, expected_seq - 1, names, prev, 0, problem, where, tuple(repairs))
 
     for file in files:
-        with open(file, encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, start=1):
+        with open(file, "rb") as lines_of:
+            for number, raw in enumerate(lines_of, start=1):
                 where = f"{file}:{number}"
-                if not line.strip():
+                if not raw.strip():
                     continue
                 try:
-                    record = orjson.loads(line)
+                    record = orjson.loads(raw)
                     seq, claimed, link = int(record["seq"]), str(record["hash"]), str(record["prev"])
                 except (ValueError, KeyError, TypeError):
                     return broken("not a chained audit record (damaged, or edited by hand)", where)
-                if recompute_hash(record) != claimed:
+                written, digest = seal({k: v for k, v in record.items() if k != "hash"})
+                if digest != claimed:
                     return broken(f"record {seq} was edited: its content does not match its hash", where)
+                if raw.rstrip(b"\n") != written:
+                    # Same content, other bytes (spacing, escapes, line ends): what a reader of
+                    # the raw lines sees is not what was hashed.
+                    return broken(
+                        f"record {seq} was rewritten: its bytes are not those the proxy wrote", where
+                    )
                 if seq > expected_seq:
                     return broken(
                         f"records {expected_seq}..{seq - 1} are missing (deleted) before record {seq}", where

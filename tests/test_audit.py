@@ -195,6 +195,29 @@ def test_a_checkpoint_that_cannot_be_written_does_not_unwrite_its_record(tmp_pat
     assert [json.loads(line)["id"] for line in lines(path)][-5:] == [f"r{i}" for i in range(5)]
 
 
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        lambda line: line.replace(b'"decision":"block"', b'"decision": "block"'),  # spacing
+        lambda line: line.replace(b'"decision":"block"', b'"decision":"\\u0062lock"'),  # an escape
+        lambda line: line.replace(b"\n", b"\r\n"),  # line ends
+    ],
+    ids=["spacing", "escape", "crlf"],
+)
+def test_a_line_rewritten_with_the_same_content_is_found(rewrite: object, tmp_path: Path) -> None:
+    # A reader of the raw lines (grep, a log shipper) must see the bytes that were hashed.
+    path = tmp_path / "decisions.jsonl"
+    log = AuditLog(path)
+    for i in range(3):
+        log.write({"id": f"r{i}", "decision": "block"})
+    log.close()
+    raw = path.read_bytes().splitlines(keepends=True)
+    raw[1] = rewrite(raw[1])  # type: ignore[operator]
+    path.write_bytes(b"".join(raw))
+    report = verify_chain(path)
+    assert not report.ok and report.where == f"{path}:2" and "rewritten" in report.problem
+
+
 def test_no_log(tmp_path: Path) -> None:
     with pytest.raises(AuditError, match="no audit log"):
         verify_chain(tmp_path / "none.jsonl")

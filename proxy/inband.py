@@ -184,8 +184,13 @@ async def body_findings(
             xml=any("xml" in t.lower() for t in types),
             also=view.charsets if types else (),
         )
-        for part in mime.encoded_parts(body, types):
+        parts, complete = mime.encoded_parts(body, types)
+        for part in parts:
             head.merge(htmlhead.read(part))  # a page inside MHTML or a message, decoded
+        if not complete:
+            head.unread.append(
+                f"a MIME body of more than {mime.MAX_PARTS} parts or {mime.MAX_BOUNDARIES} boundaries"
+            )
         first = len(found)
         if mode(xrobotstag.NAME_META) != "off":
             found += xrobotstag.findings_from_meta(
@@ -252,11 +257,17 @@ async def body_findings(
         )  # fmt: skip
         if mode(media.NAME) != "off":
             found += media_found
+        # XMP and an EPUB's package both: one channel, where a 1 in either counts (a stored file
+        # with an XMP `0` must not stand in for the package's `1`).
         reservations, policies = media.tdm_from_xmp(packets)
-        label = "XMP tdm:reservation"
-        if not reservations:
-            reservations, policies = media.epub_tdm(body)
-            label = "EPUB <meta tdm:reservation>"
+        epub_reservations, epub_policies, unread = media.epub_tdm(body)
+        label = "XMP tdm:reservation" if not epub_reservations else "EPUB <meta tdm:reservation>"
+        if reservations and epub_reservations:
+            label = "XMP and EPUB tdm:reservation"
+        reservations, policies = reservations + epub_reservations, policies + epub_policies
+        if unread:
+            why = f"the EPUB could not be read in full ({unread}); withheld rather than guessed"
+            found.append(Finding(media.NAME, Says.DISALLOW, why, document))
         meta = tdmrep.value_channel("metadata", reservations, policies, document, label)
         if meta is not None:
             tdm_late.append(meta)

@@ -96,6 +96,8 @@ def _html_anywhere(body: bytes) -> bool:
     if b"<" in body and _META_TAG.search(body):
         return True
     if b"\\" in body and _ESCAPED_OPEN.search(body):
+        if len(body) > OFF_LOOP_BYTES:
+            return True  # unescaped by the HTML reader, in the worker, not here on the loop
         unescaped = htmlhead.js_unescape(body.decode("latin-1"))
         if _META_TAG.search(unescaped.encode("utf-8", "replace")):
             return True
@@ -120,9 +122,14 @@ def _markup_anywhere(
         return frozenset({"media"})
     if "html" in kinds or policy.signal_mode("html-meta") == "off":
         return kinds
-    # A MIME body's encoded parts (base64, quoted-printable) are looked into decoded.
-    pages = [body, *mime.encoded_parts(body, types)] if mime.is_mime(body, types) else [body]
-    return kinds | {"html"} if any(map(_html_anywhere, pages)) else kinds
+    if mime.is_mime(body, types):
+        if len(body) > OFF_LOOP_BYTES:
+            return kinds | {"html"}  # parsed by the HTML reader, in the worker, not here on the loop
+        # Its encoded parts (base64, quoted-printable) are looked into decoded.
+        parts, complete = mime.encoded_parts(body, types)
+        if not complete or any(map(_html_anywhere, parts)):
+            return kinds | {"html"}  # read (and withheld if it cannot be read in full)
+    return kinds | {"html"} if _html_anywhere(body) else kinds
 
 
 class ResponseJudge:

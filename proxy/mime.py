@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import re
 from collections.abc import Sequence
 
 MAX_PARTS = 64
-_ENCODED = ("base64", "quoted-printable")
+MAX_BOUNDARIES = 32  # Python's parser tests each line against each open boundary: lines x depth
+_ENCODED = ("base64", "quoted-printable", "x-uuencode", "uuencode", "uue", "x-uue")
+_BOUNDARY = re.compile(rb"boundary\s*=", re.IGNORECASE)
 
 
 def is_mime(body: bytes, types: Sequence[str]) -> bool:
@@ -23,30 +26,35 @@ def is_mime(body: bytes, types: Sequence[str]) -> bool:
     return b"mime-version:" in body[:1024].lower()
 
 
-def encoded_parts(body: bytes, types: Sequence[str]) -> list[bytes]:
-    """The decoded payloads of the base64 or quoted-printable parts of a MIME body (at most
-    MAX_PARTS, none larger than the body); [] for a body that is not MIME."""
+def encoded_parts(body: bytes, types: Sequence[str]) -> tuple[list[bytes], bool]:
+    """(the decoded payloads of the base64, quoted-printable or uuencoded parts of a MIME body,
+    whether every part was looked at); ([], True) for a body that is not MIME.
+
+    At most MAX_PARTS parts and MAX_BOUNDARIES nested boundaries are read: past them the body is
+    not read in full, and the caller withholds it (a decoy part must not push the page out).
+    """
     if not is_mime(body, types):
-        return []
-    content_type = next((t for t in types if t.strip().lower().startswith(("multipart/", "message/"))), "")
+        return [], True
+    if len(_BOUNDARY.findall(body, 0, len(body))) > MAX_BOUNDARIES:
+        return [], False
+    declared = next((t for t in types if t.strip().lower().startswith(("multipart/", "message/"))), "")
     # A body without headers of its own gets the response's Content-Type as its first line.
-    head = (
-        b"" if b"mime-version:" in body[:1024].lower() else f"Content-Type: {content_type}\r\n\r\n".encode()
-    )
+    own = b"mime-version:" in body[:1024].lower()
+    head = b"" if own else f"Content-Type: {declared}\r\n\r\n".encode()
     try:
         message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(head + body)
     except Exception:  # a reader that cannot parse it sees no parts either
-        return []
+        return [], True
     out: list[bytes] = []
     for n, part in enumerate(message.walk()):
-        if n >= MAX_PARTS * 4 or len(out) >= MAX_PARTS:
-            break
-        if (
-            part.is_multipart()
-            or str(part.get("content-transfer-encoding", "")).strip().lower() not in _ENCODED
-        ):
+        if n >= MAX_PARTS * 4:
+            return out, False
+        coding = str(part.get("content-transfer-encoding", "")).strip().lower()
+        if part.is_multipart() or coding not in _ENCODED:
             continue
+        if len(out) >= MAX_PARTS:
+            return out, False
         payload = part.get_payload(decode=True)
         if isinstance(payload, bytes) and payload:
             out.append(payload[: len(body)])
-    return out
+    return out, True

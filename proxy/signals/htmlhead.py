@@ -49,6 +49,8 @@ MAX_EMBEDDED = 64
 # Other charsets a body is decoded with besides its own and UTF-8 (each one is a scan).
 MAX_CHARSETS = 4
 _CHARSET_PARAM = re.compile(r"""charset\s*=\s*["']?\s*([^"';,\s]+)""", re.IGNORECASE)
+# Statements kept per kind (metas, links, ...); a page with more is not read in full, and withheld.
+MAX_FOUND = 4096
 # Attributes read in one tag; a tag with more is not read in full, and its page is withheld.
 MAX_ATTRIBUTES = 1024
 
@@ -113,11 +115,32 @@ class HtmlHead:
     # Charsets the page's meta tags declare, wherever they stand (a reader may honour any).
     charsets: list[str] = field(default_factory=list)
 
+    # What each list already holds, for finding a repeat at once (a list search made a page of
+    # many-valued tags quadratic: 20 s for 123 KB).
+    _seen: set[tuple[int, Any]] = field(default_factory=set, repr=False, compare=False)
+    expanded: bool = False  # XML entities were expanded once (the other readings skip it)
+
+    def keep(self, found: list[Any], item: Any) -> bool:
+        """Add `item` to `found` (one of this head's lists) unless it is there; True if added."""
+        key = (id(found), tuple(sorted(item.items())) if isinstance(item, dict) else item)
+        if key in self._seen:
+            return False
+        if len(found) >= MAX_FOUND:
+            if "more tags than are read" not in self.unread:
+                self.unread.append("more tags than are read")
+            return False
+        self._seen.add(key)
+        found.append(item)
+        return True
+
     def merge(self, other: HtmlHead) -> None:
         """Add what `other` (another page of the same body) holds."""
         for f in dataclasses.fields(self):
             mine = getattr(self, f.name)
-            if isinstance(mine, list):
+            if isinstance(mine, list) and f.name not in ("embedded", "unread", "charsets"):
+                for item in getattr(other, f.name):
+                    self.keep(mine, item)
+            elif isinstance(mine, list):
                 mine += [item for item in getattr(other, f.name) if item not in mine]
 
     def meta(self, name: str) -> list[str]:
@@ -453,12 +476,15 @@ def _scan(source: str | bytes, head: HtmlHead, reading: _Reading, encoding: str 
             scripts = head.rsl_scripts if kind == "application/rsl+xml" else head.c2pa_scripts
             _add(scripts, content, head, here)
     if backslash in data and escaped.search(data):
-        inner = reading.inner("JS-escaped markup")
+        inner = _inner(head, reading, "JS-escaped markup")
         if inner is not None:
             _scan(js_unescape(text(data)), head, inner)
     if contains(data, b"<!ENTITY", 1) if isinstance(data, bytes) else "<!ENTITY" in data:
-        inner = reading.inner("XML entities expanded")
+        # Once per body: the expanded text still holds the declarations, and each reading of it
+        # expanding them again multiplied the work (a 250 KB page took 20 s).
+        inner = None if head.unread or head.expanded else _inner(head, reading, "XML entities expanded")
         if inner is not None:
+            head.expanded = True
             expanded, complete = expand_entities(text(data))
             if not complete:
                 head.unread.append("XML entities that expand too far or too deep")
@@ -489,20 +515,27 @@ def _meta(pairs: list[tuple[str, str]], head: HtmlHead, reading: _Reading) -> No
 
 
 def _add(found: list[Any], item: Any, head: HtmlHead, reading: _Reading) -> None:
-    """Keep `item`; one found only by a reading of embedded markup is kept once, with its place."""
-    if not reading.where:
-        found.append(item)
-    elif item not in found:
-        found.append(item)
-        if reading.where not in head.embedded:
-            head.embedded.append(reading.where)
+    """Keep `item` once; one found only by a reading of embedded markup is kept with its place."""
+    if head.keep(found, item) and reading.where and reading.where not in head.embedded:
+        head.embedded.append(reading.where)
+
+
+def _inner(head: HtmlHead, reading: _Reading, where: str) -> _Reading | None:
+    """`reading.inner(where)`; when the depth or the budget refuses it, the page is not read in
+    full (64 decoy documents, or one nested too deep, must not hide the next one)."""
+    inner = reading.inner(where)
+    if inner is None:
+        why = f"documents inside documents past {MAX_DEPTH} deep or {MAX_EMBEDDED} in all"
+        if why not in head.unread:
+            head.unread.append(why)
+    return inner
 
 
 def _embedded(a: dict[str, str], head: HtmlHead, reading: _Reading) -> None:
     """Read the documents an iframe/frame/object/embed carries in itself."""
     srcdoc = a.get("srcdoc")
     if srcdoc:
-        inner = reading.inner("iframe srcdoc")
+        inner = _inner(head, reading, "iframe srcdoc")
         if inner is not None:
             _scan(srcdoc, head, inner)
     for name in ("src", "data"):
@@ -510,7 +543,7 @@ def _embedded(a: dict[str, str], head: HtmlHead, reading: _Reading) -> None:
         if "data:" not in url[:64].lower():
             continue
         payload = data_url_bytes(url)
-        inner = reading.inner("data: URL") if payload else None
+        inner = _inner(head, reading, "data: URL") if payload else None
         if payload and inner is not None:
             charset = re.search(r"charset=([^;,]+)", url[: url.find(",")], re.IGNORECASE)
             _read_into(payload, charset.group(1) if charset else None, head, inner)

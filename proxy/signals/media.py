@@ -57,8 +57,9 @@ _MAX_INFLATE = 8 * 1024 * 1024  # per stream: a zip bomb stops here
 _MAX_STREAMS = 64
 # Packets are cut out by finding an opening, then its closing once (never a lazy `.*?` per
 # opening: a body of openings without closings made that quadratic, minutes for 240 KB).
-_XMP_OPEN = re.compile(rb"<x:xmpmeta[\s>]")
-_RDF_OPEN = re.compile(rb"<rdf:RDF[\s>]")
+# Any namespace prefix (XML names it freely; `<X:xmpmeta>` is as good as `<x:xmpmeta>`).
+_XMP_OPEN = re.compile(rb"<([A-Za-z_][\w.-]{0,31}:)?xmpmeta[\s>]")
+_RDF_OPEN = re.compile(rb"<([A-Za-z_][\w.-]{0,31}:)?RDF[\s>]")
 _RAW_DMI = re.compile(rb"ns\.useplus\.org/ldf/vocab/(DMI-PROHIBITED[A-Z-]*)")
 _PDF_STREAM = re.compile(rb"stream\r?\n")
 _XMP_KEYWORD = b"XML:com.adobe.xmp\x00"
@@ -140,21 +141,28 @@ def _inflate(data: bytes) -> bytes | None:
     return out
 
 
-def _delimited(data: bytes, opening: re.Pattern[bytes], closing: bytes) -> list[bytes]:
-    """Every `opening`...`closing` span of `data`, in one pass (none past an unclosed opening)."""
+def _delimited(data: bytes, opening: re.Pattern[bytes], local: bytes) -> list[bytes]:
+    """Every `opening`...`</prefix:local>` span of `data`, in one pass (none past an unclosed
+    opening); of several openings before one closing, the last (a decoy opening in text before
+    the real packet must not swallow it)."""
     out: list[bytes] = []
     pos = 0
     while (m := opening.search(data, pos)) is not None:
+        closing = b"</" + (m.group(1) or b"") + local + b">"
         end = data.find(closing, m.end())
         if end < 0:
             break
-        out.append(data[m.start() : end + len(closing)])
+        last = m
+        for later in opening.finditer(data, m.end(), end):
+            if later.group(1) == m.group(1):
+                last = later
+        out.append(data[last.start() : end + len(closing)])
         pos = end + len(closing)
     return out
 
 
 def _packets_in(data: bytes) -> list[bytes]:
-    return _delimited(data, _XMP_OPEN, b"</x:xmpmeta>") or _delimited(data, _RDF_OPEN, b"</rdf:RDF>")
+    return _delimited(data, _XMP_OPEN, b"xmpmeta") or _delimited(data, _RDF_OPEN, b"RDF")
 
 
 def _png_xmp(kind: bytes, data: bytes) -> bytes | None:
@@ -197,8 +205,8 @@ def xmp_packets(body: bytes, unread: list[str] | None = None) -> list[bytes]:
                 packets.append(text)
     if body.startswith(b"%PDF"):
         packets += _pdf_packets(body, unread if unread is not None else [])
-    if not packets:
-        packets = _packets_in(body)
+    # Packets anywhere else too (a PDF's uncompressed /Metadata beside a compressed decoy).
+    packets += [p for p in _packets_in(body) if p not in packets]
     if not packets:
         # UTF-16 XMP in a container we do not take apart (WebP, TIFF): read it narrowed.
         for wide, codec in _WIDE_XMP:
@@ -320,40 +328,49 @@ def tdm_from_xmp(packets: list[bytes]) -> tuple[list[str], list[str]]:
     return reservations, policies
 
 
-def epub_tdm(body: bytes) -> tuple[list[str], list[str]]:
-    """(tdm:reservation values, tdm:policy values) of an EPUB's package documents (TDMRep §4.4).
+def epub_tdm(body: bytes) -> tuple[list[str], list[str], str]:
+    """(tdm:reservation values, tdm:policy values, why it was not read in full or "") of an
+    EPUB's package documents (TDMRep §4.4).
 
     EPUB 3 writes `<meta property="tdm:reservation">1</meta>`, EPUB 2
     `<meta name="tdm:reservation" content="1"/>`. The package documents are those
     `META-INF/container.xml` names and any `.opf`; each is read as XML (CDATA,
     character references, any prefix on `meta`), or, if it is not well-formed,
-    by its tags. A broken archive gives nothing.
+    by its tags. A zip that is there but cannot be read in full (a package past the
+    size limit, a bad checksum) is said so: readers that do not check may read it.
     """
-    if not body.startswith(b"PK"):
-        return [], []
+    # An EPUB names its container (or a package) in the zip's uncompressed headers; a zip may
+    # start after other bytes (readers find it from its end record).
+    named = b"META-INF/container.xml" in body or b".opf" in body
+    if not named or b"PK\x05\x06" not in body[-65_600:]:
+        return [], [], ""
     found: dict[str, list[str]] = {"reservation": [], "policy": []}
     try:
         with zipfile.ZipFile(io.BytesIO(body)) as archive:
-            infos = {info.filename: info for info in archive.infolist()[:1000]}
+            infos = {info.filename: info for info in archive.infolist()}
 
             def read(name: str) -> bytes | None:
                 info = infos.get(name)
-                if info is None or info.file_size > _MAX_INFLATE:
+                if info is None:
                     return None
+                if info.file_size > _MAX_INFLATE:
+                    raise ValueError(f"{name} is larger than {_MAX_INFLATE} bytes")
                 with archive.open(info) as f:
                     return f.read(_MAX_INFLATE)
 
             container = read("META-INF/container.xml") or b""
-            named = [m.group(1).decode("utf-8", "replace") for m in _ROOTFILE.finditer(container)][:16]
-            opfs = dict.fromkeys([*named, *(n for n in infos if n.lower().endswith(".opf"))])
-            for name in list(opfs)[:16]:
+            rootfiles = [m.group(1).decode("utf-8", "replace") for m in _ROOTFILE.finditer(container)][:16]
+            opfs = list(dict.fromkeys([*rootfiles, *(n for n in infos if n.lower().endswith(".opf"))]))
+            if len(opfs) > 16:
+                return [], [], f"{len(opfs)} package documents"
+            for name in opfs:
                 opf = read(name)
                 if opf is not None:
                     for kind, values in _opf_tdm(opf).items():
                         found[kind] += values
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError):
-        return [], []
-    return [v.strip() for v in found["reservation"]], [v.strip() for v in found["policy"]]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError) as e:
+        return [], [], f"the archive cannot be read: {str(e)[:200]}"
+    return [v.strip() for v in found["reservation"]], [v.strip() for v in found["policy"]], ""
 
 
 _ROOTFILE = re.compile(rb"""full-path\s*=\s*["']([^"']+)["']""")

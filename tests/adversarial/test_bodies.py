@@ -8,6 +8,7 @@ log must hold the response-phase block.
 from __future__ import annotations
 
 import base64
+import binascii
 import gzip
 import quopri
 import time
@@ -19,7 +20,15 @@ import brotli  # type: ignore[import-untyped]
 import pytest
 
 from tests.adversarial.rawnet import MARKER, CountingOrigin, exchange
-from tests.media_files import datamining_element, epub, jpeg_with_extended_xmp, png_with_chunk, webp_with_xmp
+from tests.media_files import (
+    datamining_element,
+    epub,
+    jpeg_with_extended_xmp,
+    pdf_with_xmp,
+    png_with_chunk,
+    tdm_xmp,
+    webp_with_xmp,
+)
 from tests.policies import write_policy
 from tests.proxyproc import ProxyProcess
 
@@ -45,6 +54,21 @@ def raw_deflate(data: bytes) -> bytes:
 
 
 DMI = datamining_element("DMI-PROHIBITED")
+
+
+def many_valued(i: int) -> bytes:
+    """A meta tag with 8 names and 8 contents: 64 statements, each new."""
+    names = " ".join(f"name=n{i}x{j}" for j in range(8))
+    contents = " ".join(f"content=c{i}x{j}" for j in range(8))
+    return f"<meta {names} {contents}>".encode()
+
+
+NESTED_MIME = (
+    b"".join(
+        f"--b{d}\r\nContent-Type: multipart/mixed; boundary=b{d + 1}\r\n\r\n".encode() for d in range(900)
+    )
+    + b"line\r\n" * 150_000
+)
 
 # name -> (header lines, body as sent)
 CASES: dict[str, tuple[list[str], bytes]] = {
@@ -359,6 +383,36 @@ CASES: dict[str, tuple[list[str], bytes]] = {
         ["Content-Type: application/epub+zip"],
         epub('<meta name="tdm:reservation" content="&#49;"/>') + MARKER,
     ),
+    "srcdoc-after-64-decoys": (
+        ["Content-Type: text/html"],
+        b'<iframe srcdoc="<p>x</p>"></iframe>' * 64
+        + b'<iframe srcdoc="<meta name=robots content=noai>"></iframe>'
+        + MARKER,
+    ),
+    "mime-page-after-64-decoy-parts": (
+        ["Content-Type: multipart/mixed; boundary=B"],
+        b"".join(
+            b"--B\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + base64.encodebytes(b"decoy %d" % i)
+            for i in range(64)
+        )
+        + b"--B\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(PAGE)
+        + b"--B--\r\n",
+    ),
+    "mime-uuencoded-part": (
+        ["Content-Type: multipart/mixed; boundary=B"],
+        b"--B\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\n"
+        + b"begin 644 page.html\n"
+        + b"".join(binascii.b2a_uu(PAGE[i : i + 45]) for i in range(0, len(PAGE), 45))
+        + b"`\nend\n--B--\r\n",
+    ),
+    "pdf-uncompressed-metadata-beside-a-compressed-decoy": (
+        ["Content-Type: application/pdf"],
+        pdf_with_xmp(tdm_xmp("0").replace(b"tdm:reservation", b"tdm:other"), compressed=True)
+        + tdm_xmp("1")
+        + MARKER,
+    ),
     # `<!--` that opens no comment (or one that ends early) must not hide what follows
     "comment-empty": (["Content-Type: text/html"], b'<!--><meta name="robots" content="noai">-->' + MARKER),
     "comment-empty-dash": (
@@ -508,8 +562,14 @@ def test_a_transfer_coding_is_undone_before_the_body_is_read(
         ("text/html", b"<meta " * 40_000),
         ("image/jpeg", b"<x:xmpmeta <rdf:RDF " * 12_000),
         ("application/epub+zip", epub("", raw_package="<meta " * 60_000)),
+        ("text/html", b"<!--" + b"".join(many_valued(i) for i in range(800))),
+        (
+            "text/html",
+            b'<!DOCTYPE x [<!ENTITY a "&a;&a;">]><meta charset=utf-7><meta charset=hz>' + b"&a;" * 60_000,
+        ),
+        ("multipart/mixed; boundary=b0", NESTED_MIME),
     ],
-    ids=["html", "xmp", "epub"],
+    ids=["html", "xmp", "epub", "many-valued-tags-in-a-comment", "entities-in-many-charsets", "nested-mime"],
 )
 def test_a_body_of_unclosed_tags_does_not_stall_the_proxy(
     kind: str, body: bytes, origin: CountingOrigin, proxy: ProxyProcess
@@ -523,7 +583,10 @@ def test_a_body_of_unclosed_tags_does_not_stall_the_proxy(
         started = time.monotonic()
         got = exchange(proxy.port, [request.encode()], wait=30)
         assert time.monotonic() - started < 10, "the hostile body took the proxy over 10 s"
-        assert got.startswith(b"HTTP/1.1 200") and MARKER in got  # no signal in it: delivered
+        # No signal in it: delivered; or not readable in full: withheld.
+        assert (got.startswith(b"HTTP/1.1 200") and MARKER in got) or (
+            got.startswith(b"HTTP/1.1 451") and MARKER not in got
+        ), got[:200]
     finally:
         del CASES["unclosed-tags"]
 

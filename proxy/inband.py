@@ -28,6 +28,11 @@ BODY_SIGNALS = (xrobotstag.NAME_META, tdmrep.NAME, rsl.NAME, media.NAME)
 _CHARSET = re.compile(r"""charset\s*=\s*"?\s*([^";,\s]+)""", re.IGNORECASE)
 
 
+def charsets_in(content_types: Sequence[str]) -> list[str]:
+    """Every charset the Content-Type values name (lines, comma-listed members, quoted or not)."""
+    return [m.group(1) for value in content_types for m in _CHARSET.finditer(value)]
+
+
 @dataclass(frozen=True, slots=True)
 class ResponseView:
     """What the signals need of a response, whichever HTTP library produced it."""
@@ -58,7 +63,7 @@ class ResponseView:
     @property
     def charsets(self) -> list[str]:
         """Every charset any Content-Type line names (lines, comma-listed members, quoted or not)."""
-        return [m.group(1) for value in self.values("content-type") for m in _CHARSET.finditer(value)]
+        return charsets_in(self.values("content-type"))
 
     @property
     def content_length(self) -> int | None:

@@ -33,6 +33,7 @@ from proxy.inband import (
     ResponseView,
     body_findings,
     body_kind,
+    charsets_in,
     header_findings,
     reads_bodies,
 )
@@ -129,7 +130,18 @@ def _markup_anywhere(
         parts, complete = mime.encoded_parts(body, types)
         if not complete or any(map(_html_anywhere, parts)):
             return kinds | {"html"}  # read (and withheld if it cannot be read in full)
-    return kinds | {"html"} if _html_anywhere(body) else kinds
+    if _html_anywhere(body):
+        return kinds | {"html"}
+    # A charset its headers name that hides tags from a bytes search (UTF-16 text/plain or JSON).
+    for label in charsets_in(types)[:4]:
+        codec = htmlhead.codec_of(label)
+        if codec is None or htmlhead.ascii_safe(codec):
+            continue
+        if len(body) > OFF_LOOP_BYTES or _html_anywhere(
+            body.decode(codec, "replace").encode("utf-8", "replace")
+        ):
+            return kinds | {"html"}
+    return kinds
 
 
 class ResponseJudge:

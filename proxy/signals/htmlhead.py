@@ -204,6 +204,11 @@ def _codec(label: str | None, *, meta: bool = False) -> str | None:
     return name
 
 
+def codec_of(label: str) -> str | None:
+    """The Python codec a charset label names (WHATWG labels too), or None if none can read it."""
+    return _codec(label)
+
+
 @functools.cache
 def _usable(name: str) -> bool:
     """Whether Python can decode bytes as charset `name` (rot13, base64, idna and the like it cannot)."""

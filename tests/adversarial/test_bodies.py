@@ -413,6 +413,10 @@ CASES: dict[str, tuple[list[str], bytes]] = {
         + tdm_xmp("1")
         + MARKER,
     ),
+    "text-plain-utf16-by-header-after-text": (
+        ["Content-Type: text/plain; charset=utf-16le"],
+        ("日本語の文章です。" * 5 + '<meta name="robots" content="noai">').encode("utf-16-le") + MARKER,
+    ),
     # `<!--` that opens no comment (or one that ends early) must not hide what follows
     "comment-empty": (["Content-Type: text/html"], b'<!--><meta name="robots" content="noai">-->' + MARKER),
     "comment-empty-dash": (

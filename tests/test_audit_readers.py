@@ -26,6 +26,15 @@ def _record(i: int, decision: str = "block") -> dict[str, object]:
     }  # fmt: skip
 
 
+def _written_log(path: Path, n: int, **options: int) -> Path:
+    """An audit log at `path` holding `n` records, closed (so its checkpoint is written)."""
+    log = AuditLog(path, **options)
+    for i in range(n):
+        log.write(_record(i))
+    log.close()
+    return path
+
+
 def _wait_for_lines(out: list[str], n: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while len(out) < n and time.monotonic() < deadline:
@@ -139,11 +148,7 @@ def test_each_request_is_counted_once_by_what_happened_to_it(
 def test_a_broken_chain_is_archived_and_a_new_one_points_at_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "audit.jsonl"
-    log = AuditLog(path, max_bytes=900)
-    for i in range(10):
-        log.write(_record(i))
-    log.close()
+    path = _written_log(tmp_path / "audit.jsonl", 10, max_bytes=900)
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:1] + lines[2:]))  # a record deleted: the chain is broken
     assert main(["audit", "verify", "--log", str(path)]) == ExitStatus.BLOCKED
@@ -200,11 +205,7 @@ def test_a_response_without_its_request_at_hand_is_counted_and_said(
 def test_verify_warns_when_there_are_no_checkpoints(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "audit.jsonl"
-    log = AuditLog(path, checkpoint_every=100)
-    for i in range(3):
-        log.write(_record(i))
-    log.close()
+    path = _written_log(tmp_path / "audit.jsonl", 3, checkpoint_every=100)
     assert main(["audit", "verify", str(path)]) == ExitStatus.OK
     assert "warning" not in capsys.readouterr().err  # close wrote a checkpoint
     (tmp_path / "audit.jsonl.checkpoints").unlink()  # removed, or never written (a crash)

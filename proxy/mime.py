@@ -13,6 +13,8 @@ import email.policy
 import re
 from collections.abc import Sequence
 
+from proxy.signals import htmlhead
+
 MAX_PARTS = 64
 MAX_BOUNDARIES = 32  # Python's parser tests each line against each open boundary: lines x depth
 _ENCODED = ("base64", "quoted-printable", "x-uuencode", "uuencode", "uue", "x-uue")
@@ -49,12 +51,21 @@ def encoded_parts(body: bytes, types: Sequence[str]) -> tuple[list[bytes], bool]
     for n, part in enumerate(message.walk()):
         if n >= MAX_PARTS * 4:
             return out, False
+        if part.is_multipart():
+            continue
         coding = str(part.get("content-transfer-encoding", "")).strip().lower()
-        if part.is_multipart() or coding not in _ENCODED:
+        # A part in a charset whose bytes hide tags (UTF-16 sent 8bit) is read decoded too.
+        charset = part.get_content_charset()
+        codec = htmlhead.codec_of(charset) if charset else None
+        wide = codec is not None and not htmlhead.ascii_safe(codec)
+        if coding not in _ENCODED and not wide:
             continue
         if len(out) >= MAX_PARTS:
             return out, False
         payload = part.get_payload(decode=True)
         if isinstance(payload, bytes) and payload:
-            out.append(payload[: len(body)])
+            payload = payload[: len(body)]
+            out.append(
+                payload.decode(codec, "replace").encode("utf-8", "replace") if wide and codec else payload
+            )
     return out, True

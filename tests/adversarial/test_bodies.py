@@ -407,6 +407,12 @@ CASES: dict[str, tuple[list[str], bytes]] = {
         + b"".join(binascii.b2a_uu(PAGE[i : i + 45]) for i in range(0, len(PAGE), 45))
         + b"`\nend\n--B--\r\n",
     ),
+    "mime-utf16-part-sent-8bit": (
+        ["Content-Type: multipart/mixed; boundary=B"],
+        b"--B\r\nContent-Type: text/html; charset=utf-16le\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        + PAGE.decode().encode("utf-16-le")
+        + b"\r\n--B--\r\n",
+    ),
     "pdf-uncompressed-metadata-beside-a-compressed-decoy": (
         ["Content-Type: application/pdf"],
         pdf_with_xmp(tdm_xmp("0").replace(b"tdm:reservation", b"tdm:other"), compressed=True)

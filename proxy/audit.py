@@ -346,10 +346,7 @@ class AuditLog:
             # file is open, the record does not rotate it and no checkpoint is due.
             record["seq"] = seq = self._seq + 1
             record["prev"] = self._head
-            try:
-                body = orjson.dumps(record)  # _dump
-            except TypeError:
-                body = _dump(record)
+            body = _dump(record)
             digest = hashlib.sha256(body).hexdigest()
             line = b"".join((body[:-1], b',"hash":"', digest.encode(), b'"}\n'))  # seal, and the newline
             if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:
@@ -380,7 +377,7 @@ class AuditLog:
             if os.fstat(fd).st_nlink == 0:
                 # Deleted while open: what we write would be on no disk (rotate by moving the
                 # file, as `optout-proxy` and logrotate's `create` do, never by removing it).
-                raise AuditError(f"audit log {self.path} was removed while open; restore it or restart")
+                raise AuditError(f"audit log {self.path} was removed while open; restart the proxy")
             written = os.write(fd, line)
         except OSError as e:
             self._roll_back(fd)

@@ -306,13 +306,13 @@ async def load_origin(
     # An optional document that could not be fetched this time keeps its last good copy (for
     # STALE_LIMIT, as robots.txt does): one 503 at a refresh must not lift a reservation for a
     # whole robots.txt lifetime. The origin is then asked again soon.
-    retry = None
+    ttl = fetched.ttl
     if previous is not None:
         fresh = (ai, ai_well_known, tdm)
         olds = (previous.ai_txt, previous.ai_txt_well_known, previous.tdm_json)
         kept_docs = [_good_or_kept(new, old) for new, old in zip(fresh, olds, strict=True)]
         if any(k is not new for k, new in zip(kept_docs, fresh, strict=True)):
-            retry = unreachable_retry
+            ttl = min(ttl, unreachable_retry)
         ai, ai_well_known, tdm = kept_docs
     if fetched.outcome == "ok":
         keep(fetched, "robots.txt")
@@ -325,12 +325,12 @@ async def load_origin(
             origin, "ok", fetched.document, parsed, ai_txt=ai, tdm_json=tdm, ai_txt_well_known=ai_well_known,
             licenses=tuple(zip(sources, licenses, strict=True)),
         )  # fmt: skip
-        return docs, fetched.ttl if retry is None else min(fetched.ttl, retry)
+        return docs, ttl
     if fetched.outcome == "unavailable":
         return OriginDocuments(
             origin, "unavailable", fetched.document, None, ai_txt=ai, tdm_json=tdm,
             ai_txt_well_known=ai_well_known,
-        ), fetched.ttl if retry is None else min(fetched.ttl, retry)  # fmt: skip
+        ), ttl  # fmt: skip
     # Unreachable: keep a good copy in force if we have a recent one.
     if previous is not None and previous.robots_outcome != "unreachable":
         age = _parse_time(fetched.document.fetched_at) - _parse_time(previous.robots_document.fetched_at)

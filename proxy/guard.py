@@ -193,6 +193,8 @@ def request_names(flow: http.HTTPFlow, *, tunnelled: bool) -> RequestNames:
 
 # Space, controls, DEL and the fragment mark: never part of a request target (RFC 9112 §3.2).
 _BAD_TARGET = re.compile(r"[\x00-\x20\x7f#]")
+# What no field name or value may hold (RFC 9113 §8.2.1; RFC 9110 §5.5).
+_BAD_FIELD = re.compile(rb"[\r\n\x00]")
 
 
 def target_form_problem(flow: http.HTTPFlow) -> str | None:
@@ -213,14 +215,7 @@ def target_form_problem(flow: http.HTTPFlow) -> str | None:
     if bad is not None:
         return f"request target {path[:200]!r} holds {bad.group()!r}, which no request target may hold"
     for name, value in req.headers.fields:
-        if (
-            b"\r" in value
-            or b"\n" in value
-            or b"\0" in value
-            or b"\r" in name
-            or b"\n" in name
-            or b"\0" in name
-        ):
+        if _BAD_FIELD.search(name) or _BAD_FIELD.search(value):
             return f"request field {name[:100]!r} holds CR, LF or NUL"
     return None
 

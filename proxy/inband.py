@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -25,12 +24,11 @@ from proxy.signals import contentsignal, contentusage, htmlhead, media, rsl, tdm
 GetLicense = Callable[[str], Awaitable[OptionalDoc]]
 DEFAULT_BODY_CAP = 32 * 1024 * 1024  # a long HTML page or a full-size photo, with room to spare
 BODY_SIGNALS = (xrobotstag.NAME_META, tdmrep.NAME, rsl.NAME, media.NAME)
-_CHARSET = re.compile(r"""charset\s*=\s*"?\s*([^";,\s]+)""", re.IGNORECASE)
 
 
 def charsets_in(content_types: Sequence[str]) -> list[str]:
     """Every charset the Content-Type values name (lines, comma-listed members, quoted or not)."""
-    return [m.group(1) for value in content_types for m in _CHARSET.finditer(value)]
+    return [m.group(1) for value in content_types for m in htmlhead.CHARSET_PARAM.finditer(value)]
 
 
 @dataclass(frozen=True, slots=True)

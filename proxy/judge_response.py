@@ -87,26 +87,37 @@ _META_TAG = re.compile(
     rb"<(?:(?=[mMiIfFoOeE])|[A-Za-z_][\w.-]{0,63}:)(?:meta|iframe|frame|object|embed)[\s/>]|<!ENTITY",
     re.IGNORECASE,
 )
-# A `<` escaped for a script or JSON string (\u003c, \x3c, \u{3c}): markup may follow, itself escaped.
-_ESCAPED_OPEN = re.compile(rb"\\(?:u003[cC]|x3[cC]|u\{0*3[cC]\})")
 
 
-def _html_anywhere(body: bytes) -> bool:
+def _tags_in(data: bytes) -> bool:
     """A `<meta` tag, an iframe, object or embed (each can carry a page of its own), an XML
-    entity declaration, or a meta escaped in a script or JSON string, anywhere in `body`."""
-    if b"<" in body and _META_TAG.search(body):
+    entity declaration, or a meta escaped in a script or JSON string, in these bytes."""
+    if b"<" in data and _META_TAG.search(data):
         return True
-    if b"\\" in body and _ESCAPED_OPEN.search(body):
-        if len(body) > OFF_LOOP_BYTES:
+    if b"\\" in data and htmlhead.ESCAPED_OPEN_BYTES.search(data):
+        if len(data) > OFF_LOOP_BYTES:
             return True  # unescaped by the HTML reader, in the worker, not here on the loop
-        unescaped = htmlhead.js_unescape(body.decode("latin-1"))
-        if _META_TAG.search(unescaped.encode("utf-8", "replace")):
+        return (
+            _META_TAG.search(htmlhead.js_unescape(data.decode("latin-1")).encode("utf-8", "replace"))
+            is not None
+        )
+    return False
+
+
+def _html_anywhere(body: bytes, codecs: Sequence[str] = ()) -> bool:
+    """HTML markup (see `_tags_in`) anywhere in `body`: in its bytes, or in its text decoded with
+    a charset that hides tags from a bytes search, UTF-16/32 known by its first bytes or one of
+    `codecs` (those the headers name)."""
+    if _tags_in(body):
+        return True
+    for codec in dict.fromkeys((htmlhead.wide_encoding(body), *codecs)):
+        if codec is None or htmlhead.ascii_safe(codec):
+            continue
+        if len(body) > OFF_LOOP_BYTES:
+            return True  # decoded by the HTML reader, in the worker, not here on the loop
+        if _tags_in(body.decode(codec, "replace").encode("utf-8", "replace")):
             return True
-    wide = htmlhead.wide_encoding(body)  # UTF-16/32 without a BOM: its tags are not found in the bytes
-    return (
-        wide is not None
-        and _META_TAG.search(body.decode(wide, "replace").encode("utf-8", "replace")) is not None
-    )
+    return False
 
 
 def _markup_anywhere(
@@ -130,18 +141,8 @@ def _markup_anywhere(
         parts, complete = mime.encoded_parts(body, types)
         if not complete or any(map(_html_anywhere, parts)):
             return kinds | {"html"}  # read (and withheld if it cannot be read in full)
-    if _html_anywhere(body):
-        return kinds | {"html"}
-    # A charset its headers name that hides tags from a bytes search (UTF-16 text/plain or JSON).
-    for label in charsets_in(types)[:4]:
-        codec = htmlhead.codec_of(label)
-        if codec is None or htmlhead.ascii_safe(codec):
-            continue
-        if len(body) > OFF_LOOP_BYTES or _html_anywhere(
-            body.decode(codec, "replace").encode("utf-8", "replace")
-        ):
-            return kinds | {"html"}
-    return kinds
+    named = [c for c in map(htmlhead.codec_of, charsets_in(types)[:4]) if c is not None]
+    return kinds | {"html"} if _html_anywhere(body, named) else kinds
 
 
 class ResponseJudge:

@@ -46,8 +46,8 @@ def _kind(node: Node) -> str:
     }.get(node.tag, "a number")
 
 
-# Nesting past which a policy is refused (PyYAML composes recursively; the interpreter's
-# limit stops it somewhere past this depth, and no policy needs a tenth of it).
+# PyYAML composes recursively, so a deep enough nesting ends in RecursionError, somewhere past
+# this depth: the problem names the line where the nesting passes it (no policy comes close).
 DEEPEST = 100
 
 

@@ -5,8 +5,9 @@ A byte-level reader, not a parser: the tags that matter (`<meta>`, `<link>`,
 pattern over the whole body (a meta tag after a megabyte of body still counts;
 signals.md §6.2: be lenient about `<head>`), and only those are taken apart.
 Markup that would stop a parser (marked sections `<![foo[ ... ]]>`, stray `</`,
-broken attributes) is simply not what the pattern looks for. Comments are
-skipped, as browsers skip them. Never raises on content.
+broken attributes) is simply not what the pattern looks for. Tags inside what
+looks like a comment are read too, and say so (whether `<!--` opens a comment
+depends on where it stands). Never raises on content.
 
 A document a page carries inside itself is read as well, since its bytes reach
 the crawler with the page: an `<iframe srcdoc>`, a `data:` URL in an
@@ -48,7 +49,8 @@ MAX_DEPTH = 3
 MAX_EMBEDDED = 64
 # Other charsets a body is decoded with besides its own and UTF-8 (each one is a scan).
 MAX_CHARSETS = 4
-_CHARSET_PARAM = re.compile(r"""charset\s*=\s*["']?\s*([^"';,\s]+)""", re.IGNORECASE)
+# `charset=` in a Content-Type value or a meta tag's content.
+CHARSET_PARAM = re.compile(r"""charset\s*=\s*["']?\s*([^"';,\s]+)""", re.IGNORECASE)
 # Statements kept per kind (metas, links, ...); a page with more is not read in full, and withheld.
 MAX_FOUND = 4096
 # Attributes read in one tag; a tag with more is not read in full, and its page is withheld.
@@ -93,7 +95,7 @@ _BOMS = (
 )  # fmt: skip
 # A `<` escaped for a JavaScript or JSON string: markup a script writes into the page.
 _ESCAPED_OPEN = re.compile(r"\\(?:u003[cC]|x3[cC]|u\{0*3[cC]\})")
-_BESCAPED_OPEN = re.compile(_ESCAPED_OPEN.pattern.encode())
+ESCAPED_OPEN_BYTES = re.compile(_ESCAPED_OPEN.pattern.encode())
 _JS_ESCAPE = re.compile(r"\\(u\{[0-9a-fA-F]{1,6}\}|u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|.)", re.DOTALL)
 _JS_SINGLE = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "b": "\b", "0": "\0"}
 _EMBEDS = ("iframe", "frame", "object", "embed")
@@ -185,7 +187,9 @@ _WIDEST = {"iso2022_jp": "iso2022_jp_ext"}
 _STATEFUL = ("iso2022", "utf-7", "hz", "utf-16", "utf-32")
 
 
-def _codec(label: str | None, *, meta: bool = False) -> str | None:
+def codec_of(label: str | None, *, meta: bool = False) -> str | None:
+    """The Python codec a charset label names (WHATWG labels too), or None if none can read it;
+    `meta`: the label is a meta tag's (one saying UTF-16 means UTF-8)."""
     if not label:
         return None
     clean = label.strip().strip("\"'").lower()
@@ -202,11 +206,6 @@ def _codec(label: str | None, *, meta: bool = False) -> str | None:
     if name.startswith("utf-16"):
         return "utf-8" if meta else ("utf-16-be" if name == "utf-16-be" else "utf-16-le")
     return name
-
-
-def codec_of(label: str) -> str | None:
-    """The Python codec a charset label names (WHATWG labels too), or None if none can read it."""
-    return _codec(label)
 
 
 @functools.cache
@@ -241,16 +240,17 @@ def encoding_of(body: bytes, charset: str | None) -> tuple[str, int]:
     for bom, name in _BOMS:
         if body.startswith(bom):
             return name, len(bom)
-    header = _codec(charset)
+    header = codec_of(charset)
     if header is not None:
         return header, 0
     m = _PRESCAN_CHARSET.search(body[:PRESCAN_BYTES])
-    meta = _codec(m.group(1).decode("ascii", "replace"), meta=True) if m else None
+    meta = codec_of(m.group(1).decode("ascii", "replace"), meta=True) if m else None
     return meta or "utf-8", 0
 
 
-def _pairs(text: str) -> list[tuple[str, str]]:
-    """A tag's attributes in order, repeated names included: (lower-case name, unescaped value).
+def attributes(text: str) -> list[tuple[str, str]]:
+    """A start tag's attributes (the text after its name, as `TAG_PATTERN`'s group 1 holds it) in
+    order, repeated names included: (lower-case name, unescaped value).
 
     At most MAX_ATTRIBUTES + 1 of them: the caller withholds a page with a tag that has more.
     """
@@ -259,11 +259,6 @@ def _pairs(text: str) -> list[tuple[str, str]]:
         value = m.group(2) if m.group(2) is not None else m.group(3) if m.group(3) is not None else m.group(4)
         out.append((m.group(1).lower(), html.unescape(value or "")))
     return out
-
-
-def attributes(text: str) -> list[tuple[str, str]]:
-    """A start tag's attributes (the text after its name), as `TAG_PATTERN`'s group 1 holds them."""
-    return _pairs(text)
 
 
 def _first(pairs: list[tuple[str, str]]) -> dict[str, str]:
@@ -375,7 +370,7 @@ def _read_into(
     others = [*also, *head.charsets] + (["iso-2022-jp"] if b"\x1b" in body else [])
     done = {encoding, "utf-8", wide}
     for label in others[: MAX_CHARSETS + 2]:
-        codec = _codec(label)
+        codec = codec_of(label)
         if codec is not None and codec not in done and not ascii_safe(codec):
             done.add(codec)
             _scan(body.decode(_WIDEST.get(codec, codec), errors="replace"), head, reading)
@@ -408,7 +403,7 @@ def _scan(source: str | bytes, head: HtmlHead, reading: _Reading, encoding: str 
     """Collect the tags of `source`: text, or bytes in an ASCII-compatible `encoding`."""
     data: Any = source  # one scan for both; the patterns below match its type
     if isinstance(data, bytes):
-        tags, comment, script_end, escaped = _BTAG, _BCOMMENT, _BSCRIPT_END, _BESCAPED_OPEN
+        tags, comment, script_end, escaped = _BTAG, _BCOMMENT, _BSCRIPT_END, ESCAPED_OPEN_BYTES
         wanted_link: Any = b"licen"
         wanted_script: Any = b"application/"
         backslash: Any = b"\\"
@@ -448,6 +443,7 @@ def _scan(source: str | bytes, head: HtmlHead, reading: _Reading, encoding: str 
         if not m.group(3):
             # Left open to the end of the body (an unclosed quote, say): no parser keeps the
             # tag, but one may read on after it, so what follows its name is read as markup.
+            # (Past the budget this is not withheld: no parser keeps the tag, so this reading is extra.)
             inner = reading.inner("markup after a tag left open") if m.end() - m.end(1) > 1 else None
             if inner is not None:
                 _scan(data[m.end(1) :], head, inner, encoding)
@@ -458,14 +454,14 @@ def _scan(source: str | bytes, head: HtmlHead, reading: _Reading, encoding: str 
             continue
         if tag == "script" and wanted_script not in raw.lower() and ampersand not in raw:
             continue
-        pairs = _pairs(text(raw))
+        pairs = attributes(text(raw))
         if len(pairs) > MAX_ATTRIBUTES:
             head.unread.append(f"a <{tag}> tag with more than {MAX_ATTRIBUTES} attributes")
         if tag == "meta":
             _meta(pairs, head, here)
             if backslash in raw:
                 # Markup inside a script or JSON string: `<meta name=\"robots\" ...>`.
-                _meta(_pairs(js_unescape(text(raw))), head, here.named("JS-escaped markup"))
+                _meta(attributes(js_unescape(text(raw))), head, here.named("JS-escaped markup"))
             continue
         a = _first(pairs)
         if tag in _EMBEDS:
@@ -503,11 +499,14 @@ def _meta(pairs: list[tuple[str, str]], head: HtmlHead, reading: _Reading) -> No
     name is paired with every content, so neither reading hides a statement.
     """
     for n, v in pairs:
-        if n == "charset" or (n == "content" and "charset" in v.lower()):
-            label = _CHARSET_PARAM.search(v) if n == "content" else None
-            value = label.group(1) if label else v if n == "charset" else ""
-            if value and value not in head.charsets and len(head.charsets) < MAX_CHARSETS:
-                head.charsets.append(value)
+        if n == "charset":
+            value = v
+        elif n == "content" and (m := CHARSET_PARAM.search(v)):
+            value = m.group(1)  # <meta http-equiv="Content-Type" content="...; charset=...">
+        else:
+            continue
+        if value and value not in head.charsets and len(head.charsets) < MAX_CHARSETS:
+            head.charsets.append(value)
     names = [v for n, v in pairs if n == "name"][:8]
     equivs = [v.strip().lower() for n, v in pairs if n == "http-equiv"][:8]
     contents = [v for n, v in pairs if n == "content"][:8] or [""]

@@ -188,11 +188,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     log_arg(tail)
     filters(tail)
+
+    def no_verify(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--no-verify",
+            action="store_true",
+            help="do not walk the hash chain afterwards (by default a broken chain is said and exits 1)",
+        )
+
     summary = asub.add_parser("summary", help="counts of allow / block / would-block, grouped")
     summary.add_argument("--by", default="signal", choices=BY, help="group by (default signal)")
     summary.add_argument("--top", type=int, default=25, help="groups to show (default 25)")
     log_arg(summary)
     filters(summary)
+    no_verify(summary)
     export = asub.add_parser("export", help="records as CSV or JSON Lines on stdout")
     export.add_argument(
         "--format",
@@ -203,6 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="write to this file instead of stdout")
     log_arg(export)
     filters(export)
+    no_verify(export)
     report = asub.add_parser("report", help="a self-contained HTML report")
     report.add_argument("--out", default="report.html", help="output file (default report.html)")
     log_arg(report)
@@ -815,6 +825,37 @@ def _verify_one(path: Path) -> bool:
     return False
 
 
+def _chains(path: Path) -> list[VerifyReport]:
+    """The verification of each log at `path` (one per worker); a log that cannot be read is left out."""
+    chains: list[VerifyReport] = []
+    for log in logs_at(path):
+        with contextlib.suppress(AuditError):
+            chains.append(verify_chain(log))
+    return chains
+
+
+def _chain_said(args: argparse.Namespace, path: Path, out: TextIO) -> int:
+    """After `summary` or `export`: walk the chain and say whether what was read can be trusted.
+
+    Figures and rows from a log whose chain is broken include records that may
+    have been edited, added or put back; that is said, and the exit status is 1.
+    """
+    if args.no_verify:
+        print(f"{path}: chain not verified (--no-verify)", file=out)
+        return ExitStatus.OK
+    chains = _chains(path)
+    broken = next((c for c in chains if not c.ok), None)
+    if broken is not None:
+        print(f"{path}: chain BROKEN at {broken.where}: {broken.problem}; the records from there on "
+              "cannot be trusted and are included above (`optout-proxy audit verify` for every log)",
+              file=out)  # fmt: skip
+        return ExitStatus.BLOCKED
+    many = f" ({len(chains)} chains, one per worker)" if len(chains) > 1 else ""
+    print(f"{path}: chain intact{many}: {sum(c.records for c in chains)} records, "
+          f"{sum(c.checkpoints for c in chains)} checkpoint(s)", file=out)  # fmt: skip
+    return ExitStatus.OK
+
+
 def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> int:
     if args.audit_command == "verify":
         logs = logs_at(path) or [path]  # [path]: verify says there is no log there
@@ -843,9 +884,10 @@ def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> i
     if args.audit_command == "summary":
         s = summarize(records(path, _filter(args), _Progress("reading"), skipped, skipped.agents), args.by)
         print(format_summary(s, args.top))
-        return ExitStatus.OK
+        return _chain_said(args, path, sys.stdout)
     if args.audit_command == "export" and args.format == "warc":
-        return _export_warc(path, args, skipped)
+        status = _export_warc(path, args, skipped)
+        return status if status != ExitStatus.OK else _chain_said(args, path, sys.stderr)
     if args.audit_command == "export":
         recs = records(path, _filter(args), _Progress("exporting"), skipped, skipped.agents)
         if args.out:
@@ -854,15 +896,11 @@ def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> i
         else:
             n = export(recs, args.format, sys.stdout)
         print(f"exported {n} records", file=sys.stderr)
-        return ExitStatus.OK
+        return _chain_said(args, path, sys.stderr)
     if args.audit_command == "report":
         flt = _filter(args)
         data = gather(records(path, flt, _Progress("reading"), skipped, skipped.agents))
-        chains: list[VerifyReport] = []
-        for log in logs_at(path):  # one chain per worker's log
-            with contextlib.suppress(AuditError):  # not verifiable: it is left out of the chain line
-                chains.append(verify_chain(log))
-        page = render(data, chains, path, EvidenceStore(store_dir(path)), utc_now(), flt.describe())
+        page = render(data, _chains(path), path, EvidenceStore(store_dir(path)), utc_now(), flt.describe())
         Path(args.out).write_text(page, encoding="utf-8")
         print(
             f"wrote {args.out}: {outcome_line(data.summary)}",

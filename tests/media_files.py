@@ -3,7 +3,8 @@
 Images come from Pillow; the metadata is inserted the way the standards place
 it: XMP in a JPEG APP1 segment or a PNG iTXt chunk (optionally compressed,
 optionally after IDAT), C2PA JUMBF in JPEG APP11 segments (split across
-several when asked) or a PNG caBX chunk, XMP in a PDF metadata stream.
+several when asked) or a PNG caBX chunk, XMP in a PDF metadata stream (by
+hand, or written by pypdf under a chain of filters, and read back by it).
 """
 
 from __future__ import annotations
@@ -155,6 +156,60 @@ def pdf_with_xmp(packet: bytes, *, compressed: bool) -> bytes:
     out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
     return bytes(out)
+
+
+def pdf_written(
+    encoded: bytes, filters: list[str], *, parms: dict[str, int] | None = None, indirect: bool = False,
+    encrypt: bool = False, image_metadata: bool = False,
+) -> bytes:  # fmt: skip
+    """A PDF written by pypdf whose catalog's metadata stream holds `encoded` under `filters`
+    (a direct array, or one `indirect` object), with /DecodeParms `parms`; encrypted with an
+    empty user password (RC4, metadata too) if asked; with a JPEG image that names its own
+    metadata stream if `image_metadata`."""
+    from pypdf import PdfWriter
+    from pypdf.generic import ArrayObject, DictionaryObject, NameObject, NumberObject, StreamObject
+
+    writer = PdfWriter()
+    writer.add_blank_page(100, 100)
+    stream = StreamObject()
+    stream[NameObject("/Type")] = NameObject("/Metadata")
+    stream[NameObject("/Subtype")] = NameObject("/XML")
+    stream.set_data(encoded)
+    names = ArrayObject([NameObject(f) for f in filters])
+    stream[NameObject("/Filter")] = writer._add_object(names) if indirect else names
+    if parms:
+        stream[NameObject("/DecodeParms")] = DictionaryObject(
+            {NameObject(f"/{k}"): NumberObject(v) for k, v in parms.items()}
+        )
+    metadata = writer._add_object(stream)
+    writer._root_object[NameObject("/Metadata")] = metadata
+    if image_metadata:
+        jpeg = io.BytesIO()
+        Image.new("RGB", (4, 4), "red").save(jpeg, "JPEG")
+        image = StreamObject()
+        image.set_data(jpeg.getvalue())
+        image.update({
+            NameObject("/Type"): NameObject("/XObject"), NameObject("/Subtype"): NameObject("/Image"),
+            NameObject("/Filter"): NameObject("/DCTDecode"), NameObject("/Metadata"): metadata,
+            NameObject("/Width"): NumberObject(4), NameObject("/Height"): NumberObject(4),
+        })  # fmt: skip
+        writer._add_object(image)
+    if encrypt:
+        writer.encrypt(user_password="", owner_password="owner", algorithm="RC4-128")
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def pdf_metadata(body: bytes) -> bytes:
+    """The catalog's metadata stream of a PDF as pypdf reads it (filters undone, decrypted)."""
+    from pypdf import PdfReader
+
+    reader = PdfReader(io.BytesIO(body))
+    if reader.is_encrypted:
+        reader.decrypt("")
+    data: bytes = reader.trailer["/Root"]["/Metadata"].get_object().get_data()
+    return data
 
 
 def tdm_xmp(reservation: str) -> bytes:

@@ -94,7 +94,9 @@ def test_a_torn_or_foreign_line_is_reported_and_skipped(
 ) -> None:
     path = _log_with_bad_lines(tmp_path)
     argv = ["audit", *[str(tmp_path / "r.html") if a == "REPORT" else a for a in command], "--log", str(path)]
-    assert main(argv) == ExitStatus.OK
+    # summary and export walk the chain afterwards: the torn line breaks it, which they say (exit 1)
+    breaks = command[0] in ("summary", "export")
+    assert main(argv) == (ExitStatus.BLOCKED if breaks else ExitStatus.OK)
     captured = capsys.readouterr()
     assert f"{path}:3: skipped: not a JSON record" in captured.err
     assert f"{path}:6: skipped: not an audit record" in captured.err
@@ -211,3 +213,27 @@ def test_verify_warns_when_there_are_no_checkpoints(
     (tmp_path / "audit.jsonl.checkpoints").unlink()  # removed, or never written (a crash)
     assert main(["audit", "verify", str(path)]) == ExitStatus.OK
     assert "no checkpoints, so records removed from the end cannot be found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", [["summary"], ["export", "--format", "jsonl"], ["export", "--format", "csv"]]
+)
+def test_summary_and_export_say_whether_the_chain_holds(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _written_log(tmp_path / "audit.jsonl", 4, checkpoint_every=100)
+    assert main(["audit", *command, "--log", str(path)]) == ExitStatus.OK
+    said = capsys.readouterr()
+    assert f"{path}: chain intact: 4 records, 1 checkpoint(s)" in said.out + said.err
+    # A forged "allow" appended after a repeated record: figures and rows would include both.
+    lines = path.read_bytes().splitlines(keepends=True)
+    forged = json.loads(lines[0]) | {"id": "forged", "decision": "allow", "signal": None}
+    path.write_bytes(b"".join(lines) + lines[1] + json.dumps(forged).encode() + b"\n")
+    assert main(["audit", *command, "--log", str(path)]) == ExitStatus.BLOCKED
+    said = capsys.readouterr()
+    assert f"{path}: chain BROKEN at {path}:5: record 2 is out of order or repeated" in said.out + said.err
+    if command[0] == "export":
+        assert "BROKEN" not in said.out  # the rows on stdout stay data; the verdict is on stderr
+    assert main(["audit", *command, "--log", str(path), "--no-verify"]) == ExitStatus.OK
+    said = capsys.readouterr()
+    assert f"{path}: chain not verified (--no-verify)" in said.out + said.err

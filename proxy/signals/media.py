@@ -5,7 +5,8 @@ Implements signals.md §10 (and §4.4 for PDF). Where the data lives:
 
 * XMP: JPEG APP1 (`http://ns.adobe.com/xap/1.0/`), PNG `iTXt` chunk
   `XML:com.adobe.xmp` (zlib-compressed or not, before or after IDAT), PDF
-  metadata streams (plain or FlateDecode), and any other container that
+  streams under any chain of the text filters (signals/pdfstreams.py; a
+  metadata stream we cannot decode withholds), and any other container that
   carries an `<x:xmpmeta>` packet as text (WebP, GIF, TIFF, MP4).
 * C2PA: JUMBF boxes in JPEG APP11 segments (reassembled in sequence) or
   anywhere in the file (PNG `caBX`, BMFF `uuid`), or base64 in an HTML
@@ -46,7 +47,7 @@ import cbor2
 from defusedxml import ElementTree
 
 from proxy.evidence import Document, Finding, Says
-from proxy.signals import c2pa_store, htmlhead
+from proxy.signals import c2pa_store, htmlhead, pdfstreams
 from proxy.sniff import contains
 
 NAME = "media-metadata"
@@ -54,14 +55,12 @@ PLUS_NS = "http://ns.useplus.org/ldf/xmp/1.0/"
 TDM_NS = "http://www.w3.org/ns/tdmrep/"
 DMI_PREFIX = "http://ns.useplus.org/ldf/vocab/"
 _MAX_INFLATE = 8 * 1024 * 1024  # per stream: a zip bomb stops here
-_MAX_STREAMS = 64
 # Packets are cut out by finding an opening, then its closing once (never a lazy `.*?` per
 # opening: a body of openings without closings made that quadratic, minutes for 240 KB).
 # Any namespace prefix (XML names it freely; `<X:xmpmeta>` is as good as `<x:xmpmeta>`).
 _XMP_OPEN = re.compile(rb"<([A-Za-z_][\w.-]{0,31}:)?xmpmeta[\s>]")
 _RDF_OPEN = re.compile(rb"<([A-Za-z_][\w.-]{0,31}:)?RDF[\s>]")
 _RAW_DMI = re.compile(rb"ns\.useplus\.org/ldf/vocab/(DMI-PROHIBITED[A-Z-]*)")
-_PDF_STREAM = re.compile(rb"stream\r?\n")
 _XMP_KEYWORD = b"XML:com.adobe.xmp\x00"
 _XMP_EXTENSION = b"http://ns.adobe.com/xmp/extension/\x00"
 _WIDE_XMP = (("xmpmeta".encode("utf-16-le"), "utf-16-le"), ("xmpmeta".encode("utf-16-be"), "utf-16-be"))
@@ -203,7 +202,7 @@ def xmp_packets(body: bytes, unread: list[str] | None = None) -> list[bytes]:
             text = _png_xmp(kind, data)
             if text is not None:
                 packets.append(text)
-    if body.startswith(b"%PDF"):
+    if b"%PDF-" in body[:1024]:  # readers look for the header in the first 1024 bytes
         packets += _pdf_packets(body, unread if unread is not None else [])
     # Packets anywhere else too (a PDF's uncompressed /Metadata beside a compressed decoy).
     packets += [p for p in _packets_in(body) if p not in packets]
@@ -219,25 +218,20 @@ def xmp_packets(body: bytes, unread: list[str] | None = None) -> list[bytes]:
 
 
 def _pdf_packets(body: bytes, unread: list[str]) -> list[bytes]:
-    """XMP packets in a PDF's Flate streams: every metadata stream, and the first _MAX_STREAMS others."""
+    """XMP packets in a PDF's encoded streams (signals/pdfstreams.py); a metadata stream we
+    cannot read in full goes to `unread`."""
     packets: list[bytes] = []
-    others = 0
-    pos = 0
-    while (at := body.find(b"/FlateDecode", pos)) >= 0:
-        m = _PDF_STREAM.search(body, at)
-        if m is None:
-            break
-        pos = m.end()
-        metadata = b"/Metadata" in body[max(0, at - 512) : m.start()]
-        if not metadata:
-            others += 1
-            if others > _MAX_STREAMS:
-                continue
-        inflated = _inflate(body[m.end() : m.end() + _MAX_INFLATE])
-        if metadata and inflated is not None and len(inflated) >= _MAX_INFLATE:
-            unread.append(f"a PDF metadata stream that inflates past {_MAX_INFLATE} bytes")
-        if inflated and (b"xmpmeta" in inflated or b"rdf:RDF" in inflated):
-            packets.extend(_packets_in(inflated))
+    # The trailer, or an XRef stream's dictionary (never compressed), names the encryption.
+    encrypted = b"/Encrypt" in body or (b"#" in body and b"/Encrypt" in pdfstreams.names(body))
+    for stream in pdfstreams.streams(body):
+        found = _packets_in(stream.data) if stream.data else []
+        packets += found
+        if not stream.metadata:
+            continue
+        if stream.problem is not None:
+            unread.append(f"a PDF metadata stream: {stream.problem}")
+        elif encrypted and not found:
+            unread.append("a PDF metadata stream of an encrypted document (not decrypted)")
     return packets
 
 

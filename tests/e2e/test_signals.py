@@ -4,11 +4,13 @@ hostile inputs, conflicts, purposes. The crawler must never receive a withheld b
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import ssl
 import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -259,6 +261,18 @@ HTML_NOAI = b'<html><head><meta name="robots" content="noai"></head><body>' + SE
             Reply(
                 200,
                 m.pdf_with_xmp(m.tdm_xmp("1"), compressed=True) + SECRET,
+                {"Content-Type": "application/pdf"},
+            ),
+            "tdmrep",
+        ),
+        (
+            Reply(
+                200,
+                m.pdf_written(
+                    base64.a85encode(zlib.compress(m.tdm_xmp("1")), adobe=True),
+                    ["/ASCII85Decode", "/FlateDecode"],
+                )
+                + SECRET,
                 {"Content-Type": "application/pdf"},
             ),
             "tdmrep",

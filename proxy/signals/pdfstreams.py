@@ -1,0 +1,221 @@
+"""The decoded content of a PDF's streams, for the XMP packets in them (signals.md §4.4, §10).
+
+A PDF keeps its document metadata, and each image's, in streams that may be
+encoded by a chain of filters (ISO 32000-1 §7.4): `/Filter [/ASCII85Decode
+/FlateDecode]`, abbreviated (`/A85 /Fl`), with names spelled in `#xx` escapes
+(`/Fl#61teDecode`), or named by an indirect reference (`/Filter 7 0 R`).
+Readers undo all of these, so we do too, each step bounded in output.
+
+What we cannot undo in a metadata stream (an image codec, a predictor, an
+unknown filter, encryption) is reported, not skipped: the caller withholds the
+document rather than guess what its metadata says.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+MAX_DECODED = 8 * 1024 * 1024  # per stream and per step: a bomb stops here
+MAX_OTHER_STREAMS = 64  # streams not marked as metadata that are decoded (XMP of images, say)
+_DICT_BACK = 4096  # how far before `stream` its dictionary is looked for
+
+_STREAM = re.compile(rb"(?<![A-Za-z])stream(?:\r\n|\n|\r)")
+_ENDSTREAM = re.compile(rb"(?:\r\n|\n|\r)?endstream")
+_NAME_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
+_FILTER = re.compile(rb"/Filter\s*(\[[^\]]*\]|/[^\s/\[\]<>()]+|\d+\s+\d+\s+R)")
+_NAMES = re.compile(rb"/([^\s/\[\]<>()]+)")
+_REFERENCE = re.compile(rb"(\d+)\s+(\d+)\s+R")
+# An image's dictionary may name its own metadata (`/Metadata 9 0 R`): that is not this stream.
+_METADATA = re.compile(rb"/Type\s*/Metadata(?![^\s/\[\]<>()])|/Subtype\s*/XML(?![^\s/\[\]<>()])")
+_PREDICTOR = re.compile(rb"/Predictor\s+(\d+)")
+_EARLY = re.compile(rb"/EarlyChange\s+0\b")
+_ABBREVIATIONS = {
+    b"AHx": b"ASCIIHexDecode",
+    b"A85": b"ASCII85Decode",
+    b"Fl": b"FlateDecode",
+    b"LZW": b"LZWDecode",
+    b"RL": b"RunLengthDecode",
+}
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One stream of a PDF: its dictionary, as written, and its content decoded."""
+
+    metadata: bool  # its dictionary says /Type /Metadata or /Subtype /XML
+    data: bytes | None  # decoded; None if it could not be
+    problem: str | None = None  # why it could not be decoded, or was cut at MAX_DECODED
+
+
+class Undecodable(Exception):
+    """A filter we cannot undo, or data that is not what its filter says."""
+
+
+def names(raw: bytes) -> bytes:
+    """PDF text with its `#xx` name escapes undone (`/Fl#61teDecode` is `/FlateDecode`)."""
+    return _NAME_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), raw) if b"#" in raw else raw
+
+
+def streams(body: bytes) -> Iterator[Stream]:
+    """Every stream of `body` marked as metadata, and the first MAX_OTHER_STREAMS others that have
+    filters, decoded. Streams with no filter are plain text already (the caller scans the body)."""
+    others = 0
+    pos = 0
+    while (m := _STREAM.search(body, pos)) is not None:
+        start = max(0, m.start() - _DICT_BACK)
+        opened = body.rfind(b"obj", start, m.start())
+        dictionary = names(body[opened if opened >= 0 else start : m.start()])
+        end = _ENDSTREAM.search(body, m.end())
+        data = body[m.end() : end.start() if end else len(body)]
+        pos = end.end() if end else len(body)
+        metadata = _METADATA.search(dictionary) is not None
+        filters = _filters(body, dictionary)
+        if not metadata:
+            if not filters:
+                continue
+            others += 1
+            if others > MAX_OTHER_STREAMS:
+                continue
+        try:
+            decoded, cut = _decode(data, filters or [], dictionary)
+        except Undecodable as e:
+            yield Stream(metadata, None, str(e))
+            continue
+        yield Stream(metadata, decoded, f"a stream that decodes past {MAX_DECODED} bytes" if cut else None)
+
+
+def _filters(body: bytes, dictionary: bytes) -> list[bytes] | None:
+    """The filter names of a stream's dictionary, in order, full names; [] if none; None if they
+    are named by a reference we cannot resolve."""
+    m = _FILTER.search(dictionary)
+    if m is None:
+        return []
+    value = m.group(1)
+    if ref := _REFERENCE.fullmatch(value):
+        target = re.search(
+            rb"(?<!\d)" + ref.group(1) + rb"\s+" + ref.group(2) + rb"\s+obj\s*(\[[^\]]*\]|/[^\s/\[\]<>()]+)",
+            body,
+        )
+        if target is None:
+            return None
+        value = names(target.group(1))
+    return [_ABBREVIATIONS.get(n, n) for n in _NAMES.findall(value)]
+
+
+def _decode(data: bytes, filters: list[bytes], dictionary: bytes) -> tuple[bytes, bool]:
+    """`data` with every filter undone in order; and whether a step was cut at MAX_DECODED."""
+    predictor = _PREDICTOR.search(dictionary)
+    if (
+        predictor is not None
+        and int(predictor.group(1)) > 1
+        and {b"FlateDecode", b"LZWDecode"} & set(filters)
+    ):
+        # PNG and TIFF predictors rearrange the bytes row by row; not undone here.
+        raise Undecodable(f"a stream with /Predictor {int(predictor.group(1))}")
+    cut = False
+    for name in filters:
+        if name == b"FlateDecode":
+            data, over = _inflate(data)
+        elif name == b"ASCIIHexDecode":
+            data, over = _hex(data), False
+        elif name == b"ASCII85Decode":
+            data, over = _a85(data), False
+        elif name == b"LZWDecode":
+            data, over = _lzw(data, early=_EARLY.search(dictionary) is None)
+        elif name == b"RunLengthDecode":
+            data, over = _run_length(data)
+        elif name == b"Crypt":
+            raise Undecodable("a stream under the Crypt filter (encrypted)")
+        else:
+            raise Undecodable(f"a stream under the /{name.decode('latin-1')} filter")
+        cut = cut or over
+    return data, cut
+
+
+def _inflate(data: bytes) -> tuple[bytes, bool]:
+    for wbits in (zlib.MAX_WBITS, -zlib.MAX_WBITS):  # zlib-wrapped, or raw deflate (readers take both)
+        d = zlib.decompressobj(wbits)
+        try:
+            out = d.decompress(data, MAX_DECODED)
+        except zlib.error:
+            continue
+        return out, bool(d.unconsumed_tail)
+    raise Undecodable("a FlateDecode stream that is not deflate data")
+
+
+def _hex(data: bytes) -> bytes:
+    text = b"".join(data.split(b">", 1)[0].split())
+    if len(text) % 2:
+        text += b"0"  # ISO 32000-1 §7.4.2: a missing last digit is 0
+    try:
+        return binascii.unhexlify(text)
+    except (binascii.Error, ValueError) as e:
+        raise Undecodable("an ASCIIHexDecode stream that is not hex") from e
+
+
+def _a85(data: bytes) -> bytes:
+    text = b"".join(data.split(b"~>", 1)[0].split())
+    if text.startswith(b"<~"):
+        text = text[2:]
+    try:
+        return base64.a85decode(text)
+    except ValueError as e:
+        raise Undecodable("an ASCII85Decode stream that is not ASCII85") from e
+
+
+def _lzw(data: bytes, early: bool) -> tuple[bytes, bool]:
+    """LZW as PDF writes it (ISO 32000-1 §7.4.4): codes of 9 to 12 bits, 256 clears, 257 ends."""
+    out = bytearray()
+    table: list[bytes] = [bytes([i]) for i in range(256)] + [b"", b""]
+    width, previous = 9, b""
+    bits = nbits = 0
+    shift = 1 if early else 0
+    for byte in data:
+        bits, nbits = (bits << 8) | byte, nbits + 8
+        while nbits >= width:
+            nbits -= width
+            code = (bits >> nbits) & ((1 << width) - 1)
+            if code == 256:
+                table, width, previous = table[:258], 9, b""
+                continue
+            if code == 257:
+                return bytes(out), False
+            if code < len(table):
+                entry = table[code]
+                if previous:
+                    table.append(previous + entry[:1])
+            elif code == len(table) and previous:
+                entry = previous + previous[:1]
+                table.append(entry)
+            else:
+                raise Undecodable("an LZWDecode stream with a code out of its table")
+            out += entry
+            if len(out) > MAX_DECODED:
+                return bytes(out[:MAX_DECODED]), True
+            previous = entry
+            if len(table) + shift >= (1 << width) and width < 12:
+                width += 1
+    return bytes(out), False
+
+
+def _run_length(data: bytes) -> tuple[bytes, bool]:
+    out = bytearray()
+    i = 0
+    while i < len(data):
+        n = data[i]
+        if n == 128:
+            break
+        if n < 128:
+            out += data[i + 1 : i + 2 + n]
+            i += 2 + n
+        else:
+            out += data[i + 1 : i + 2] * (257 - n)
+            i += 2
+        if len(out) > MAX_DECODED:
+            return bytes(out[:MAX_DECODED]), True
+    return bytes(out), False

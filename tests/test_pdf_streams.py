@@ -11,7 +11,7 @@ import pytest
 from pypdf._codecs._codecs import LzwCodec
 
 from proxy.evidence import Says
-from proxy.signals import media
+from proxy.signals import media, pdfstreams
 from tests import media_files as m
 
 RESERVED = m.tdm_xmp("1")
@@ -98,3 +98,23 @@ def test_a_bomb_under_a_filter_chain_is_bounded_and_withheld() -> None:
     bomb = base64.a85encode(zlib.compress(b" " * (64 * 1024 * 1024), 9), adobe=True)
     found, withheld = _read(m.pdf_written(bomb, ["/ASCII85Decode", "/FlateDecode"]))
     assert not found and withheld and "decodes past" in withheld[0]
+
+
+def test_lzw_matches_an_independent_encoder_through_table_resets() -> None:
+    import random
+
+    data = (
+        random.Random(7).randbytes(20_000) + b"abcab" * 4_000
+    )  # fills the table: clear codes, 12-bit codes
+    encoded = LzwCodec().encode(data)
+    body = m.pdf_written(encoded, ["/LZWDecode"])
+    streams = [s for s in pdfstreams.streams(body) if s.metadata]
+    assert [(s.data, s.problem) for s in streams] == [(data, None)]
+
+
+def test_a_filter_reference_to_nothing_withholds() -> None:
+    body = m.pdf_written(zlib.compress(RESERVED), ["/FlateDecode"], indirect=True)
+    ref = body[body.index(b"/Filter") + 8 :].split(b"R", 1)[0]
+    broken = body.replace(b"/Filter " + ref + b"R", b"/Filter 99 0 R")
+    found, withheld = _read(broken)
+    assert not found and "names an object that is not a filter" in withheld[0]

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 
 MAX_DECODED = 8 * 1024 * 1024  # per stream and per step: a bomb stops here
 MAX_OTHER_STREAMS = 64  # streams not marked as metadata that are decoded (XMP of images, say)
+MAX_TOTAL = 4 * MAX_DECODED  # decoded bytes per file, all streams together
+SLOW_INPUT = 1024 * 1024  # LZW and RunLength are undone byte by byte in Python: this much per file
+_SLOW = {b"LZWDecode", b"RunLengthDecode"}
 _DICT_BACK = 4096  # how far before `stream` its dictionary is looked for
 
 _STREAM = re.compile(rb"(?<![A-Za-z])stream(?:\r\n|\n|\r)")
@@ -30,6 +33,8 @@ _NAME_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
 _FILTER = re.compile(rb"/Filter\s*(\[[^\]]*\]|/[^\s/\[\]<>()]+|\d+\s+\d+\s+R)")
 _NAMES = re.compile(rb"/([^\s/\[\]<>()]+)")
 _REFERENCE = re.compile(rb"(\d+)\s+(\d+)\s+R")
+_OBJECT = re.compile(rb"(?<!\d)(\d+)\s+(\d+)\s+obj\b")
+_DIRECT_FILTER = re.compile(rb"\s*(\[[^\]]*\]|/[^\s/\[\]<>()]+)")
 # An image's dictionary may name its own metadata (`/Metadata 9 0 R`): that is not this stream.
 _METADATA = re.compile(rb"/Type\s*/Metadata(?![^\s/\[\]<>()])|/Subtype\s*/XML(?![^\s/\[\]<>()])")
 _PREDICTOR = re.compile(rb"/Predictor\s+(\d+)")
@@ -63,9 +68,15 @@ def names(raw: bytes) -> bytes:
 
 def streams(body: bytes) -> Iterator[Stream]:
     """Every stream of `body` marked as metadata, and the first MAX_OTHER_STREAMS others that have
-    filters, decoded. Streams with no filter are plain text already (the caller scans the body)."""
+    filters, decoded. Streams with no filter are plain text already (the caller scans the body).
+
+    Work is bounded by the body: one pass over it, LZW and RunLength (byte loops) only on
+    inputs up to SLOW_INPUT, and MAX_TOTAL decoded bytes in all.
+    """
     others = 0
     pos = 0
+    total = slow = 0
+    objects: dict[bytes, int] | None = None  # "N G" -> where `N G obj` is; built at the first reference
     while (m := _STREAM.search(body, pos)) is not None:
         start = max(0, m.start() - _DICT_BACK)
         opened = body.rfind(b"obj", start, m.start())
@@ -74,37 +85,37 @@ def streams(body: bytes) -> Iterator[Stream]:
         data = body[m.end() : end.start() if end else len(body)]
         pos = end.end() if end else len(body)
         metadata = _METADATA.search(dictionary) is not None
-        filters = _filters(body, dictionary)
+        filter_of = _FILTER.search(dictionary)
+        value = filter_of.group(1) if filter_of else b""
+        if (ref := _REFERENCE.fullmatch(value)) is not None:
+            if objects is None:
+                objects = {b"%d %d" % (int(o[1]), int(o[2])): o.end() for o in _OBJECT.finditer(body)}
+            at = objects.get(b"%d %d" % (int(ref.group(1)), int(ref.group(2))))
+            named = _DIRECT_FILTER.match(body, at) if at is not None else None
+            value = names(named.group(1)) if named else b""
+            if named is None and metadata:
+                yield Stream(metadata, None, "a stream whose /Filter names an object that is not a filter")
+                continue
+        filters = [_ABBREVIATIONS.get(n, n) for n in _NAMES.findall(value)]
         if not metadata:
             if not filters:
                 continue
             others += 1
             if others > MAX_OTHER_STREAMS:
                 continue
+        if _SLOW & set(filters):
+            slow += len(data)
+        if total > MAX_TOTAL or slow > SLOW_INPUT:
+            if metadata:
+                yield Stream(metadata, None, "a stream past what is decoded of one file")
+            continue
         try:
-            decoded, cut = _decode(data, filters or [], dictionary)
+            decoded, cut = _decode(data, filters, dictionary)
         except Undecodable as e:
             yield Stream(metadata, None, str(e))
             continue
+        total += len(decoded)
         yield Stream(metadata, decoded, f"a stream that decodes past {MAX_DECODED} bytes" if cut else None)
-
-
-def _filters(body: bytes, dictionary: bytes) -> list[bytes] | None:
-    """The filter names of a stream's dictionary, in order, full names; [] if none; None if they
-    are named by a reference we cannot resolve."""
-    m = _FILTER.search(dictionary)
-    if m is None:
-        return []
-    value = m.group(1)
-    if ref := _REFERENCE.fullmatch(value):
-        target = re.search(
-            rb"(?<!\d)" + ref.group(1) + rb"\s+" + ref.group(2) + rb"\s+obj\s*(\[[^\]]*\]|/[^\s/\[\]<>()]+)",
-            body,
-        )
-        if target is None:
-            return None
-        value = names(target.group(1))
-    return [_ABBREVIATIONS.get(n, n) for n in _NAMES.findall(value)]
 
 
 def _decode(data: bytes, filters: list[bytes], dictionary: bytes) -> tuple[bytes, bool]:
@@ -180,6 +191,7 @@ def _lzw(data: bytes, early: bool) -> tuple[bytes, bool]:
         while nbits >= width:
             nbits -= width
             code = (bits >> nbits) & ((1 << width) - 1)
+            bits &= (1 << nbits) - 1  # only the bits not yet used: an int that grows is quadratic
             if code == 256:
                 table, width, previous = table[:258], 9, b""
                 continue

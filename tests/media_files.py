@@ -160,7 +160,7 @@ def pdf_with_xmp(packet: bytes, *, compressed: bool) -> bytes:
 
 def pdf_written(
     encoded: bytes, filters: list[str], *, parms: dict[str, int] | None = None, indirect: bool = False,
-    encrypt: bool = False, image_metadata: bool = False,
+    encrypt: bool = False, image_metadata: bool = False, others: int = 0,
 ) -> bytes:  # fmt: skip
     """A PDF written by pypdf whose catalog's metadata stream holds `encoded` under `filters`
     (a direct array, or one `indirect` object), with /DecodeParms `parms`; encrypted with an
@@ -171,6 +171,11 @@ def pdf_written(
 
     writer = PdfWriter()
     writer.add_blank_page(100, 100)
+    for i in range(others):
+        other = StreamObject()
+        other.set_data(zlib.compress(b"q 1 0 0 1 %d 0 cm Q" % i))
+        other[NameObject("/Filter")] = NameObject("/FlateDecode")
+        writer._add_object(other)
     stream = StreamObject()
     stream[NameObject("/Type")] = NameObject("/Metadata")
     stream[NameObject("/Subtype")] = NameObject("/XML")

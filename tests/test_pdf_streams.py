@@ -103,9 +103,7 @@ def test_a_bomb_under_a_filter_chain_is_bounded_and_withheld() -> None:
 def test_lzw_matches_an_independent_encoder_through_table_resets() -> None:
     import random
 
-    data = (
-        random.Random(7).randbytes(20_000) + b"abcab" * 4_000
-    )  # fills the table: clear codes, 12-bit codes
+    data = random.Random(7).randbytes(20_000) + b"abcab" * 4_000  # fills the table: clear codes, 12-bit codes
     encoded = LzwCodec().encode(data)
     body = m.pdf_written(encoded, ["/LZWDecode"])
     streams = [s for s in pdfstreams.streams(body) if s.metadata]
@@ -118,3 +116,18 @@ def test_a_filter_reference_to_nothing_withholds() -> None:
     broken = body.replace(b"/Filter " + ref + b"R", b"/Filter 99 0 R")
     found, withheld = _read(broken)
     assert not found and "names an object that is not a filter" in withheld[0]
+
+
+def test_the_catalogs_metadata_is_read_whatever_its_own_dictionary_says() -> None:
+    # No /Type /Metadata, no /Subtype /XML, and 70 other encoded streams before it: the catalog's
+    # /Metadata points at it, and that is what readers take.
+    body = m.pdf_written(
+        base64.a85encode(zlib.compress(RESERVED), adobe=True), ["/ASCII85Decode", "/FlateDecode"], others=70
+    )
+    body = body.replace(b"/Type /Metadata", b"/Tzpe /Metadata").replace(b"/Subtype /XML", b"/Subtzpe /XML")
+    assert MARK in m.pdf_metadata(body)
+    assert _read(body) == (True, [])
+    # `stream` then spaces before the end of line: pypdf skips them
+    spaced = body.replace(b"stream\n", b"stream  \r\n")
+    assert MARK in m.pdf_metadata(spaced)
+    assert _read(spaced) == (True, [])

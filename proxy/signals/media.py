@@ -221,8 +221,7 @@ def _pdf_packets(body: bytes, unread: list[str]) -> list[bytes]:
     """XMP packets in a PDF's encoded streams (signals/pdfstreams.py); a metadata stream we
     cannot read in full goes to `unread`."""
     packets: list[bytes] = []
-    # The trailer, or an XRef stream's dictionary (never compressed), names the encryption.
-    encrypted = b"/Encrypt" in body or (b"#" in body and b"/Encrypt" in pdfstreams.names(body))
+    encrypted = pdfstreams.encrypted(body)
     for stream in pdfstreams.streams(body):
         found = _packets_in(stream.data) if stream.data else []
         packets += found

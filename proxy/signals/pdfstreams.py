@@ -27,7 +27,8 @@ SLOW_INPUT = 1024 * 1024  # LZW and RunLength are undone byte by byte in Python:
 _SLOW = {b"LZWDecode", b"RunLengthDecode"}
 _DICT_BACK = 4096  # how far before `stream` its dictionary is looked for
 
-_STREAM = re.compile(rb"(?<![A-Za-z])stream(?:\r\n|\n|\r)")
+# Spaces before the end of line are not allowed, but readers (pypdf) skip them.
+_STREAM = re.compile(rb"(?<![A-Za-z])stream[ \t]*(?:\r\n|\n|\r)")
 _ENDSTREAM = re.compile(rb"(?:\r\n|\n|\r)?endstream")
 _NAME_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
 _FILTER = re.compile(rb"/Filter\s*(\[[^\]]*\]|/[^\s/\[\]<>()]+|\d+\s+\d+\s+R)")
@@ -37,6 +38,16 @@ _OBJECT = re.compile(rb"(?<!\d)(\d+)\s+(\d+)\s+obj\b")
 _DIRECT_FILTER = re.compile(rb"\s*(\[[^\]]*\]|/[^\s/\[\]<>()]+)")
 # An image's dictionary may name its own metadata (`/Metadata 9 0 R`): that is not this stream.
 _METADATA = re.compile(rb"/Type\s*/Metadata(?![^\s/\[\]<>()])|/Subtype\s*/XML(?![^\s/\[\]<>()])")
+
+
+def _spelled(name: str) -> bytes:
+    """A pattern for a PDF name however its letters are written: `/Metadata` or `/M#65tadata`."""
+    return b"/" + b"".join(b"(?:%s|#%X|#%x)" % (re.escape(c.encode()), ord(c), ord(c)) for c in name)
+
+
+_METADATA_REF = re.compile(_spelled("Metadata") + rb"\s*(\d+)\s+(\d+)\s+R")
+_ENCRYPT = re.compile(_spelled("Encrypt") + rb"(?![A-Za-z#])")
+_NUMBERED = re.compile(rb"(\d+)\s+(\d+)\s+obj\b")
 _PREDICTOR = re.compile(rb"/Predictor\s+(\d+)")
 _EARLY = re.compile(rb"/EarlyChange\s+0\b")
 _ABBREVIATIONS = {
@@ -66,6 +77,12 @@ def names(raw: bytes) -> bytes:
     return _NAME_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), raw) if b"#" in raw else raw
 
 
+def encrypted(body: bytes) -> bool:
+    """Whether the file names an /Encrypt dictionary (in its trailer, or an XRef stream's
+    dictionary, which is never compressed)."""
+    return _ENCRYPT.search(body) is not None
+
+
 def streams(body: bytes) -> Iterator[Stream]:
     """Every stream of `body` marked as metadata, and the first MAX_OTHER_STREAMS others that have
     filters, decoded. Streams with no filter are plain text already (the caller scans the body).
@@ -77,6 +94,9 @@ def streams(body: bytes) -> Iterator[Stream]:
     pos = 0
     total = slow = 0
     objects: dict[bytes, int] | None = None  # "N G" -> where `N G obj` is; built at the first reference
+    # Streams that a /Metadata entry points at (the catalog's, an image's), whatever their own
+    # dictionary says: a reader takes the catalog's /Metadata without looking at its /Type.
+    pointed = {b"%d %d" % (int(r[1]), int(r[2])) for r in _METADATA_REF.finditer(body)}
     while (m := _STREAM.search(body, pos)) is not None:
         start = max(0, m.start() - _DICT_BACK)
         opened = body.rfind(b"obj", start, m.start())
@@ -84,16 +104,19 @@ def streams(body: bytes) -> Iterator[Stream]:
         end = _ENDSTREAM.search(body, m.end())
         data = body[m.end() : end.start() if end else len(body)]
         pos = end.end() if end else len(body)
-        metadata = _METADATA.search(dictionary) is not None
+        number = _NUMBERED.match(body, body.rfind(b"\n", start, opened) + 1) if opened >= 0 else None
+        metadata = _METADATA.search(dictionary) is not None or (
+            number is not None and b"%d %d" % (int(number[1]), int(number[2])) in pointed
+        )
         filter_of = _FILTER.search(dictionary)
         value = filter_of.group(1) if filter_of else b""
         if (ref := _REFERENCE.fullmatch(value)) is not None:
             if objects is None:
                 objects = {b"%d %d" % (int(o[1]), int(o[2])): o.end() for o in _OBJECT.finditer(body)}
             at = objects.get(b"%d %d" % (int(ref.group(1)), int(ref.group(2))))
-            named = _DIRECT_FILTER.match(body, at) if at is not None else None
-            value = names(named.group(1)) if named else b""
-            if named is None and metadata:
+            target = _DIRECT_FILTER.match(body, at) if at is not None else None
+            value = names(target.group(1)) if target else b""
+            if target is None and metadata:
                 yield Stream(metadata, None, "a stream whose /Filter names an object that is not a filter")
                 continue
         filters = [_ABBREVIATIONS.get(n, n) for n in _NAMES.findall(value)]

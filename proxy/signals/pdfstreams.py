@@ -47,7 +47,7 @@ def _spelled(name: str) -> bytes:
 
 _METADATA_REF = re.compile(_spelled("Metadata") + rb"\s*(\d+)\s+(\d+)\s+R")
 _ENCRYPT = re.compile(_spelled("Encrypt") + rb"(?![A-Za-z#])")
-_NUMBERED = re.compile(rb"(\d+)\s+(\d+)\s+obj\b")
+_NUMBERED = re.compile(rb"(?<!\d)(\d+)\s+(\d+)\s+$")  # before an `obj`: its number and generation
 _PREDICTOR = re.compile(rb"/Predictor\s+(\d+)")
 _EARLY = re.compile(rb"/EarlyChange\s+0\b")
 _ABBREVIATIONS = {
@@ -63,7 +63,7 @@ _ABBREVIATIONS = {
 class Stream:
     """One stream of a PDF: its dictionary, as written, and its content decoded."""
 
-    metadata: bool  # its dictionary says /Type /Metadata or /Subtype /XML
+    metadata: bool  # its dictionary says /Type /Metadata or /Subtype /XML, or a /Metadata entry names it
     data: bytes | None  # decoded; None if it could not be
     problem: str | None = None  # why it could not be decoded, or was cut at MAX_DECODED
 
@@ -104,7 +104,7 @@ def streams(body: bytes) -> Iterator[Stream]:
         end = _ENDSTREAM.search(body, m.end())
         data = body[m.end() : end.start() if end else len(body)]
         pos = end.end() if end else len(body)
-        number = _NUMBERED.match(body, body.rfind(b"\n", start, opened) + 1) if opened >= 0 else None
+        number = _NUMBERED.search(body, max(0, opened - 48), opened) if opened >= 0 else None
         metadata = _METADATA.search(dictionary) is not None or (
             number is not None and b"%d %d" % (int(number[1]), int(number[2])) in pointed
         )

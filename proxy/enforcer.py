@@ -16,6 +16,7 @@ a failed audit write answers 503 `audit-unavailable`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -822,8 +823,14 @@ class Enforcer:
     def responseheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Judge the response headers as they arrive (synchronous when there is nothing to judge)."""
         response = flow.response
-        if response is not None and response.status_code in (429, 503):
-            self._back_off(flow)
+        if response is not None and response.status_code in (429, 503) and self.responses.judgeable(flow):
+            # Only the origin's own answer: our 429 (crawl-delay) or 503 would hold the origin
+            # back for every crawler, each refusal extending the hold.
+            try:
+                self._back_off(flow)
+            except Exception:
+                # Politeness, not the judgement: the headers are still judged below.
+                logger.exception("optout: cannot read the Retry-After of %s", flow.request.pretty_url)
         return self.responses.headers(flow)
 
     def _back_off(self, flow: http.HTTPFlow) -> None:
@@ -850,7 +857,10 @@ class Enforcer:
             flow.response.trailers = None
         state = self._flows.get(flow)
         if state is not None and state.release is not None:
-            state.release()  # the origin has sent all it will: its slot is free for the next request
+            try:
+                state.release()  # the origin has sent all it will: its slot is free for the next request
+            except Exception:
+                logger.exception("optout: cannot free the slot of %s", flow.request.pretty_url)
         rest = self.responses.body(flow)
         if state is None:
             return rest
@@ -931,6 +941,14 @@ class Enforcer:
         )
         hold = state.policy.politeness.abandoned_hold if state.policy is not None else 0.0
         if reached and hold > 0:
+            if isinstance(release, weakref.finalize):
+                # The finalizer fires as soon as mitmproxy drops the dead flow and its state is
+                # collected, which freed the slot at once: detached, the slot waits for the hold.
+                detached = release.detach()
+                if detached is None:
+                    return  # already given back
+                _, give_back, args, kwargs = detached
+                release = functools.partial(give_back, *args, **kwargs)
             asyncio.get_running_loop().call_later(hold, release)
         else:
             release()

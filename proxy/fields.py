@@ -57,7 +57,7 @@ def retry_after(value: str | bytes | None, now: float | None = None) -> float | 
     if not value:
         return None
     text = (value.decode("latin-1") if isinstance(value, bytes) else value).strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # str.isdigit() takes "²", which float() refuses
         return float(text)
     try:
         when = email.utils.parsedate_to_datetime(text)

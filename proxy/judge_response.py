@@ -168,7 +168,7 @@ class ResponseJudge:
         # about one cap however many arrive together, and one malloc arena holds it.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optout-body")
 
-    def _judgeable(self, flow: http.HTTPFlow) -> FlowState | None:
+    def judgeable(self, flow: http.HTTPFlow) -> FlowState | None:
         """The flow's state if its response is the origin's and the request was allowed, else None."""
         state = self._flows.get(flow)
         if state is None or state.answered or state.decision is None or state.decision.blocks:
@@ -183,7 +183,7 @@ class ResponseJudge:
         coroutine is made only when there is something to judge. Every body
         is still sniffed in `body` (its Content-Type may lie).
         """
-        state = self._judgeable(flow)
+        state = self.judgeable(flow)
         if flow.response is None or state is None or state.policy is None:
             return None
         try:

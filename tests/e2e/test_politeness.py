@@ -240,3 +240,65 @@ def test_a_request_its_client_gave_up_keeps_its_slot_while_the_origin_may_still_
     first, retry = arrivals(site, "/slow")
     assert retry - first >= 1.5  # not sent while the origin was still busy with the first
     assert slow.most == 1
+
+
+def test_a_request_whose_connection_was_dropped_keeps_its_slot_for_the_hold(
+    make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    """A raw client that closes its socket: mitmproxy drops the flow at once, and its slot must
+    not go back with it while the origin may still work (abandoned_hold)."""
+    slow = InFlight(2.0)
+    site = make_site({"/robots.txt": Reply(200, "User-agent: *\nAllow: /\n"), "/slow": slow})
+    other = make_site({"/robots.txt": Reply(200, "User-agent: *\nAllow: /\n"), "/page": Reply(200, "ok")})
+    policy = write_policy(tmp_path, politeness={"max_concurrency": 1, "max_wait": 0.3, "abandoned_hold": 3})
+    proxy = make_proxy(policy)
+    with httpx.Client(proxy=proxy.url, trust_env=False, timeout=20) as client:
+        assert client.get(site.url("/robots.txt")).status_code == 200
+        with socket.create_connection(("127.0.0.1", proxy.port)) as raw:
+            raw.sendall(f"GET {site.url('/slow')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            time.sleep(0.5)
+        dropped = time.monotonic()
+        for _ in range(10):  # other traffic meanwhile: the collector runs, and takes the dead flow's state
+            assert client.get(other.url("/page")).status_code == 200
+        assert client.get(site.url("/slow")).status_code == 429  # the slot is still the dropped one's
+        time.sleep(max(0.0, dropped + 3.3 - time.monotonic()))
+        assert client.get(site.url("/slow")).status_code == 200  # the hold is over
+    assert slow.most == 1
+
+
+def test_our_own_429_does_not_hold_the_origin_back(
+    make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    """Only the origin's Retry-After holds an origin back: ours, on each refusal, would lock out
+    every crawler for as long as an eager one keeps asking."""
+    site = make_site(
+        {"/robots.txt": Reply(200, "User-agent: *\nCrawl-delay: 1\n"), "/page": Reply(200, "ok")}
+    )
+    proxy = make_proxy(write_policy(tmp_path, politeness={"max_wait": 0}))
+    with httpx.Client(proxy=proxy.url, trust_env=False, timeout=20) as client:
+        assert client.get(site.url("/robots.txt")).status_code in (200, 429)
+        time.sleep(1.1)
+        started = time.monotonic()
+        assert client.get(site.url("/page")).status_code == 200  # its turn; the next is 1 s on
+        assert client.get(site.url("/page")).status_code == 429  # ours, Retry-After: 1
+        time.sleep(max(0.0, started + 0.5 - time.monotonic()))
+        assert client.get(site.url("/page")).status_code == 429  # ours again, before the turn
+        time.sleep(max(0.0, started + 1.2 - time.monotonic()))
+        assert client.get(site.url("/page")).status_code == 200  # the turn came: nothing held it
+
+
+def test_a_retry_after_we_cannot_read_never_skips_the_judgement(
+    make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    secret = b"SECRET-OPTED-OUT"
+    site = make_site({
+        "/robots.txt": Reply(200, "User-agent: *\nAllow: /\n"),
+        # "²" in UTF-8 (http.server writes headers in Latin-1): a digit to str.isdigit, not to float
+        "/busy": Reply(503, secret, {"Retry-After": "²".encode().decode("latin-1"), "X-Robots-Tag": "noai"}),
+    })  # fmt: skip
+    proxy = make_proxy(write_policy(tmp_path))
+    with httpx.Client(proxy=proxy.url, trust_env=False, timeout=20) as client:
+        assert client.get(site.url("/robots.txt")).status_code == 200
+        r = client.get(site.url("/busy"))
+    assert (r.status_code, r.headers.get("X-Optout-Reason")) == (451, "x-robots-tag")
+    assert secret not in r.content

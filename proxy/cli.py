@@ -403,6 +403,14 @@ def _run(args: argparse.Namespace) -> int:
         args.options = [*args.options, f"optout_worker={args.worker_id}"]
         audit = worker_log(audit, args.worker_id)
     elif workers > 1:
+        if policy.shared_state == "memory":
+            print(
+                f"optout-proxy run: warning: {workers} workers with shared_state: memory share nothing: "
+                f"each paces an origin at {workers} x its interval and allows max_concurrency / {workers} "
+                "(at least 1) in flight, each fetches its own documents, and an origin's Retry-After holds "
+                "back only the worker that saw it; set shared_state to a Redis URL for one fleet-wide pace",
+                file=sys.stderr,
+            )
         return _supervise(args, workers, policy, audit)
     print(
         f"optout-proxy {__version__}: policy {args.policy} (sha256 {policy.digest[:12]}), "

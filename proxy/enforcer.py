@@ -415,7 +415,10 @@ class Enforcer:
             # allows: a new agent or address rule needs a new client.
             old, self._client = self._client, None
             self._close_later(old)
-        if self.shared.spec != policy.shared_state:
+        if self.shared.spec != policy.shared_state or self.shared.workers != max(
+            1, ctx.options.optout_fleet_size
+        ):
+            # also when the fleet size changes: workers on memory divide each origin's pace by it
             old_shared, self.shared = (
                 self.shared,
                 make_shared_state(

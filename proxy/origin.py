@@ -3,12 +3,15 @@
 RFC 9309 §2.1 scopes robots.txt to scheme + host + port, so the cache key is
 an `Origin`. The registry matches hosts, and a host can be spelled many ways
 that all reach the same site: upper case, a trailing dot, Unicode or punycode
-(UTS #46 maps both to one ASCII form), with a port or userinfo in a URL.
-`canonical_host` removes every one of those differences.
+(UTS #46 maps both to one ASCII form), with a port or userinfo in a URL, and
+an IP address in any of the forms resolvers accept (`127.1`, `0x7f000001`,
+`[::ffff:127.0.0.1]`). `canonical_host` removes every one of those differences.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -22,14 +25,17 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 def canonical_host(host: str) -> str:
     """Return the lower-case ASCII (punycode) form of `host`, without trailing dots.
 
-    IP literals and names that IDNA rejects are returned lower-cased as they are,
-    so that matching still works on them; raises nothing.
+    IP addresses are returned in one form (dotted quad; compressed IPv6 in brackets), names
+    that IDNA rejects lower-cased as they are, so that matching still works on them; raises
+    nothing.
     """
     h = host.strip().rstrip(".").lower()
     if h.startswith("[") and h.endswith("]"):
-        return h
+        return _ipv6(h)
+    if ":" in h:  # an IPv6 address as mitmproxy and urlsplit give it, without brackets
+        return _ipv6(f"[{h}]")
     if h.isascii() and "xn--" not in h:
-        return h
+        return _ipv4(h) or h
     try:
         # UTS #46 maps full-width dots, case and compatibility forms, so the
         # Unicode and punycode spellings of one name meet here.
@@ -39,6 +45,43 @@ def canonical_host(host: str) -> str:
             return h.encode("idna").decode("ascii")
         except UnicodeError:
             return h
+
+
+_IPV4_PART = re.compile(r"0[x][0-9a-f]*|[0-9]+")
+
+
+def _ipv4(h: str) -> str | None:
+    """The dotted-quad form of an IPv4 address however it is spelled (the WHATWG URL host
+    parser, as inet_aton reads it too): `127.1`, `0x7f.1`, `2130706433` and `0177.0.0.1` are
+    all 127.0.0.1, one server. None if `h` is not such an address."""
+    parts = h.split(".")
+    if not h or (not h[-1].isdigit() and not parts[-1].startswith("0x")) or len(parts) > 4:
+        return None
+    numbers: list[int] = []
+    for part in parts:
+        if not _IPV4_PART.fullmatch(part):
+            return None
+        if part.startswith("0x"):
+            numbers.append(int(part[2:] or "0", 16))
+        elif len(part) > 1 and part.startswith("0"):
+            if not set(part) <= set("01234567"):
+                return None
+            numbers.append(int(part, 8))
+        else:
+            numbers.append(int(part))
+    if any(n > 255 for n in numbers[:-1]) or numbers[-1] >= 256 ** (5 - len(numbers)):
+        return None
+    value = numbers[-1] + sum(n << (8 * (3 - i)) for i, n in enumerate(numbers[:-1]))
+    return str(ipaddress.IPv4Address(value))
+
+
+def _ipv6(bracketed: str) -> str:
+    """`[...]` in its compressed form, or the IPv4 address an IPv4-mapped one reaches."""
+    try:
+        address = ipaddress.IPv6Address(bracketed[1:-1])
+    except ValueError:
+        return bracketed
+    return str(address.ipv4_mapped) if address.ipv4_mapped else f"[{address.compressed}]"
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,15 +139,18 @@ class SharedState:
         return self.pace.held(origin)
 
     async def turn(self, origin: str, interval: float, max_wait: float) -> Turn:
-        return self.pace.turn(origin, interval, max_wait)
+        """The origin's next turn. Workers that share nothing (`run --workers N` on memory) each
+        pace it at N times the interval: together, the fleet keeps the interval on average."""
+        return self.pace.turn(origin, interval * self.workers, max_wait)
 
     async def hold(self, origin: str, seconds: float) -> None:
         self.pace.hold(origin, seconds)
 
     async def acquire_slot(self, origin: str, limit: int, max_wait: float) -> Lease | None:
         """One of `origin`'s `limit` slots (politeness.max_concurrency), or None when none came
-        free within `max_wait` seconds."""
-        return await self.slots.acquire(origin, limit, max_wait)
+        free within `max_wait` seconds; each of N workers that share nothing has limit / N (at
+        least one)."""
+        return await self.slots.acquire(origin, max(1, limit // self.workers), max_wait)
 
     def release_slot(self, lease: Lease) -> None:
         """Give a slot back (synchronous: it runs from flow hooks and finalizers)."""

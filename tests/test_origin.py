@@ -40,6 +40,26 @@ def test_origin_url_leaves_default_ports_out() -> None:
         ("BÜCHER.example", "xn--bcher-kva.example"),
         ("127.0.0.1", "127.0.0.1"),
         ("a_b.example", "a_b.example"),  # IDNA rejects it; still matched as written
+        # IPv4 in the forms the WHATWG URL parser and inet_aton read: one server, one name
+        ("127.1", "127.0.0.1"),
+        ("127.0.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("0x7F.0.0.1", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("127.0.0.01", "127.0.0.1"),
+        ("192.168.257", "192.168.1.1"),
+        ("[::ffff:127.0.0.1]", "127.0.0.1"),  # IPv4-mapped IPv6 reaches the IPv4 address
+        ("[::FFFF:7f00:1]", "127.0.0.1"),
+        ("[0:0:0:0:0:0:0:1]", "[::1]"),
+        ("::ffff:127.0.0.1", "127.0.0.1"),  # as mitmproxy gives a request's host: no brackets
+        ("0::1", "[::1]"),
+        ("[2001:DB8::0:1]", "[2001:db8::1]"),
+        # not addresses: kept as written
+        ("1.2.3.4.5", "1.2.3.4.5"),
+        ("256.1.1.1", "256.1.1.1"),
+        ("08.1.1.1", "08.1.1.1"),
+        ("example.123", "example.123"),
     ],
 )
 def test_canonical_host(host: str, canonical: str) -> None:

@@ -23,7 +23,7 @@ import pytest
 
 from tests.engines import RedisServer
 from tests.policies import write_policy
-from tests.proxyproc import ProxyProcess
+from tests.proxyproc import ProxyProcess, raw_get
 from tests.sites import Reply, Site
 
 
@@ -302,3 +302,40 @@ def test_a_retry_after_we_cannot_read_never_skips_the_judgement(
         r = client.get(site.url("/busy"))
     assert (r.status_code, r.headers.get("X-Optout-Reason")) == (451, "x-robots-tag")
     assert secret not in r.content
+
+
+def test_one_server_under_many_address_spellings_is_one_origin(
+    make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    site = make_site(
+        {"/robots.txt": Reply(200, "User-agent: *\nCrawl-delay: 5\n"), "/page": Reply(200, "ok")}
+    )
+    proxy = make_proxy(write_policy(tmp_path, politeness={"max_wait": 0}))
+    port = site.url("/").split(":")[2].split("/")[0]
+    with httpx.Client(proxy=proxy.url, trust_env=False, timeout=20) as client:
+        assert client.get(f"http://127.0.0.1:{port}/page").status_code == 200
+    for spelling in ("127.1", "2130706433", "0x7f000001", "0177.0.0.1", "[::ffff:127.0.0.1]"):
+        answer = raw_get(proxy, f"http://{spelling}:{port}/page")  # as written: clients refuse some
+        assert answer.startswith(b"HTTP/1.1 429") and b"crawl-delay" in answer, (spelling, answer[:200])
+    assert len(arrivals(site, "/page")) == 1
+    assert len(arrivals(site, "/robots.txt")) == 1  # one origin: its robots.txt fetched once
+
+
+def test_workers_that_share_nothing_divide_the_pace_between_them(
+    make_site: Callable[..., Site], make_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    """One of two workers on `shared_state: memory` (what `run --workers 2` starts): together they
+    keep Crawl-delay 1 only if each keeps 2 s."""
+    site = make_site(
+        {"/robots.txt": Reply(200, "User-agent: *\nCrawl-delay: 1\n"), "/page": Reply(200, "ok")}
+    )
+    proxy = make_proxy(write_policy(tmp_path, politeness={"max_wait": 0}), optout_fleet_size=2)
+    with httpx.Client(proxy=proxy.url, trust_env=False, timeout=20) as client:
+        client.get(site.url("/robots.txt"))
+        time.sleep(2.1)
+        started = time.monotonic()
+        assert client.get(site.url("/page")).status_code == 200
+        time.sleep(max(0.0, started + 1.3 - time.monotonic()))
+        assert client.get(site.url("/page")).status_code == 429  # 1.3 s on: this worker's turn is 2 s
+        time.sleep(max(0.0, started + 2.1 - time.monotonic()))
+        assert client.get(site.url("/page")).status_code == 200

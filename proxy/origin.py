@@ -25,15 +25,13 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 def canonical_host(host: str) -> str:
     """Return the lower-case ASCII (punycode) form of `host`, without trailing dots.
 
-    IP addresses are returned in one form (dotted quad; compressed IPv6 in brackets), names
+    IP addresses are returned in one form (dotted quad; compressed IPv6, no brackets), names
     that IDNA rejects lower-cased as they are, so that matching still works on them; raises
     nothing.
     """
     h = host.strip().rstrip(".").lower()
-    if h.startswith("[") and h.endswith("]"):
+    if ":" in h:
         return _ipv6(h)
-    if ":" in h:  # an IPv6 address as mitmproxy and urlsplit give it, without brackets
-        return _ipv6(f"[{h}]")
     if h.isascii() and "xn--" not in h:
         return _ipv4(h) or h
     try:
@@ -75,13 +73,15 @@ def _ipv4(h: str) -> str | None:
     return str(ipaddress.IPv4Address(value))
 
 
-def _ipv6(bracketed: str) -> str:
-    """`[...]` in its compressed form, or the IPv4 address an IPv4-mapped one reaches."""
+def _ipv6(address: str) -> str:
+    """An IPv6 address (bracketed or not) compressed and without brackets, as mitmproxy and
+    urlsplit give hosts (Origin.url adds them back), or the IPv4 address an IPv4-mapped one
+    reaches; anything else as it is."""
     try:
-        address = ipaddress.IPv6Address(bracketed[1:-1])
+        parsed = ipaddress.IPv6Address(address.strip("[]"))
     except ValueError:
-        return bracketed
-    return str(address.ipv4_mapped) if address.ipv4_mapped else f"[{address.compressed}]"
+        return address
+    return str(parsed.ipv4_mapped) if parsed.ipv4_mapped else parsed.compressed
 
 
 @dataclass(frozen=True, slots=True)

@@ -601,6 +601,20 @@ class RedisState(SharedState):
             self._subscribed = None  # the next waiter subscribes again
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+            if not self.closed:
+                # Not only waiters need it: the holds other workers announce arrive only this
+                # way, and a worker with no waiter would never hear one again after a restart.
+                self._spawn(self._resubscribe())
+
+    async def _resubscribe(self) -> None:
+        """Subscribe again after the subscription ended, every DOWN_FOR seconds until it holds."""
+        while not self.closed:
+            try:
+                await self._listen()
+                logger.info("optout: shared state subscription resumed")
+                return
+            except (_Down, TimeoutError, OSError, _redis_errors()):
+                await asyncio.sleep(DOWN_FOR)
 
     # -- pace -------------------------------------------------------------------
 

@@ -51,10 +51,10 @@ def test_origin_url_leaves_default_ports_out() -> None:
         ("192.168.257", "192.168.1.1"),
         ("[::ffff:127.0.0.1]", "127.0.0.1"),  # IPv4-mapped IPv6 reaches the IPv4 address
         ("[::FFFF:7f00:1]", "127.0.0.1"),
-        ("[0:0:0:0:0:0:0:1]", "[::1]"),
-        ("::ffff:127.0.0.1", "127.0.0.1"),  # as mitmproxy gives a request's host: no brackets
-        ("0::1", "[::1]"),
-        ("[2001:DB8::0:1]", "[2001:db8::1]"),
+        ("[0:0:0:0:0:0:0:1]", "::1"),  # no brackets, as mitmproxy and urlsplit give hosts
+        ("::ffff:127.0.0.1", "127.0.0.1"),
+        ("0::1", "::1"),
+        ("[2001:DB8::0:1]", "2001:db8::1"),
         # not addresses: kept as written
         ("1.2.3.4.5", "1.2.3.4.5"),
         ("256.1.1.1", "256.1.1.1"),

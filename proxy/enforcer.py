@@ -22,7 +22,7 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from proxy.judge_response import ResponseJudge
 from proxy.metrics import Metrics
 from proxy.origin import Origin, canonical_host
 from proxy.outcome import FlowState, Recorder, refusal
-from proxy.policy import Policy, load_policy, registry_shrinkage
+from proxy.policy import Policy, load_policy, named_files, registry_shrinkage
 from proxy.politeness import hold_for
 from proxy.reclaim import Reclaimer
 from proxy.shared import HEARTBEAT_EVERY, SharedState, make_shared_state
@@ -76,10 +76,14 @@ _GUARDED_OPTIONS = frozenset(
 )  # fmt: skip
 
 
-def _signature(policy: Policy) -> tuple[tuple[str, int, int, int], ...]:
-    """What the policy's files look like on disk now: path, mtime, size, inode."""
+Signature = tuple[tuple[str, int, int, int], ...]
+
+
+def _signature(paths: Iterable[Path]) -> Signature:
+    """What these files look like on disk now: path, mtime, size, inode (of what a symlink
+    points at: a swapped ConfigMap directory is a change)."""
     out = []
-    for path in (policy.path, *policy.registries):
+    for path in dict.fromkeys(paths):
         try:
             st = path.stat()
             out.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
@@ -107,7 +111,7 @@ class Enforcer:
         self.metrics = Metrics(lambda: self.cache.stats, lambda: len(self.cache))
         self.recorder = Recorder(self.metrics)
         self._watch: asyncio.Task[None] | None = None
-        self._signature: tuple[tuple[str, int, int, int], ...] = ()  # policy files as last seen
+        self._signature: Signature = ()  # policy files as last seen
         # Dropped with the flow itself: no clean-up hook can be missed.
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()
         self._tunnels: dict[str, str] = {}  # client connection id -> CONNECT host
@@ -340,7 +344,7 @@ class Enforcer:
                 raise exceptions.OptionsError(f"invalid policy:\n{e.report()}") from e
             logger.info("optout: policy %s (from %s)", path, how)
             self._install(policy)
-            self._signature = _signature(policy)
+            self._signature = _signature((policy.path, *policy.registries))
         if "optout_metrics" in updated:
             self.metrics.stop()
             if ctx.options.optout_metrics:
@@ -500,13 +504,16 @@ class Enforcer:
         The files are read off the event loop, and read again if they changed
         while being read.
         """
-        pending: tuple[tuple[str, int, int, int], ...] | None = None
+        pending: Signature | None = None
         while True:
             await asyncio.sleep(max(1, ctx.options.optout_reload_interval))
             current = self.policy
             if current is None:
                 continue
-            seen = _signature(current)
+            # The files in force, and those the policy file names now: a registry a new policy
+            # adds is watched from the start, and fixing one refused is seen.
+            watched = (*current.registries, *await asyncio.to_thread(named_files, current.path))
+            seen = _signature(watched)
             if seen == self._signature:
                 pending = None
                 continue
@@ -533,7 +540,7 @@ class Enforcer:
                     "optout: policy reload failed; still enforcing sha256 %s", current.digest[:12]
                 )
                 continue
-            if _signature(policy) != seen:
+            if not set(_signature((policy.path, *policy.registries))) <= set(seen):
                 continue  # written to while we read it: wait for it to settle again
             self._signature = seen
             if policy.digest == current.digest:

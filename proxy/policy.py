@@ -17,12 +17,15 @@ broken file never leaves the proxy half-configured. Example:
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+
+import yaml
 
 from proxy.errors import PolicyError, Problem
 from proxy.registry import Registry, read_entries
@@ -285,8 +288,10 @@ def load_policy(path: Path) -> Policy:
     if "registries" in fields:
         seen: dict[tuple[str, tuple[str, ...]], tuple[str, int, str]] = {}  # domains across the files
         for rel, node in reader.strings(fields["registries"], "registries") or []:
-            reg_path = (path.parent / rel).resolve()
-            if reg_path in registry_paths:
+            # As written, made absolute: a symlink swapped under it (a Kubernetes ConfigMap
+            # update) is followed on the next read; resolved only to find one file listed twice.
+            reg_path = Path(os.path.abspath(path.parent / rel))
+            if reg_path.resolve() in (p.resolve() for p in registry_paths):
                 reader.problem(node, f"registry file '{rel}' is listed twice; list it once")
                 continue
             registry_paths.append(reg_path)
@@ -307,7 +312,7 @@ def load_policy(path: Path) -> Policy:
         by_line = sorted(reader.problems, key=lambda p: p.line or 0)
         raise PolicyError(by_line + sorted(registry_problems, key=lambda p: (str(p.path), p.line or 0)))
     return Policy(
-        path=path.resolve(),
+        path=Path(os.path.abspath(path)),
         agent=agent,
         honor_agents=tuple(honor),
         mode=mode,
@@ -324,6 +329,21 @@ def load_policy(path: Path) -> Policy:
         shared_state=shared_state,
         politeness=politeness,
     )
+
+
+def named_files(path: Path) -> tuple[Path, ...]:
+    """The policy file at `path` and the registry files it names now, as `load_policy` would
+    read them; never raises (a file it cannot read names only itself). What a reload watches:
+    a registry file a new policy adds is watched before that policy is valid."""
+    path = Path(os.path.abspath(path))
+    try:
+        fields = yaml.safe_load(path.read_bytes())
+    except (OSError, yaml.YAMLError, RecursionError, ValueError):
+        return (path,)
+    named = fields.get("registries") if isinstance(fields, dict) else None
+    if not isinstance(named, list):
+        return (path,)
+    return (path, *(Path(os.path.abspath(path.parent / r)) for r in named if isinstance(r, str)))
 
 
 def registry_shrinkage(old: Policy, new: Policy) -> list[str]:

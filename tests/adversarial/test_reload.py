@@ -73,3 +73,80 @@ def test_a_reload_that_drops_most_of_a_registry_is_logged_with_the_counts(
     temp.replace(registry)
     assert proxy.wait_for_log("RELOAD SHRINKS THE REGISTRY", timeout=15)
     assert "drops from 5 to 1 entries" in proxy.log()
+
+
+def _replace(path: Path, text: str) -> None:
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(text)
+    temp.replace(path)
+
+
+def _registry_blocks(proxy: ProxyProcess, url: str, blocks: bool = True, timeout: float = 15) -> bool:
+    """Whether, within `timeout`, the registry comes to block `url` (or, `blocks=False`, stops)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(proxy=proxy.url, trust_env=False, timeout=10) as c:
+        while time.monotonic() < deadline:
+            if (c.get(url).headers.get("X-Optout-Reason") == "registry") == blocks:
+                return True
+            time.sleep(0.2)
+    return False
+
+
+def test_a_policy_that_adds_or_drops_a_registry_file_is_applied(
+    make_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    policy = write_policy(tmp_path, registry=HOLDERS[:1])
+    proxy = make_proxy(policy, optout_reload_interval=1)
+    (tmp_path / "letters.yaml").write_text(registry_text(HOLDERS[1:2]))
+    text = yaml.safe_load(policy.read_text())
+    _replace(policy, yaml.safe_dump({**text, "registries": [*text["registries"], "letters.yaml"]}))
+    assert _registry_blocks(proxy, "http://holder2.test/"), proxy.log()[-2000:]
+    _replace(policy, yaml.safe_dump(text))  # the second file dropped again
+    assert _registry_blocks(proxy, "http://holder2.test/", blocks=False)
+
+
+def test_a_refused_new_registry_file_is_applied_once_it_is_fixed(
+    make_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    policy = write_policy(tmp_path, registry=HOLDERS[:1])
+    proxy = make_proxy(policy, optout_reload_interval=1)
+    letters = tmp_path / "letters.yaml"
+    letters.write_text("entries:\n  - holder: [unclosed\n")
+    text = yaml.safe_load(policy.read_text())
+    _replace(policy, yaml.safe_dump({**text, "registries": [*text["registries"], "letters.yaml"]}))
+    assert proxy.wait_for_log("policy change refused", timeout=15)
+    assert f"{letters}:" in proxy.log()  # file:line of what is wrong
+    _replace(letters, registry_text(HOLDERS[1:2]))
+    assert _registry_blocks(proxy, "http://holder2.test/"), proxy.log()[-2000:]
+
+
+def test_a_configmap_style_symlink_swap_is_applied(
+    make_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    """How the kubelet updates a mounted ConfigMap: every key is a symlink through `..data`, which
+    is swapped to a new timestamped folder, and the old folder is removed."""
+    mount = tmp_path / "mount"
+    first = tmp_path / "first"
+    write_policy(first, registry=HOLDERS[:1])
+    mount.mkdir()
+    (mount / "..2026_12_04_first").symlink_to(first)
+    (mount / "..data").symlink_to("..2026_12_04_first")
+    for name in ("policy.yaml", "policy-registry.yaml"):
+        (mount / name).symlink_to(f"..data/{name}")
+    text = yaml.safe_load((first / "policy.yaml").read_text())
+    (first / "policy.yaml").write_text(
+        yaml.safe_dump({**text, "audit": {"path": str(tmp_path / "audit.jsonl")}})
+    )
+    proxy = make_proxy(mount / "policy.yaml", optout_reload_interval=1)
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "policy.yaml").write_text((first / "policy.yaml").read_text())
+    (second / "policy-registry.yaml").write_text(registry_text(HOLDERS[:2]))
+    (mount / "..2026_12_04_second").symlink_to(second)
+    (mount / "..data_tmp").symlink_to("..2026_12_04_second")
+    (mount / "..data_tmp").replace(mount / "..data")
+    (mount / "..2026_12_04_first").unlink()
+    for f in first.iterdir():
+        f.unlink()
+    first.rmdir()
+    assert _registry_blocks(proxy, "http://holder2.test/"), proxy.log()[-2000:]

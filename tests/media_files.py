@@ -160,11 +160,12 @@ def pdf_with_xmp(packet: bytes, *, compressed: bool) -> bytes:
 
 def pdf_written(
     encoded: bytes, filters: list[str], *, parms: dict[str, int] | None = None, indirect: bool = False,
-    encrypt: bool = False, image_metadata: bool = False, others: int = 0,
+    encrypt: bool = False, password: str = "", image_metadata: bool = False, others: int = 0,
+    filler: bytes = b"",
 ) -> bytes:  # fmt: skip
     """A PDF written by pypdf whose catalog's metadata stream holds `encoded` under `filters`
-    (a direct array, or one `indirect` object), with /DecodeParms `parms`; encrypted with an
-    empty user password (RC4, metadata too) if asked; with a JPEG image that names its own
+    (a direct array, or one `indirect` object), with /DecodeParms `parms`; encrypted (RC4,
+    metadata too) with `password` as the user password (empty: any reader opens it) if asked; with a JPEG image that names its own
     metadata stream if `image_metadata`."""
     from pypdf import PdfWriter
     from pypdf.generic import ArrayObject, DictionaryObject, NameObject, NumberObject, StreamObject
@@ -173,7 +174,7 @@ def pdf_written(
     writer.add_blank_page(100, 100)
     for i in range(others):
         other = StreamObject()
-        other.set_data(zlib.compress(b"q 1 0 0 1 %d 0 cm Q" % i))
+        other.set_data(zlib.compress(filler or b"q 1 0 0 1 %d 0 cm Q" % i))
         other[NameObject("/Filter")] = NameObject("/FlateDecode")
         writer._add_object(other)
     stream = StreamObject()
@@ -200,7 +201,7 @@ def pdf_written(
         })  # fmt: skip
         writer._add_object(image)
     if encrypt:
-        writer.encrypt(user_password="", owner_password="owner", algorithm="RC4-128")
+        writer.encrypt(user_password=password, owner_password="owner", algorithm="RC4-128")
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()

@@ -47,7 +47,7 @@ import cbor2
 from defusedxml import ElementTree
 
 from proxy.evidence import Document, Finding, Says
-from proxy.signals import c2pa_store, htmlhead, pdfstreams
+from proxy.signals import c2pa_store, htmlhead, pdfmeta, pdfstreams
 from proxy.sniff import contains
 
 NAME = "media-metadata"
@@ -202,7 +202,7 @@ def xmp_packets(body: bytes, unread: list[str] | None = None) -> list[bytes]:
             text = _png_xmp(kind, data)
             if text is not None:
                 packets.append(text)
-    if b"%PDF-" in body[:1024]:  # readers look for the header in the first 1024 bytes
+    if pdfmeta.pdf_header(body) is not False or b"%PDF-" in body:
         packets += _pdf_packets(body, unread if unread is not None else [])
     # Packets anywhere else too (a PDF's uncompressed /Metadata beside a compressed decoy).
     packets += [p for p in _packets_in(body) if p not in packets]
@@ -218,19 +218,27 @@ def xmp_packets(body: bytes, unread: list[str] | None = None) -> list[bytes]:
 
 
 def _pdf_packets(body: bytes, unread: list[str]) -> list[bytes]:
-    """XMP packets in a PDF's encoded streams (signals/pdfstreams.py); a metadata stream we
-    cannot read in full goes to `unread`."""
+    """XMP of a PDF: the document's, read by a PDF parser (signals/pdfmeta.py), and whatever packets
+    our stream scan (signals/pdfstreams.py) finds in its other streams (images, say).
+
+    The parser decides what is unread: a PDF it cannot parse, decrypt or decode the metadata of
+    is withheld. The scan only adds packets (a best effort over the parts the parser is not
+    asked about), and reads nothing of an encrypted file: its streams are ciphertext, which a
+    decoy packet can be made of.
+    """
     packets: list[bytes] = []
-    encrypted = pdfstreams.encrypted(body)
+    header = pdfmeta.pdf_header(body)
+    if header is not False:
+        document = pdfmeta.document_metadata(body)
+        if document.xmp is not None:
+            packets.append(document.xmp)
+        if document.problem is not None and header:
+            unread.append(f"a PDF: {document.problem}")
+    if pdfstreams.encrypted(body):
+        return packets
     for stream in pdfstreams.streams(body):
-        found = _packets_in(stream.data) if stream.data else []
-        packets += found
-        if not stream.metadata:
-            continue
-        if stream.problem is not None:
-            unread.append(f"a PDF metadata stream: {stream.problem}")
-        elif encrypted and not found:
-            unread.append("a PDF metadata stream of an encrypted document (not decrypted)")
+        if stream.data:
+            packets += _packets_in(stream.data)
     return packets
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import re
 import zlib
 from collections.abc import Iterator
@@ -23,8 +24,12 @@ from dataclasses import dataclass
 MAX_DECODED = 8 * 1024 * 1024  # per stream and per step: a bomb stops here
 MAX_OTHER_STREAMS = 64  # streams not marked as metadata that are decoded (XMP of images, say)
 MAX_TOTAL = 4 * MAX_DECODED  # decoded bytes per file, all streams together
-SLOW_INPUT = 1024 * 1024  # LZW and RunLength are undone byte by byte in Python: this much per file
-_SLOW = {b"LZWDecode", b"RunLengthDecode"}
+SLOW_INPUT = 1024 * 1024  # LZW, RunLength, ASCII85 are undone in Python: this much input per file
+_SLOW = {b"LZWDecode", b"RunLengthDecode", b"ASCII85Decode"}
+MAX_SCANNED = 4096  # `stream` keywords looked at per file: the scan is a best effort past the parser
+MAX_OBJECTS = 100_000  # objects indexed to resolve an indirect /Filter
+MAX_FILTERS = 8
+_BLANKS = b" \t\r\n\f\x00"
 _DICT_BACK = 4096  # how far before `stream` its dictionary is looked for
 
 # Spaces before the end of line are not allowed, but readers (pypdf) skip them.
@@ -92,12 +97,16 @@ def streams(body: bytes) -> Iterator[Stream]:
     """
     others = 0
     pos = 0
-    total = slow = 0
+    budget = _Budget()
+    scanned = 0
     objects: dict[bytes, int] | None = None  # "N G" -> where `N G obj` is; built at the first reference
     # Streams that a /Metadata entry points at (the catalog's, an image's), whatever their own
     # dictionary says: a reader takes the catalog's /Metadata without looking at its /Type.
     pointed = {b"%d %d" % (int(r[1]), int(r[2])) for r in _METADATA_REF.finditer(body)}
     while (m := _STREAM.search(body, pos)) is not None:
+        scanned += 1
+        if scanned > MAX_SCANNED:
+            return
         start = max(0, m.start() - _DICT_BACK)
         opened = body.rfind(b"obj", start, m.start())
         dictionary = names(body[opened if opened >= 0 else start : m.start()])
@@ -112,7 +121,8 @@ def streams(body: bytes) -> Iterator[Stream]:
         value = filter_of.group(1) if filter_of else b""
         if (ref := _REFERENCE.fullmatch(value)) is not None:
             if objects is None:
-                objects = {b"%d %d" % (int(o[1]), int(o[2])): o.end() for o in _OBJECT.finditer(body)}
+                found = itertools.islice(_OBJECT.finditer(body), MAX_OBJECTS)
+                objects = {b"%d %d" % (int(o[1]), int(o[2])): o.end() for o in found}
             at = objects.get(b"%d %d" % (int(ref.group(1)), int(ref.group(2))))
             target = _DIRECT_FILTER.match(body, at) if at is not None else None
             value = names(target.group(1)) if target else b""
@@ -126,22 +136,30 @@ def streams(body: bytes) -> Iterator[Stream]:
             others += 1
             if others > MAX_OTHER_STREAMS:
                 continue
-        if _SLOW & set(filters):
-            slow += len(data)
-        if total > MAX_TOTAL or slow > SLOW_INPUT:
-            if metadata:
-                yield Stream(metadata, None, "a stream past what is decoded of one file")
-            continue
         try:
-            decoded, cut = _decode(data, filters, dictionary)
+            decoded, cut = _decode(data, filters, dictionary, budget)
         except Undecodable as e:
             yield Stream(metadata, None, str(e))
             continue
-        total += len(decoded)
         yield Stream(metadata, decoded, f"a stream that decodes past {MAX_DECODED} bytes" if cut else None)
 
 
-def _decode(data: bytes, filters: list[bytes], dictionary: bytes) -> tuple[bytes, bool]:
+@dataclass
+class _Budget:
+    """What one file may still cost: decoded bytes in all, and input to the filters undone byte
+    by byte in Python (LZW, RunLength, ASCII85), charged at every step of every chain."""
+
+    total: int = MAX_TOTAL
+    slow: int = SLOW_INPUT
+
+    def charge(self, name: bytes, data: bytes) -> None:
+        if name in _SLOW:
+            self.slow -= len(data)
+        if self.total < 0 or self.slow < 0:
+            raise Undecodable("a stream past what is decoded of one file")
+
+
+def _decode(data: bytes, filters: list[bytes], dictionary: bytes, budget: _Budget) -> tuple[bytes, bool]:
     """`data` with every filter undone in order; and whether a step was cut at MAX_DECODED."""
     predictor = _PREDICTOR.search(dictionary)
     if (
@@ -152,7 +170,10 @@ def _decode(data: bytes, filters: list[bytes], dictionary: bytes) -> tuple[bytes
         # PNG and TIFF predictors rearrange the bytes row by row; not undone here.
         raise Undecodable(f"a stream with /Predictor {int(predictor.group(1))}")
     cut = False
+    if len(filters) > MAX_FILTERS:
+        raise Undecodable(f"a stream under more than {MAX_FILTERS} filters")
     for name in filters:
+        budget.charge(name, data)
         if name == b"FlateDecode":
             data, over = _inflate(data)
         elif name == b"ASCIIHexDecode":
@@ -168,6 +189,7 @@ def _decode(data: bytes, filters: list[bytes], dictionary: bytes) -> tuple[bytes
         else:
             raise Undecodable(f"a stream under the /{name.decode('latin-1')} filter")
         cut = cut or over
+        budget.total -= len(data)
     return data, cut
 
 
@@ -183,7 +205,7 @@ def _inflate(data: bytes) -> tuple[bytes, bool]:
 
 
 def _hex(data: bytes) -> bytes:
-    text = b"".join(data.split(b">", 1)[0].split())
+    text = data.split(b">", 1)[0].translate(None, _BLANKS)
     if len(text) % 2:
         text += b"0"  # ISO 32000-1 §7.4.2: a missing last digit is 0
     try:
@@ -193,7 +215,7 @@ def _hex(data: bytes) -> bytes:
 
 
 def _a85(data: bytes) -> bytes:
-    text = b"".join(data.split(b"~>", 1)[0].split())
+    text = data.split(b"~>", 1)[0].translate(None, _BLANKS)
     if text.startswith(b"<~"):
         text = text[2:]
     try:

@@ -25,6 +25,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ruamel.yaml.error import YAMLError
+
 from proxy import __version__
 from proxy.assess import assess
 from proxy.audit import (
@@ -1016,15 +1018,17 @@ def _policy_edit(args: argparse.Namespace) -> int:
         target = registry_file(policy, args.registry)
         if args.policy_command == "import":
             csv_path = Path(args.csv)
-            entries = entries_from_csv(
-                csv_path.read_text(encoding="utf-8"), csv_path, policy.registry.entries
-            )
-            added = add_entries(target, entries)
+            try:  # a BOM (a spreadsheet's export) is not part of the first column's name
+                csv_text = csv_path.read_bytes().decode("utf-8-sig")
+            except UnicodeDecodeError as bad:
+                raise ValueError(f"{csv_path}: not UTF-8 text ({bad}); save it as UTF-8") from bad
+            entries = entries_from_csv(csv_text, csv_path, policy.registry.entries)
+            added = add_entries(target, entries, policy)
             print(f"{target}: added {added} of {len(entries)} entries ({len(entries) - added} already there)")
             return ExitStatus.OK
         if args.registry_command == "add":
             entry = make_entry(args.holder, args.domain, args.path, args.reason, args.source, args.since)
-            added = add_entries(target, [entry])
+            added = add_entries(target, [entry], policy)
             print(f"{target}: {'added' if added else 'already lists'} {args.holder}")
             return ExitStatus.OK
         if args.registry_command == "remove":
@@ -1042,7 +1046,7 @@ def _policy_edit(args: argparse.Namespace) -> int:
         if args.policy_command != "diff":
             print("nothing was written", file=sys.stderr)
         return ExitStatus.INVALID
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, YAMLError) as e:
         print(f"optout-proxy policy {args.policy_command}: {e}", file=sys.stderr)
         return ExitStatus.INVALID
 

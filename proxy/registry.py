@@ -204,6 +204,15 @@ def read_entries(
         for value, node in (reader.strings(fields["paths"], "paths") or []) if "paths" in fields else []:
             if not value.startswith("/"):
                 reader.problem(node, f"path '{value}' must start with '/'")
+            elif "*" in value or value.endswith("$"):
+                # robots.txt's wildcards mean nothing here: the entry would match only this text.
+                prefix = value.split("*", 1)[0].rstrip("$")
+                prefix = prefix[: prefix.rfind("/") + 1] or "/"
+                reader.problem(
+                    node,
+                    f"path '{value}' has a robots.txt wildcard ('*' or a final '$'); registry paths "
+                    f"are prefixes: write '{prefix}' to cover everything under it",
+                )
             else:
                 paths.append(value)
         reason = reader.string(fields["reason"], "reason") if "reason" in fields else None

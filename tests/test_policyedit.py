@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from proxy.cli import ExitStatus, main
+from proxy.errors import PolicyError
 from proxy.policy import load_policy
 from proxy.policyedit import atomic_write
 from tests.policies import entry, write_policy
@@ -297,3 +298,163 @@ def test_diff_lists_changed_decisions(
     ])  # fmt: skip
     assert site.hits["/robots.txt"] == 1  # one fetch serves both policies
     assert main(["policy", "diff", str(old), str(old), "--urls", str(urls)]) == ExitStatus.OK
+
+
+def _add(policy: Path, holder: str, domain: str, *extra: str) -> int:
+    return run("policy", "registry", "add", "--policy", str(policy), "--holder", holder, "--domain", domain,
+               "--reason", "r", "--source", "https://example.org/l", "--since", "2026-11-20", *extra)  # fmt: skip
+
+
+def test_add_refuses_a_registry_the_policy_does_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = write_policy(tmp_path / "p")
+    elsewhere = tmp_path / "elsewhere.yaml"
+    assert _add(policy, "Ghibli", "ghibli.jp", "--registry", str(elsewhere)) == ExitStatus.INVALID
+    assert "is not one of the registries this policy reads" in capsys.readouterr().err
+    assert not elsewhere.exists()
+    # named relative to the policy's folder, the listed file is the one edited
+    assert _add(policy, "Ghibli", "ghibli.jp", "--registry", "policy-registry.yaml") == ExitStatus.OK
+    assert [e.holder for e in load_policy(policy).registry.entries] == ["Ghibli"]
+
+
+def test_add_is_checked_with_the_policys_other_registries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = write_policy(tmp_path, registry=[entry("Ghibli", "ghibli.jp")])
+    (tmp_path / "letters.yaml").write_text("entries: []\n")
+    text = policy.read_text().replace("- policy-registry.yaml", "- policy-registry.yaml\n- letters.yaml")
+    policy.write_text(text)
+    before = (tmp_path / "letters.yaml").read_text()
+    assert _add(policy, "Ghibli again", "GHIBLI.jp", "--registry", "letters.yaml") == ExitStatus.INVALID
+    assert "'ghibli.jp' is already listed" in capsys.readouterr().err
+    assert (tmp_path / "letters.yaml").read_text() == before
+    load_policy(policy)  # still valid
+
+
+def test_concurrent_adds_lose_nothing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    policy = write_policy(tmp_path, registry=[entry("Seed", "seed.example")])
+    argv = ["policy", "registry", "add", "--policy", str(policy), "--reason", "r",
+            "--source", "https://example.org/l", "--since", "2026-11-20"]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "proxy", *argv, "--holder", f"H{i}", "--domain", f"h{i}.example"]
+        )
+        for i in range(6)
+    ]
+    assert [p.wait(60) for p in procs] == [0] * 6
+    assert sorted(e.holder for e in load_policy(policy).registry.entries) == [
+        "H0",
+        "H1",
+        "H2",
+        "H3",
+        "H4",
+        "H5",
+        "Seed",
+    ]
+
+
+REGISTRY_WITH_COMMENTS = """entries:
+  # --- Ghibli ---
+  - holder: Ghibli
+    domains: &shared [ghibli.jp, shared.example]
+    reason: r
+    source: https://example.org/l
+    since: 2025-10-27
+  # --- Square Enix: legal hold, DO NOT REMOVE ---
+  - holder: Square Enix
+    domains: *shared
+    reason: r
+    source: https://example.org/l
+    since: 2025-10-27
+  # --- Bandai ---
+  - holder: Bandai
+    domains: [bandai.example]
+    reason: r
+    source: https://example.org/l
+    since: 2025-10-27
+"""
+
+
+def test_remove_keeps_the_next_entrys_comment_and_other_holders_aliases(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path)
+    registry = tmp_path / "policy-registry.yaml"
+    aliased = REGISTRY_WITH_COMMENTS.replace(
+        "shared.example]", "shared.example, x.example]\n    paths: [/anime/]"
+    )
+    registry.write_text(aliased.replace("*shared\n", "*shared\n    paths: [/games/]\n"))
+    remove = ("policy", "registry", "remove", "--policy", str(policy))
+    assert run(*remove, "--holder", "Ghibli", "--domain", "x.example") == ExitStatus.OK
+    by_holder = {e.holder: e.domains for e in load_policy(policy).registry.entries}
+    assert by_holder["Square Enix"] == ("ghibli.jp", "shared.example", "x.example")  # its alias kept all
+    assert by_holder["Ghibli"] == ("ghibli.jp", "shared.example")
+    registry.write_text(
+        REGISTRY_WITH_COMMENTS.replace("&shared ", "").replace("*shared", "[square-enix.com]")
+    )
+    assert run(*remove, "--holder", "Ghibli") == ExitStatus.OK
+    text = registry.read_text()
+    assert "# --- Ghibli ---" not in text
+    assert text.index("# --- Square Enix: legal hold, DO NOT REMOVE ---") < text.index("holder: Square Enix")
+    assert text.index("# --- Bandai ---") < text.index("holder: Bandai")
+
+
+def test_edits_keep_the_mode_refuse_read_only_files_and_write_through_symlinks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = write_policy(tmp_path)
+    registry = tmp_path / "policy-registry.yaml"
+    registry.chmod(0o600)
+    assert _add(policy, "A", "a.example") == ExitStatus.OK
+    assert registry.stat().st_mode & 0o777 == 0o600
+    registry.chmod(0o444)
+    before = registry.read_text()
+    assert _add(policy, "B", "b.example") == ExitStatus.INVALID
+    assert "read-only" in capsys.readouterr().err and registry.read_text() == before
+    registry.chmod(0o644)
+    shared = tmp_path / "shared" / "registry.yaml"
+    shared.parent.mkdir()
+    registry.replace(shared)
+    registry.symlink_to(shared)
+    assert _add(policy, "C", "c.example") == ExitStatus.OK
+    assert registry.is_symlink() and "c.example" in shared.read_text()
+
+
+def test_words_yaml_reads_as_other_types_are_written_quoted(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path)
+    assert _add(policy, "NO", "no.example") == ExitStatus.OK
+    assert run("policy", "registry", "add", "--policy", str(policy), "--holder", "2025-01-01", "--domain",
+               "d.example", "--reason", "yes", "--source", "https://example.org/l", "--since", "2026-11-20") == 0  # fmt: skip
+    holders = {e.holder: e.reason for e in load_policy(policy).registry.entries}
+    assert holders == {"NO": "r", "2025-01-01": "yes"}
+
+
+def test_a_broken_registry_is_reported_at_its_line_not_edited(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = write_policy(tmp_path)
+    registry = tmp_path / "policy-registry.yaml"
+    for broken in ("entries: [\n  - holder: x\n", "- a\n- b\n", "entries:\n  holder: x\n"):
+        registry.write_text(broken)
+        assert _add(policy, "A", "a.example", "--registry", str(registry)) == ExitStatus.INVALID
+        err = capsys.readouterr().err
+        assert f"{registry}:" in err and "Traceback" not in err, err
+        assert registry.read_text() == broken
+
+
+def test_registry_paths_with_robots_wildcards_are_refused_with_the_prefix_to_write(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, registry=[entry("Ghibli", "ghibli.jp", paths=["/works/*.jpg"])])
+    with pytest.raises(PolicyError, match=r"registry paths are prefixes: write '/works/'"):
+        load_policy(policy)
+
+
+def test_import_reads_a_csv_saved_with_a_bom(shipped: Path, tmp_path: Path) -> None:
+    csv_file = tmp_path / "letters.csv"
+    csv_file.write_bytes(
+        "holder,domains,reason,source,since\nExample Press,example-press.test,letter,https://example.org/l,2026-11-20\n"
+        .encode("utf-8-sig")
+    )  # fmt: skip
+    assert run("policy", "import", "--csv", str(csv_file), "--policy", str(shipped)) == ExitStatus.OK
+    assert "Example Press" in {e.holder for e in load_policy(shipped).registry.entries}

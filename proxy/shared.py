@@ -93,6 +93,11 @@ class Pace:
             self._tat = {k: v for k, v in self._tat.items() if v > now}
         return Turn(True, wait)
 
+    def ahead(self, key: str) -> float:
+        """Seconds until `key`'s next turn here (0: now)."""
+        tat = self._tat.get(key)
+        return 0.0 if tat is None else max(0.0, tat - self._clock())
+
     def hold(self, key: str, seconds: float) -> None:
         """No turn for `key` for `seconds` (an origin's Retry-After)."""
         now = self._clock()
@@ -225,7 +230,8 @@ return 0
 """
 # GCRA on Redis's clock. KEYS[1] the origin's TAT (ms), KEYS[2] this request's turn: the time it
 # was granted (kept TURN_MEMORY_MS, so a retried call gets the same turn, not the next; a refusal or
-# an interval of 0 changes nothing and is not kept); ARGV: interval ms, max wait ms, TURN_MEMORY_MS.
+# an interval of 0 changes nothing and is not kept); ARGV: interval ms, max wait ms, TURN_MEMORY_MS,
+# and the ms until the asking worker's own next turn (no turn before it: what it granted alone).
 # Returns {1, wait ms} (granted: ask after the wait) or {0, wait ms} (refused).
 _TURN = """
 local t = redis.call('TIME')
@@ -234,6 +240,8 @@ local granted = tonumber(redis.call('GET', KEYS[2]))
 if granted then return {1, math.max(0, granted - now)} end
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
+local floor = now + tonumber(ARGV[4] or 0)
+if tat < floor then tat = floor end
 local wait = tat - now
 if wait > tonumber(ARGV[2]) then return {0, wait} end
 local interval = tonumber(ARGV[1])
@@ -619,11 +627,18 @@ class RedisState(SharedState):
     # -- pace -------------------------------------------------------------------
 
     async def turn(self, origin: str, interval: float, max_wait: float) -> Turn:
+        # The two ledgers, Redis's and this worker's, each start where the other left off: turns
+        # this worker granted alone while Redis was away are not granted again by an empty Redis
+        # (restarted), and the local pace, should Redis go, continues from the fleet's last turn.
+        ahead = self.pace.ahead(origin)
         try:
-            args = [int(interval * 1000), int(max_wait * 1000), TURN_MEMORY_MS]
+            args = [int(interval * 1000), int(max_wait * 1000), TURN_MEMORY_MS, int(ahead * 1000)]
             keys = [f"{PREFIX}pace:{origin}", f"{PREFIX}turn:{os.urandom(12).hex()}"]
             granted, wait_ms = await self._call(lambda: self._scripts["turn"](keys=keys, args=args))
-            return Turn(bool(granted), int(wait_ms) / 1000)
+            turn = Turn(bool(granted), int(wait_ms) / 1000)
+            if turn.granted and interval > 0:
+                self.pace.hold(origin, turn.wait + interval)
+            return turn
         except _Down:
             # Alone now: pace as if every worker asked this origin at the same interval.
             return self.pace.turn(origin, interval * self.workers, max_wait)

@@ -305,6 +305,25 @@ def test_the_pace_is_one_turn_per_interval_on_redis_clock(redis_server: RedisSer
     assert [round(w) for w in waits] == [0, 1, 2]
 
 
+def test_the_local_and_redis_ledgers_each_start_where_the_other_left_off(redis_server: RedisServer) -> None:
+    """Redis restarted empty: turns this worker granted must not be granted again. Redis gone: the
+    local pace goes on from the fleet's last turn, not from now."""
+    origin = "http://ledgers.example:80"
+
+    async def scenario() -> list[float]:
+        state = RedisState(redis_server.url)
+        waits = [(await state.turn(origin, 1.0, 5.0)).wait]  # granted now: the next is 1 s on
+        await state.redis.flushall()  # a restart that lost the keys
+        waits.append((await state.turn(origin, 1.0, 5.0)).wait)  # still 1 s on, from our ledger
+        redis_server.kill()
+        waits.append((await state.turn(origin, 1.0, 5.0)).wait)  # alone: 2 s on, not now
+        await state.close()
+        return waits
+
+    waits = asyncio.run(scenario())
+    assert [round(w, 1) for w in waits] == [0.0, 1.0, 2.0], waits
+
+
 def test_a_slot_held_by_a_dead_worker_frees_when_its_lease_expires(redis_server: RedisServer) -> None:
     origin = "http://leased.example:80"
 

@@ -26,6 +26,7 @@ One proxy process writes one audit log.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -33,10 +34,12 @@ import logging
 import os
 import re
 import socket
+import stat
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -193,8 +196,8 @@ def log_files(path: Path) -> list[Path]:
     return files
 
 
-_ROTATED = re.compile(r"\.\d{5}(\.[^.]+)$")
-_WORKER = re.compile(r"\.w([A-Za-z0-9_-]+)$")
+_ROTATED = re.compile(r"\.\d+(\.[^.]+)$")  # as log_files reads them: any number of digits
+WORKER_NAME = re.compile(r"\.w([A-Za-z0-9_-]+)$")  # decisions.w3 (a stem): worker 3's log
 
 
 def logs_at(path: Path) -> list[Path]:
@@ -212,11 +215,11 @@ def logs_at(path: Path) -> list[Path]:
                 continue
             base = f.with_name(_ROTATED.sub(r"\1", f.name))  # decisions.00003.jsonl -> decisions.jsonl
             if wanted is None or base == wanted or (
-                base.suffix == wanted.suffix and _WORKER.search(base.stem) and
-                _WORKER.sub("", base.stem) == wanted.stem
+                base.suffix == wanted.suffix and WORKER_NAME.search(base.stem) and
+                WORKER_NAME.sub("", base.stem) == wanted.stem
             ):  # fmt: skip
                 found.add(base)
-    return sorted(found, key=lambda b: (_WORKER.search(b.stem) is not None, _natural(b.name)))
+    return sorted(found, key=lambda b: (WORKER_NAME.search(b.stem) is not None, _natural(b.name)))
 
 
 def _natural(name: str) -> list[object]:
@@ -243,6 +246,54 @@ def _tail(path: Path) -> tuple[int, bytes]:
         start = max(0, f.seek(0, os.SEEK_END) - _TAIL_BYTES)
         f.seek(start)
         return start, f.read()
+
+
+def append_whole(path: Path, line: bytes) -> None:
+    """Append `line` in one write, or nothing: a short write (a full disk) is cut off again, so
+    the next line never lands on a torn one. Raises OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, line)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+        if written != len(line):
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise OSError(errno.ENOSPC, "short write (disk full?)")
+    finally:
+        os.close(fd)
+
+
+def cut_unfinished_line(path: Path) -> None:
+    """Cut a last line that lacks its newline (a write cut short, then a crash)."""
+    with contextlib.suppress(OSError):
+        start, tail = _tail(path)
+        if tail and not tail.endswith(b"\n"):
+            os.truncate(path, start + tail.rfind(b"\n") + 1)
+
+
+def regular_file(path: Path) -> None:
+    """Raise AuditError unless `path` is a regular file: a FIFO or a device would hang a reader."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise AuditError(f"{path}: {e.strerror or e}") from e
+    if not stat.S_ISREG(mode):
+        raise AuditError(f"{path}: not a regular file; an audit log is one")
+
+
+MAX_LINE = 16 * 1024 * 1024  # no record is near this; a longer "line" is read in pieces, never whole
+
+
+def lines(f: BinaryIO) -> Iterator[bytes]:
+    """The lines of a binary file, none longer than MAX_LINE (a file with no newline at all, a
+    sparse one say, would otherwise be read into memory whole)."""
+    while line := f.readline(MAX_LINE):
+        yield line
 
 
 def _last_line(path: Path) -> bytes | None:
@@ -274,6 +325,9 @@ class AuditLog:
         a repair from tampering.
         """
         repairs: list[dict[str, Any]] = []
+        checkpoints = checkpoint_path(self.path)
+        if checkpoints.exists():
+            cut_unfinished_line(checkpoints)  # a checkpoint cut short by a full disk, before a crash
         for file in reversed(log_files(self.path)):
             cut = _cut_torn_tail(file)
             if cut is not None:
@@ -413,8 +467,7 @@ class AuditLog:
             return
         entry = {"ts": utc_now(), "seq": self._seq, "head": self._head, "file": self.path.name}
         try:
-            with open(checkpoint_path(self.path), "ab") as f:
-                f.write(_dump(entry) + b"\n")
+            append_whole(checkpoint_path(self.path), _dump(entry) + b"\n")
         except OSError as e:
             raise AuditError(
                 f"cannot write checkpoint {checkpoint_path(self.path)}: {e.strerror or e}"
@@ -423,7 +476,10 @@ class AuditLog:
 
     def _rotate(self) -> None:
         """Close the live file under the next number and start a new one; the chain carries on."""
-        self._checkpoint()
+        try:
+            self._checkpoint()
+        except AuditError as e:  # a full disk: the rotation (a rename) still frees the way
+            logger.error("optout: %s (rotating anyway)", e)
         self._close_fd()
         taken = [int(m.group(1)) for p in log_files(self.path) if (m := re.search(r"\.(\d+)\.", p.name))]
         target = rotated_name(self.path, (max(taken) if taken else 0) + 1)
@@ -594,10 +650,15 @@ class VerifyReport:
     problem: str | None = None
     where: str | None = None  # file:line of the first break
     repairs: tuple[str, ...] = ()  # "file:line: what was cut", for each chained repair record
+    backwards: str = ""  # the first record dated before the one it follows (hashes intact), if any
 
 
-def verify_chain(path: Path) -> VerifyReport:
-    """Walk every file of the log in order; report the first record that breaks the chain."""
+def verify_chain(path: Path, anchors: dict[int, str] | None = None) -> VerifyReport:
+    """Walk every file of the log in order; report the first record that breaks the chain.
+
+    `anchors` (seq -> hash, heads kept somewhere else) are checked like checkpoints: a log cut
+    and re-chained, checkpoints and all, no longer holds a head copied off the machine before.
+    """
     files = log_files(path)
     if not files:
         raise AuditError(f"no audit log at {path}")
@@ -606,20 +667,24 @@ def verify_chain(path: Path) -> VerifyReport:
     # Keep only the hashes the checkpoints will ask about: memory stays flat on huge logs.
     wanted: set[int] = set()
     if cp_file.exists():
+        regular_file(cp_file)
         with open(cp_file, encoding="utf-8", errors="replace") as f:
             for line in f:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     wanted.add(int(json.loads(line)["seq"]))
+    wanted |= set(anchors or {})
     hashes: dict[int, str] = {}
     names = tuple(str(f) for f in files)
     repairs: list[str] = []
+    last_ts, backwards = "", ""
 
     def broken(problem: str, where: str) -> VerifyReport:
         return VerifyReport(False, expected_seq - 1, names, prev, 0, problem, where, tuple(repairs))
 
     for file in files:
+        regular_file(file)
         with open(file, "rb") as lines_of:
-            for number, raw in enumerate(lines_of, start=1):
+            for number, raw in enumerate(lines(lines_of), start=1):
                 where = f"{file}:{number}"
                 if not raw.strip():
                     continue
@@ -651,6 +716,12 @@ def verify_chain(path: Path) -> VerifyReport:
                     hashes[seq] = claimed
                 if record.get("phase") == REPAIR_PHASE:
                     repairs.append(f"{where}: {record.get('reason', 'repair')}")
+                ts = str(record.get("ts", ""))
+                if ts < last_ts and not backwards:
+                    # Hashes hold, yet time went back: a clock stepped back, or records made
+                    # elsewhere; readers that go by time (pairing, --since) count them wrong.
+                    backwards = f"{where}: record {seq} is dated {ts}, before record {seq - 1} ({last_ts})"
+                last_ts = max(last_ts, ts)
                 prev, expected_seq = claimed, seq + 1
     last = expected_seq - 1
     checkpoints = 0
@@ -677,4 +748,17 @@ def verify_chain(path: Path) -> VerifyReport:
                 if hashes.get(seq) != head:
                     problem = f"record {seq} differs from the one the checkpoint of {cp.get('ts')} saw"
                     return VerifyReport(False, last, names, prev, checkpoints, problem, where, tuple(repairs))
-    return VerifyReport(True, last, names, prev, checkpoints, repairs=tuple(repairs))
+    for seq, head in (anchors or {}).items():
+        if seq > last:
+            problem = (
+                f"the log was cut: the head kept elsewhere is record {seq}, the log ends at record {last}"
+            )
+            return VerifyReport(
+                False, last, names, prev, checkpoints, problem, "--expect-head", tuple(repairs)
+            )
+        if hashes.get(seq) != head:
+            problem = f"record {seq} is not the one kept elsewhere (its hash differs): the log was rewritten"
+            return VerifyReport(
+                False, last, names, prev, checkpoints, problem, "--expect-head", tuple(repairs)
+            )
+    return VerifyReport(True, last, names, prev, checkpoints, repairs=tuple(repairs), backwards=backwards)

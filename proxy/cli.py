@@ -34,6 +34,7 @@ from proxy.audit import (
     logs_at,
     new_id,
     record_for,
+    seal,
     start_new_chain,
     verify_chain,
     worker_log,
@@ -168,6 +169,14 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("path", nargs="?", help="audit log (the same as --log; default: the policy's)")
     verify.add_argument("--log", help="audit log (default: the policy's audit.path)")
     verify.add_argument("--policy", help="policy whose log to verify, if no log is given (found as for run)")
+    verify.add_argument(
+        "--expect-head",
+        metavar="SEQ:HASH",
+        action="append",
+        default=[],
+        help="a chain head kept elsewhere (a checkpoint line copied off the machine): the log must still "
+        "hold record SEQ with this hash; repeatable",
+    )
     chain = asub.add_parser(
         "new-chain",
         help="archive a log (a broken chain, say) and start a new one that points at it",
@@ -679,6 +688,13 @@ def _show(path: Path, record_id: str) -> int:
         return ExitStatus.INVALID
     store = EvidenceStore(store_dir(path))
     print(f"record {record.get('id')}  (seq {record.get('seq')}, {record.get('phase')})")
+    _, digest = seal({k: v for k, v in record.items() if k != "hash"})
+    if digest != record.get("hash"):
+        # Its own hash is cheap to check; the chain around it is `audit verify`'s.
+        print(f"  WARNING: this record was edited: its content does not match its hash {record.get('hash')}")
+        edited = True
+    else:
+        edited = False
     for key in ("ts", "method", "url", "agent", "user_agent", "decision", "enforced", "signal", "status",
                 "reason", "policy", "policy_sha256", "request_id", "inspected", "withheld"):  # fmt: skip
         if record.get(key) is not None:
@@ -704,7 +720,7 @@ def _show(path: Path, record_id: str) -> int:
     if record.get("response_headers_sha256"):
         print("response headers (as received):")
         _print_document(store, record["response_headers_sha256"], None)
-    return ExitStatus.OK
+    return ExitStatus.BLOCKED if edited else ExitStatus.OK
 
 
 def _print_document(store: EvidenceStore, sha: str, line: int | None, context: int = 5) -> None:
@@ -815,20 +831,32 @@ def _export_warc(path: Path, args: argparse.Namespace, skipped: _Skipped) -> int
     return ExitStatus.OK
 
 
-def _verify_one(path: Path) -> bool:
+def _anchors(given: Sequence[str]) -> dict[int, str]:
+    """`--expect-head SEQ:HASH` values; raises ValueError for one that is not."""
+    out: dict[int, str] = {}
+    for value in given:
+        seq, _, head = value.partition(":")
+        if not seq.isdigit() or len(head) != 64 or any(c not in "0123456789abcdef" for c in head):
+            raise ValueError(
+                f"--expect-head {value!r}: give SEQ:HASH, a checkpoint's seq and head (64 hex digits)"
+            )
+        out[int(seq)] = head
+    return out
+
+
+def _verify_one(path: Path, anchors: dict[int, str] | None = None) -> bool:
     """Verify one chain and print the verdict; True if intact."""
-    report = verify_chain(path)
+    report = verify_chain(path, anchors)
     for repair in report.repairs:
         # A repair is chained like any record: written by the proxy, not an edit.
         print(f"{repair} (a repair, not tampering)")
     if report.ok:
         print(f"{path}: chain intact: {report.records} records in {len(report.files)} file(s), "
               f"{report.checkpoints} checkpoint(s); head {report.head}")  # fmt: skip
-        if report.records and not report.checkpoints:
-            # A proxy stopped before its first checkpoint leaves none; so does one whose
-            # checkpoints file was removed: either way, records cut from the end go unseen.
-            print(f"{path}: warning: no checkpoints, so records removed from the end cannot be found; "
-                  "compare the head with one kept elsewhere", file=sys.stderr)  # fmt: skip
+        # A proxy stopped before its first checkpoint leaves none; so does one whose checkpoints
+        # file was removed: either way, records cut from the end go unseen.
+        for warning in _chain_warnings([report]):
+            print(f"{path}: warning: {warning}", file=sys.stderr)
         return True
     print(f"{report.where}: {report.problem}")
     print(f"{path}: chain BROKEN; records before {report.where} verified ({report.records})", file=sys.stderr)
@@ -849,34 +877,58 @@ def _chain_said(args: argparse.Namespace, path: Path, out: TextIO) -> int:
 
     Figures and rows from a log whose chain is broken include records that may
     have been edited, added or put back; that is said, and the exit status is 1.
+    What verify only warns about (no checkpoints, time going backwards, worker
+    logs no fleet checkpoint binds) is said too.
     """
     if args.no_verify:
         print(f"{path}: chain not verified (--no-verify)", file=out)
         return ExitStatus.OK
     chains = _chains(path)
+    _, fleet_problems, fleet_warnings = verify_fleet(path)
     broken = next((c for c in chains if not c.ok), None)
-    if broken is not None:
-        print(f"{path}: chain BROKEN at {broken.where}: {broken.problem}; the records from there on "
+    if broken is not None or fleet_problems:
+        where, problem = (broken.where, broken.problem) if broken else ("", fleet_problems[0])
+        print(f"{path}: chain BROKEN{f' at {where}' if where else ''}: {problem}; the records from there on "
               "cannot be trusted and are included above (`optout-proxy audit verify` for every log)",
               file=out)  # fmt: skip
         return ExitStatus.BLOCKED
     many = f" ({len(chains)} chains, one per worker)" if len(chains) > 1 else ""
     print(f"{path}: chain intact{many}: {sum(c.records for c in chains)} records, "
           f"{sum(c.checkpoints for c in chains)} checkpoint(s)", file=out)  # fmt: skip
+    for warning in _chain_warnings(chains) + fleet_warnings:
+        print(f"{path}: warning: {warning}", file=out)
     return ExitStatus.OK
+
+
+def _chain_warnings(chains: Sequence[VerifyReport]) -> list[str]:
+    """What an intact chain still leaves open, one line each."""
+    out = []
+    for c in chains:
+        name = c.files[-1] if c.files else "?"
+        if c.records and not c.checkpoints:
+            out.append(f"{name}: no checkpoints, so records removed from the end cannot be found; "
+                       "compare the head with one kept elsewhere")  # fmt: skip
+        if c.backwards:
+            out.append(f"time goes backwards at {c.backwards}: counts by time may be off")
+    return out
 
 
 def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> int:
     if args.audit_command == "verify":
         logs = logs_at(path) or [path]  # [path]: verify says there is no log there
+        anchors = _anchors(args.expect_head)
+        if anchors and len(logs) > 1:
+            raise ValueError("--expect-head names one chain's head: give the log of one worker")
         broken = 0
         for log in logs:  # one chain per worker: each verified on its own, each named
-            broken += not _verify_one(log)
+            broken += not _verify_one(log, anchors)
         if len(logs) > 1:
             print(f"{path}: {len(logs)} chains, {len(logs) - broken} intact, {broken} broken")
-        checked, problems = verify_fleet(path)
+        checked, problems, warnings = verify_fleet(path)
         for problem in problems:
             print(problem)
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         if checked:
             verdict = "bind the workers' chains" if not problems else f"BROKEN ({len(problems)} problem(s))"
             print(f"{path}: {checked} fleet checkpoint(s) {verdict}")
@@ -910,12 +962,20 @@ def _audit_command(args: argparse.Namespace, path: Path, skipped: _Skipped) -> i
     if args.audit_command == "report":
         flt = _filter(args)
         data = gather(records(path, flt, _Progress("reading"), skipped, skipped.agents))
-        page = render(data, _chains(path), path, EvidenceStore(store_dir(path)), utc_now(), flt.describe())
+        chains = _chains(path)
+        page = render(data, chains, path, EvidenceStore(store_dir(path)), utc_now(), flt.describe())
         Path(args.out).write_text(page, encoding="utf-8")
         print(
             f"wrote {args.out}: {outcome_line(data.summary)}",
             file=sys.stderr,
         )
+        cut = next((c for c in chains if not c.ok), None)
+        if cut is not None:
+            print(f"{path}: chain BROKEN at {cut.where}: {cut.problem} (the report says so too)",
+                  file=sys.stderr)  # fmt: skip
+            return ExitStatus.BLOCKED
+        for warning in _chain_warnings(chains):
+            print(f"{path}: warning: {warning}", file=sys.stderr)
         return ExitStatus.OK
     raise AssertionError(args.audit_command)
 

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, TextIO
 
 import orjson
 
-from proxy.audit import log_files, logs_at
+from proxy.audit import lines, log_files, logs_at, regular_file
 from proxy.counting import (
     BLOCKED,
     DELIVERED,
@@ -34,6 +34,7 @@ from proxy.counting import (
     settle,
 )
 from proxy.errors import AuditError
+from proxy.origin import canonical_host
 from proxy.policy import SIGNALS
 
 Progress = Callable[[int, int], None]  # (bytes read, bytes in all)
@@ -67,10 +68,10 @@ def parse_when(text: str) -> str:
         raise ValueError(f"not a time: {text!r} (use one of: {WHEN_EXAMPLES})")
     date, clock, offset = m.groups()
     try:
-        when = dt.datetime.fromisoformat(f"{date}T{clock or '00:00'}{_offset(offset)}")
-    except ValueError as e:
+        when = dt.datetime.fromisoformat(f"{date}T{clock or '00:00'}{_offset(offset)}").astimezone(dt.UTC)
+    except (ValueError, OverflowError) as e:  # OverflowError: year 1 or 9999 moved out of range by UTC
         raise ValueError(f"not a time: {text!r} ({e}; use one of: {WHEN_EXAMPLES})") from None
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
 def _offset(offset: str | None) -> str:
@@ -134,7 +135,7 @@ class Filter:
 
 
 def _host_matches(host: str, wanted: str) -> bool:
-    w = wanted.lower().rstrip(".")
+    w = canonical_host(wanted)  # as the proxy records hosts: bücher.example is xn--bcher-kva.example
     return host == w or host.endswith("." + w)
 
 
@@ -220,6 +221,9 @@ def records(
     logs = [(log, log_files(log)) for log in logs_at(path)]
     if not logs:
         raise AuditError(f"no audit log at {path}")
+    for _, files in logs:
+        for file in files:
+            regular_file(file)
     total = sum(f.stat().st_size for _, files in logs for f in files)
     read = [0, 0]  # bytes, lines: shared by the logs read side by side
 
@@ -227,9 +231,12 @@ def records(
         keeps = flt.keeps if flt is not None and flt.describe() else None
         seen = agents.add if agents is not None else None
         loads, bad = orjson.loads, orjson.JSONDecodeError
-        for file in files:
-            with open(file, "rb") as f:
-                for number, line in enumerate(f, start=1):
+        # Opened together before any is read: a rotation meanwhile renames the live file, and an
+        # open handle still reads it (listed and opened one by one, its records were skipped).
+        handles = [(file, open(file, "rb")) for file in files]  # noqa: SIM115 (closed below)
+        try:
+            for file, f in handles:
+                for number, line in enumerate(lines(f), start=1):
                     if progress:
                         read[0] += len(line)
                         read[1] += 1
@@ -249,6 +256,9 @@ def records(
                         seen(str(r.get("agent")))
                     if keeps is None or keeps(r):
                         yield r
+        finally:
+            for _, f in handles:
+                f.close()
 
     if len(logs) == 1:
         yield from one(logs[0][1])
@@ -294,6 +304,7 @@ class Follower:
         self._offset = 0
         self._line = 0
         self._seq = 0
+        self._chain: object = None  # the hash of the chain's first record, once read
         self._lost = 0  # polls in a row that did not find our file
 
     def poll(self) -> Iterator[dict[str, Any]]:
@@ -304,6 +315,7 @@ class Follower:
             try:
                 files = log_files(self.path)
                 for file in files:
+                    regular_file(file)  # a FIFO would block the read for good
                     fh = open(file, "rb")  # noqa: SIM115 (closed below, all together)
                     handles.append((file, fh, os.fstat(fh.fileno()).st_ino))
                 # A rotation between listing and opening would hide the files it made: the
@@ -350,7 +362,14 @@ class Follower:
                 r = parse_line(raw, f"{file}:{line}")
                 if isinstance(r, str):
                     self.on_skip(r)
-                elif r["seq"] > self._seq:
+                    continue
+                if r["seq"] == 1 and r.get("hash") != self._chain:
+                    # The first record of a chain we have not seen (`audit new-chain`): its
+                    # numbers start again, and every one of them is new.
+                    if self._chain is not None or self._seq:
+                        self._seq = 0
+                    self._chain = r.get("hash")
+                if r["seq"] > self._seq:
                     self._seq = r["seq"]
                     yield r
 

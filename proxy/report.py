@@ -290,6 +290,12 @@ def render(d: ReportData, chains: Sequence[VerifyReport], log: Path, store: Evid
         chain = (f'<p id="chain" data-ok="true" class="ok">{what}: {sum(c.records for c in chains)} records '
                  f"in {sum(len(c.files) for c in chains)} file(s), {sum(c.checkpoints for c in chains)} "
                  f"checkpoint(s); head{'s' if len(chains) > 1 else ''} {heads}.</p>")  # fmt: skip
+        unanchored = [c for c in chains if c.records and not c.checkpoints]
+        if unanchored:
+            # Intact, yet nothing records where it ended: a cut end would read the same.
+            chain += (f'<p id="chain-warning" class="bad">No checkpoints for {len(unanchored)} log(s): '
+                      "records removed from the end cannot be found. Compare the head with one kept "
+                      "elsewhere (<code>audit verify --expect-head</code>).</p>")  # fmt: skip
     banner = (
         f'<p id="filter" class="banner" data-filter="{_e(filtered)}"><b>Filtered report:</b> only records '
         f"matching {_e(filtered)}. Counts, chart and tables cover those records only.</p>"

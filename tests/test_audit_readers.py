@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.audit import AuditLog, log_files
+from proxy.audit import AuditLog, log_files, logs_at, start_new_chain, worker_log
 from proxy.cli import ExitStatus, main
+from proxy.fleetlog import fleet_path, write_fleet_checkpoint
+from proxy.logview import Tail
 
 
 def _record(i: int, decision: str = "block") -> dict[str, object]:
@@ -94,8 +96,8 @@ def test_a_torn_or_foreign_line_is_reported_and_skipped(
 ) -> None:
     path = _log_with_bad_lines(tmp_path)
     argv = ["audit", *[str(tmp_path / "r.html") if a == "REPORT" else a for a in command], "--log", str(path)]
-    # summary and export walk the chain afterwards: the torn line breaks it, which they say (exit 1)
-    breaks = command[0] in ("summary", "export")
+    # summary, export and report walk the chain afterwards: the torn line breaks it, which they say (exit 1)
+    breaks = command[0] in ("summary", "export", "report")
     assert main(argv) == (ExitStatus.BLOCKED if breaks else ExitStatus.OK)
     captured = capsys.readouterr()
     assert f"{path}:3: skipped: not a JSON record" in captured.err
@@ -237,3 +239,129 @@ def test_summary_and_export_say_whether_the_chain_holds(
     assert main(["audit", *command, "--log", str(path), "--no-verify"]) == ExitStatus.OK
     said = capsys.readouterr()
     assert f"{path}: chain not verified (--no-verify)" in said.out + said.err
+
+
+def test_a_worker_log_the_fleet_does_not_bind_is_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    audit = tmp_path / "decisions.jsonl"
+    for k in (1, 2):
+        _written_log(worker_log(audit, k), 5)
+    write_fleet_checkpoint(audit, [1, 2])
+    assert main(["audit", "verify", str(audit)]) == ExitStatus.OK
+    capsys.readouterr()
+    _written_log(worker_log(audit, 7), 500)  # invented, chained correctly, put beside the fleet's
+    assert main(["audit", "verify", str(audit)]) == ExitStatus.BLOCKED
+    assert (
+        "decisions.w7.jsonl is a worker log the last fleet checkpoint does not name"
+        in capsys.readouterr().out
+    )
+    assert main(["audit", "summary", "--log", str(audit)]) == ExitStatus.BLOCKED
+    capsys.readouterr()
+    fleet_path(audit).unlink()  # removed with it: no longer provable, and said
+    assert main(["audit", "summary", "--log", str(audit)]) == ExitStatus.OK
+    assert (
+        "a worker log that no fleet checkpoint binds (the fleet file is missing)" in capsys.readouterr().out
+    )
+    fleet_path(audit).write_text("[]\n")  # damaged: reported at its line, no traceback
+    assert main(["audit", "verify", str(audit)]) == ExitStatus.BLOCKED
+    assert f"{fleet_path(audit)}:1: not a fleet checkpoint" in capsys.readouterr().out
+
+
+def test_a_head_kept_elsewhere_finds_a_cut_and_rechained_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _written_log(tmp_path / "audit.jsonl", 120, checkpoint_every=1000)
+    kept = json.loads((tmp_path / "audit.jsonl.checkpoints").read_text().splitlines()[-1])
+    assert (
+        main(["audit", "verify", str(path), "--expect-head", f"{kept['seq']}:{kept['head']}"])
+        == ExitStatus.OK
+    )
+    # Cut to 100 records, checkpoints rewritten to match: intact by everything the machine holds.
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:100]))
+    (tmp_path / "audit.jsonl.checkpoints").unlink()
+    assert main(["audit", "verify", str(path)]) == ExitStatus.OK
+    assert "no checkpoints" in capsys.readouterr().err
+    assert main(["audit", "summary", "--log", str(path)]) == ExitStatus.OK
+    assert "warning" in capsys.readouterr().out  # said where the figures are, too
+    assert main(["audit", "report", "--log", str(path), "--out", str(tmp_path / "r.html")]) == ExitStatus.OK
+    assert 'id="chain-warning"' in (tmp_path / "r.html").read_text()
+    assert main(["audit", "verify", str(path), "--expect-head", f"{kept['seq']}:{kept['head']}"]) == 1
+    assert "the log was cut: the head kept elsewhere is record 120" in capsys.readouterr().out
+
+
+def test_tail_follows_a_new_chain(tmp_path: Path) -> None:
+    path = _written_log(tmp_path / "audit.jsonl", 5)
+    follower = Tail(path)
+    assert len(list(follower.poll())) == 5
+    start_new_chain(path, tmp_path / "archive")
+    log = AuditLog(path)
+    for i in range(3):
+        log.write(_record(100 + i))
+    log.close()
+    seen = [r for _ in range(4) for r in follower.poll()]  # a few polls: the old file moved away
+    assert [r["seq"] for r in seen] == [1, 2, 3, 4]  # the chain record, then the three
+
+
+def test_hostile_log_files_are_refused_not_hung_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    fifo = tmp_path / "audit.jsonl"
+    os.mkfifo(fifo)
+    for command in (["verify", str(fifo)], ["summary", "--log", str(fifo)], ["tail", "--log", str(fifo)]):
+        assert main(["audit", *command]) == ExitStatus.INVALID
+        assert "not a regular file" in capsys.readouterr().err
+    fifo.unlink()
+    # a rotated file named with more digits is the same log's, read once
+    path = _written_log(tmp_path / "audit.jsonl", 4, max_bytes=500)
+    rotated = sorted(tmp_path.glob("audit.0*.jsonl"))
+    assert rotated
+    rotated[0].rename(tmp_path / "audit.000001.jsonl")
+    assert logs_at(tmp_path) == [path]
+
+
+def test_a_torn_checkpoint_is_cut_before_the_next(tmp_path: Path) -> None:
+    path = _written_log(tmp_path / "audit.jsonl", 3)
+    with open(tmp_path / "audit.jsonl.checkpoints", "ab") as f:
+        f.write(b'{"ts":"2026-12-02T15:00:00.000Z","seq":3,"he')  # a full disk cut it, then a crash
+    log = AuditLog(path)
+    log.write(_record(10))
+    log.close()
+    assert main(["audit", "verify", str(path)]) == ExitStatus.OK
+
+
+def test_filters_read_hosts_as_the_proxy_records_them_and_refuse_impossible_times(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.write(_record(1) | {"host": "xn--bcher-kva.example", "url": "http://xn--bcher-kva.example/"})
+    log.close()
+    assert main(["audit", "summary", "--log", str(tmp_path / "audit.jsonl"), "--host", "BÜCHER.example"]) == 0
+    assert capsys.readouterr().out.startswith("1 requests")
+    assert (
+        main(
+            ["audit", "summary", "--log", str(tmp_path / "audit.jsonl"), "--since", "0001-01-01T00:00+01:00"]
+        )
+        == 2
+    )
+    assert "not a time" in capsys.readouterr().err
+
+
+def test_show_says_when_the_record_was_edited(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _written_log(tmp_path / "audit.jsonl", 3)
+    assert main(["audit", "show", "rec000001", "--log", str(path)]) == ExitStatus.OK
+    assert "edited" not in capsys.readouterr().out
+    path.write_text(path.read_text().replace('"decision":"block"', '"decision":"allow"', 2))
+    assert main(["audit", "show", "rec000001", "--log", str(path)]) == ExitStatus.BLOCKED
+    assert "WARNING: this record was edited" in capsys.readouterr().out
+
+
+def test_verify_warns_when_time_goes_backwards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    for i, ts in enumerate(("2026-12-02T15:00:05.000Z", "2026-12-02T15:00:01.000Z")):
+        log.write(_record(i) | {"ts": ts})
+    log.close()
+    assert main(["audit", "verify", str(tmp_path / "audit.jsonl")]) == ExitStatus.OK
+    assert "time goes backwards at" in capsys.readouterr().err

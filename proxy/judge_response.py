@@ -358,7 +358,8 @@ class ResponseJudge:
             kinds = _markup_anywhere(body, policy, kinds, view.values("content-type"))
         if kinds:
             # The C2PA SDK is native code that may take its time: never on the event loop.
-            if len(body) > OFF_LOOP_BYTES or contains(body, b"c2pa", 1):
+            # A PDF too: its parser's work grows with the file's object count, not its size.
+            if len(body) > OFF_LOOP_BYTES or contains(body, b"c2pa", 1) or b"%PDF-" in body[:1024]:
                 from_body = await _in_thread(
                     self._worker, view, body, kinds, policy, document, tdm_file, self.license
                 )

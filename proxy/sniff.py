@@ -90,11 +90,17 @@ def sniff(head: bytes) -> set[str]:
         and not (markup and b"<?xpacket" in head)
     ):
         # Not markup (HTML and XML start with "<" after white space, WHATWG §7.1): only binary
-        # signatures and an XMP packet can still say something.
-        if head[4:8] == b"ftyp" or head.startswith(_MEDIA_MAGIC) or (markup and b"<x:xmpmeta" in head):
+        # signatures and an XMP packet can still say something, and a PDF header after a BOM
+        # or blank lines (PDF readers look for it in the first 1024 bytes).
+        if (
+            head[4:8] == b"ftyp"
+            or head.startswith(_MEDIA_MAGIC)
+            or (markup and b"<x:xmpmeta" in head)
+            or b"%PDF-" in head[:1024]
+        ):
             found.add("media")
         return found
-    if head[4:8] == b"ftyp" or head.startswith(_MEDIA_MAGIC):
+    if head[4:8] == b"ftyp" or head.startswith(_MEDIA_MAGIC) or b"%PDF-" in head[:1024]:
         found.add("media")
     text = _text_start(head)
     if text.startswith(b"<?xml"):

@@ -5,6 +5,7 @@ which also reads each back: what it finds there is what a reader of the file see
 from __future__ import annotations
 
 import base64
+import re
 import zlib
 from collections.abc import Callable
 
@@ -85,8 +86,12 @@ def test_predictors_and_encryption_are_undone_by_the_parser() -> None:
 
 
 def test_a_pdf_the_parser_cannot_read_is_withheld() -> None:
-    found, withheld = _read(b"%PDF-1.7\n/FlateDecode stream\n" + b"\x00" * 1000)
+    found, withheld = _read(
+        b"%PDF-1.7\n1 0 obj << /Type /Metadata /Filter /FlateDecode >> stream\n" + b"\x00" * 1000
+    )
     assert not found and "could not be parsed" in withheld[0]
+    # one that cannot be opened and shows no sign of metadata (nor object streams to hide one in)
+    assert _read(b"%PDF-1.7\n1 0 obj << /Filter /FlateDecode >> stream\n" + b"\x00" * 1000) == (False, [])
     # a password we do not have
     body = m.pdf_written(zlib.compress(RESERVED), ["/FlateDecode"], encrypt=True, password="secret")
     found, withheld = _read(body)
@@ -181,3 +186,50 @@ def test_large_images_before_the_metadata_do_not_withhold_it() -> None:
         zlib.compress(m.tdm_xmp("0")), ["/FlateDecode"], others=5, filler=b"\x00" * (8 << 20)
     )
     assert _read(body) == (False, [])
+
+
+def test_a_pdf_that_claims_millions_of_objects_is_withheld_without_walking_them() -> None:
+    body = m.pdf_written(zlib.compress(RESERVED), ["/FlateDecode"]).replace(b"/Size ", b"/Size 1999000 /X ")
+    _, withheld = _read(body)
+    assert "claims 1999000 objects" in withheld[0]
+
+
+def test_ordinary_pdfs_the_parser_trips_on_are_not_withheld() -> None:
+    import io
+
+    from PIL import Image
+
+    image = io.BytesIO()
+    Image.new("RGB", (50, 50), "red").save(image, "PDF")
+    assert _read(image.getvalue().replace(b"%%EOF", b"")) == (False, [])  # no end marker: opened with one
+    described = m.xmp(
+        '<dc:description><rdf:Alt><rdf:li xml:lang="x-default">Staff training</rdf:li></rdf:Alt></dc:description>',
+        'xmlns:dc="http://purl.org/dc/elements/1.1/"',
+    )
+    padded = m.pdf_written(zlib.compress(described + b"\x00" * 64), ["/FlateDecode"])  # NUL padding
+    assert _read(padded) == (False, [])
+
+
+def test_xmp_with_blanks_before_its_declaration_in_an_encrypted_file_is_read() -> None:
+    xmp = b'\n\n  <?xml version="1.0" encoding="UTF-8"?>' + RESERVED  # a declaration after blanks
+    body = m.pdf_written(zlib.compress(xmp), ["/FlateDecode"], encrypt=True)
+    findings, packets = media.findings_from_body(body, "ai-train", None)
+    assert media.tdm_from_xmp(packets)[0] == ["1"]  # parsed, not only found
+    assert not [f for f in findings if "could not be read" in f.detail]
+
+
+def test_a_metadata_stream_the_scan_cannot_decode_withholds_when_the_xref_was_rebuilt() -> None:
+    rows = b"".join(b"\x00" + RESERVED[i : i + 8].ljust(8, b" ") for i in range(0, len(RESERVED), 8))
+    body = m.pdf_written(zlib.compress(rows), ["/FlateDecode"], parms={"Predictor": 12, "Columns": 8})
+    assert _read(body) == (True, [])  # the parser read it through a sound cross-reference
+    # Offsets now 4 bytes short, and an unreferenced clean copy of the metadata object before the
+    # table: the parser rebuilds the table by scanning and takes the copy.
+    number = re.search(rb"/Metadata (\d+) 0 R", body)[1]  # type: ignore[index]
+    clean = zlib.compress(m.tdm_xmp("0"))
+    copy = b"%s 0 obj\n<< /Type /Metadata /Subtype /XML /Filter /FlateDecode /Length %d >>\nstream\n%s\nendstream\nendobj\n"
+    shifted = b"\n\n\n\n" + body.replace(
+        b"\nxref\n", b"\n" + copy % (number, len(clean), clean) + b"xref\n", 1
+    )
+    assert MARK not in m.pdf_metadata(shifted)  # the parser's guess: the clean copy
+    found, withheld = _read(shifted)
+    assert not found and any("had to be rebuilt" in w and "/Predictor 12" in w for w in withheld), withheld

@@ -228,17 +228,26 @@ def _pdf_packets(body: bytes, unread: list[str]) -> list[bytes]:
     """
     packets: list[bytes] = []
     header = pdfmeta.pdf_header(body)
+    encrypted = None
     if header is not False:
         document = pdfmeta.document_metadata(body)
+        encrypted = document.encrypted
         if document.xmp is not None:
             packets.append(document.xmp)
         if document.problem is not None and header:
             unread.append(f"a PDF: {document.problem}")
-    if pdfstreams.encrypted(body):
+    if encrypted or (encrypted is None and pdfstreams.encrypted(body)):
         return packets
+    # The scan also speaks for metadata streams it cannot decode when the parser's reading is a
+    # guess: a cross-reference it had to rebuild may have taken another copy of the metadata.
+    sound = header is not False and pdfmeta.xref_sound(body)
     for stream in pdfstreams.streams(body):
         if stream.data:
             packets += _packets_in(stream.data)
+        if stream.metadata and stream.problem is not None and not sound:
+            unread.append(
+                f"a PDF metadata stream (the file's cross-reference had to be rebuilt): {stream.problem}"
+            )
     return packets
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from dataclasses import dataclass
 
 import pypdf
@@ -25,6 +26,8 @@ from defusedxml import ElementTree
 from pypdf import PasswordType, PdfReader
 from pypdf.errors import LimitReachedError
 from pypdf.generic import DictionaryObject, StreamObject
+
+from proxy.signals.pdfstreams import spelled
 
 MAX_DECODED = 8 * 1024 * 1024
 MAX_ENCODED = 1024 * 1024  # a document's XMP is kilobytes; more, as stored, is withheld
@@ -40,18 +43,20 @@ _BOUNDS = pypdf.Configuration(
 # pypdf says what it repairs in broken files at WARNING: an origin's file is no news of ours.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
 
-_MARKERS = (b"reservation", b"DataMining", b"DMI-", b"tdmrep", b"training")
+_MARKERS = (b"reservation", b"DataMining", b"DMI-", b"tdmrep", b"ns.useplus.org")
+MAX_OBJECTS = 500_000  # a cross-reference that claims more is withheld: pypdf would walk them all
 _WIDE = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
          (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))  # fmt: skip
 
 
 @dataclass(frozen=True)
 class DocumentMetadata:
-    """What the parser found: the XMP (None if the document has none), and why it could not be
-    read in full (None if it could)."""
+    """What the parser found: the XMP (None if the document has none), why it could not be read
+    in full (None if it could), and whether the file is encrypted (None: not known)."""
 
     xmp: bytes | None
     problem: str | None = None
+    encrypted: bool | None = None
 
 
 def pdf_header(body: bytes) -> bool | None:
@@ -64,35 +69,68 @@ def pdf_header(body: bytes) -> bool | None:
 
 
 def document_metadata(body: bytes) -> DocumentMetadata:
-    """The document XMP of the PDF `body`, decoded (and decrypted with the empty password)."""
-    try:
-        with pypdf.apply_configuration(_BOUNDS):
-            data = _metadata_stream(body)
-    except _NotRead as e:
-        return DocumentMetadata(None, str(e))
-    except LimitReachedError:
-        return DocumentMetadata(None, f"the document's metadata decodes past {MAX_DECODED} bytes")
-    except Exception as e:  # pypdf raises many kinds on hostile files; each means "not read"
-        return DocumentMetadata(
-            None, f"the PDF could not be parsed for its metadata ({type(e).__name__}: {e})"
-        )
+    """The document XMP of the PDF `body`, decoded (and decrypted with the empty password).
+
+    A file the parser cannot open is tried once more with an end-of-file marker added (a PDF cut
+    short, or saved without one, is common); if it still cannot be, it is withheld only when it
+    may hold metadata: XMP or a /Metadata in sight, or object streams, which can hide one.
+    """
+    sizes = [int(n) for n in _SIZE.findall(body[-65536:])]
+    if sizes and max(sizes) > MAX_OBJECTS:
+        return DocumentMetadata(None, f"a PDF that claims {max(sizes)} objects (more than {MAX_OBJECTS})")
+    encrypted: list[bool] = []
+    failure = ""
+    for attempt in (body, body + b"\n%%EOF\n"):
+        try:
+            with pypdf.apply_configuration(_BOUNDS):
+                data = _metadata_stream(attempt, encrypted)
+            break
+        except _NotRead as e:
+            return DocumentMetadata(None, str(e), bool(encrypted and encrypted[-1]))
+        except LimitReachedError:
+            return DocumentMetadata(None, f"the document's metadata decodes past {MAX_DECODED} bytes")
+        except Exception as e:  # pypdf raises many kinds on hostile files; each means "not read"
+            failure = f"the PDF could not be parsed for its metadata ({type(e).__name__}: {e})"
+    else:
+        return DocumentMetadata(None, failure if _may_hold_metadata(body) else None)
+    known = encrypted[-1] if encrypted else None
     if data is None:
-        return DocumentMetadata(None)
+        return DocumentMetadata(None, encrypted=known)
     if len(data) >= MAX_DECODED:
-        return DocumentMetadata(None, f"the document's metadata decodes past {MAX_DECODED} bytes")
-    xmp = _utf8(data)
+        return DocumentMetadata(None, f"the document's metadata decodes past {MAX_DECODED} bytes", known)
+    xmp = _utf8(data).strip(_PADDING)
     if _unparsed(xmp):
-        return DocumentMetadata(xmp, "the document's metadata does not parse as XML but speaks of rights")
-    return DocumentMetadata(xmp)
+        problem = "the document's metadata does not parse as XML but speaks of rights"
+        return DocumentMetadata(xmp, problem, known)
+    return DocumentMetadata(xmp, encrypted=known)
+
+
+def xref_sound(body: bytes) -> bool:
+    """Whether the file's last `startxref` points at a cross-reference (a table, or a stream's
+    object): when it does not, a parser rebuilds the table by scanning, and which of two copies
+    of an object it then takes is its own guess, not what every reader takes."""
+    found = _STARTXREF.findall(body[-4096:])
+    if not found:
+        return False
+    at = int(found[-1])
+    return body[at : at + 4] == b"xref" or _OBJECT_AT.match(body, at) is not None
+
+
+def _may_hold_metadata(body: bytes) -> bool:
+    """Whether a PDF we could not open may hold document metadata we would then miss: XMP or a
+    /Metadata key in sight (however its letters are escaped), or object streams, which can hide one."""
+    return b"xmpmeta" in body or b"adobe:ns:meta" in body or _HIDING.search(body) is not None
 
 
 class _NotRead(Exception):
     """The file opened, and says why its metadata cannot be read."""
 
 
-def _metadata_stream(body: bytes) -> bytes | None:
-    """The catalog's /Metadata stream, decoded; None if the document names none."""
+def _metadata_stream(body: bytes, encrypted: list[bool]) -> bytes | None:
+    """The catalog's /Metadata stream, decoded; None if the document names none. Whether the
+    file is encrypted goes to `encrypted`."""
     reader = PdfReader(io.BytesIO(body), strict=False)
+    encrypted.append(reader.is_encrypted)
     if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
         raise _NotRead("an encrypted PDF that needs a password to open")
     root = reader.trailer["/Root"].get_object()
@@ -123,13 +161,20 @@ def _utf8(data: bytes) -> bytes:
     return data
 
 
+_PADDING = b" \t\r\n\x00"  # around XMP: the packet's own padding, and NULs some writers add
+_SIZE = re.compile(rb"/Size\s+(\d{1,12})")
+_STARTXREF = re.compile(rb"startxref\s+(\d{1,12})")
+_OBJECT_AT = re.compile(rb"\d+\s+\d+\s+obj\b")
+_HIDING = re.compile(spelled("Metadata") + b"|" + spelled("ObjStm"))
+
+
 def _unparsed(xmp: bytes) -> bool:
     """Whether XMP that speaks of rights (a reservation, data mining) fails to parse: then its
     value cannot be read, and must not be taken as absent."""
     if not any(m in xmp for m in _MARKERS):
         return False
     try:
-        ElementTree.fromstring(xmp.strip())
+        ElementTree.fromstring(xmp)
     except Exception:
         return True
     return False

@@ -45,13 +45,13 @@ _DIRECT_FILTER = re.compile(rb"\s*(\[[^\]]*\]|/[^\s/\[\]<>()]+)")
 _METADATA = re.compile(rb"/Type\s*/Metadata(?![^\s/\[\]<>()])|/Subtype\s*/XML(?![^\s/\[\]<>()])")
 
 
-def _spelled(name: str) -> bytes:
+def spelled(name: str) -> bytes:
     """A pattern for a PDF name however its letters are written: `/Metadata` or `/M#65tadata`."""
     return b"/" + b"".join(b"(?:%s|#%X|#%x)" % (re.escape(c.encode()), ord(c), ord(c)) for c in name)
 
 
-_METADATA_REF = re.compile(_spelled("Metadata") + rb"\s*(\d+)\s+(\d+)\s+R")
-_ENCRYPT = re.compile(_spelled("Encrypt") + rb"(?![A-Za-z#])")
+_METADATA_REF = re.compile(spelled("Metadata") + rb"\s*(\d+)\s+(\d+)\s+R")
+_ENCRYPT = re.compile(spelled("Encrypt") + rb"(?![A-Za-z#])")
 _NUMBERED = re.compile(rb"(?<!\d)(\d+)\s+(\d+)\s+$")  # before an `obj`: its number and generation
 _PREDICTOR = re.compile(rb"/Predictor\s+(\d+)")
 _EARLY = re.compile(rb"/EarlyChange\s+0\b")

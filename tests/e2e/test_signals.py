@@ -277,6 +277,14 @@ HTML_NOAI = b'<html><head><meta name="robots" content="noai"></head><body>' + SE
             ),
             "tdmrep",
         ),
+        (
+            Reply(  # a BOM and a blank line before the header, served as text: readers still open it
+                200,
+                b"\xef\xbb\xbf\n" + m.pdf_written(zlib.compress(m.tdm_xmp("1")), ["/FlateDecode"]) + SECRET,
+                {"Content-Type": "text/plain"},
+            ),
+            "tdmrep",
+        ),
     ],
 )
 def test_body_signals_withhold_every_byte(

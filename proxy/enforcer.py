@@ -1003,8 +1003,10 @@ class Enforcer:
         self._background(client.aclose)
 
     def _fetch_refusal(self, host: str) -> str | None:
-        """Why our own fetches may not go to `host`: a rights holder in the registry is never contacted."""
+        """Why our own fetches may not go to `host`: a rights holder's site in the registry is never
+        contacted. An entry for some paths of a host leaves the rest of it, robots.txt included, to
+        be fetched and read (refused, robots.txt read as unreachable would lift its Disallow)."""
         policy = self.policy
-        if policy is not None and policy.registry.names(host):
+        if policy is not None and policy.registry.whole_site(host):
             return "a rights holder in the registry"
         return None

@@ -110,6 +110,18 @@ class Registry:
                 return False
             h = h[dot + 1 :]
 
+    def whole_site(self, host: str) -> bool:
+        """True if an entry with no paths covers `host` (or a domain above it): the whole site is
+        the holder's, so nothing of it is fetched, not even its robots.txt."""
+        h = canonical_host(host)
+        while True:
+            if any(not entry.paths for entry in self._by_domain.get(h, ())):
+                return True
+            dot = h.find(".")
+            if dot < 0:
+                return False
+            h = h[dot + 1 :]
+
     def findings_for(self, hosts: Iterable[str], path: str) -> list[Finding]:
         """A DISALLOW finding if any of `hosts` (target and Host header) is covered."""
         seen: set[str] = set()

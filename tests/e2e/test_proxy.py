@@ -382,3 +382,30 @@ def test_flows_can_still_be_saved(
     with open(saved, "rb") as f:
         flows = list(FlowReader(f).stream())
     assert [fl.metadata["optout"]["decision"] for fl in flows] == ["allow", "block"]
+
+
+@pytest.mark.parametrize("on_unreachable", ["allow", "block"])
+def test_a_registry_entry_for_some_paths_leaves_the_sites_robots_txt_read(
+    make_site: Callable[..., Site],
+    make_proxy: Callable[..., ProxyProcess],
+    tmp_path: Path,
+    on_unreachable: str,
+) -> None:
+    """The holder owns /manga/ of a host: the rest of it is fetched and judged as usual, its
+    robots.txt included (refused, it read as unreachable: `allow` lifted its Disallow)."""
+    site = content_site(make_site)
+    host = site.url("/").split("//")[1].split(":")[0]
+    policy = write_policy(
+        tmp_path, registry=[entry("Paths Inc", host, paths=["/manga/"])], on_unreachable=on_unreachable
+    )
+    proxy = make_proxy(policy)
+    with client(proxy) as c:
+        private, page, manga = (
+            c.get(site.url("/private/x")),
+            c.get(site.url("/page")),
+            c.get(site.url("/manga/1")),
+        )
+    assert (private.status_code, private.headers.get("X-Optout-Reason")) == (451, "robots-txt")
+    assert (page.status_code, page.text) == (200, "page")
+    assert (manga.status_code, manga.headers.get("X-Optout-Reason")) == (451, "registry")
+    assert site.hits["/robots.txt"] == 1

@@ -76,19 +76,20 @@ _GUARDED_OPTIONS = frozenset(
 )  # fmt: skip
 
 
-Signature = tuple[tuple[str, int, int, int], ...]
+Signature = tuple[tuple[str, int, int, int, int], ...]
 
 
 def _signature(paths: Iterable[Path]) -> Signature:
     """What these files look like on disk now: path, mtime, size, inode (of what a symlink
     points at: a swapped ConfigMap directory is a change)."""
     out = []
-    for path in dict.fromkeys(paths):
+    for path in sorted(dict.fromkeys(paths)):  # in one order, however the caller lists them
         try:
             st = path.stat()
-            out.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+            # ctime too: `cp -p` and `touch -r` keep mtime and size, only the kernel sets ctime
+            out.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns))
         except OSError:
-            out.append((str(path), -1, -1, -1))
+            out.append((str(path), -1, -1, -1, -1))
     return tuple(out)
 
 
@@ -517,7 +518,7 @@ class Enforcer:
             if seen == self._signature:
                 pending = None
                 continue
-            newest = max((mtime for _, mtime, _, _ in seen), default=0)
+            newest = max((mtime for _, mtime, _, _, _ in seen), default=0)
             if seen != pending or time.time_ns() - newest < SETTLE_NS:
                 pending = seen  # still being written, perhaps: look again next time
                 continue

@@ -16,9 +16,11 @@ broken file never leaves the proxy half-configured. Example:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,9 +156,29 @@ class Policy:
         return self.signals.get(signal, "enforce")
 
 
+MAX_FILE_BYTES = 64 * 1024 * 1024  # a policy or registry file past this is refused, not read
+
+
+def read_file(path: Path) -> bytes:
+    """A policy or registry file's bytes. Raises OSError (a message that names the problem) for
+    anything but a regular file of at most MAX_FILE_BYTES: a FIFO would hang the reload, and
+    /dev/zero fill the memory. Opened without blocking, so a FIFO cannot hold the open either."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(MAX_FILE_BYTES + 1)[: MAX_FILE_BYTES + 1]
+    finally:
+        os.close(fd)
+
+
 def _read_text(path: Path) -> tuple[bytes | None, Problem | None]:
     try:
-        return path.read_bytes(), None
+        return read_file(path), None
     except FileNotFoundError:
         return None, Problem(path, None, "file not found")
     except OSError as e:
@@ -288,16 +310,21 @@ def load_policy(path: Path) -> Policy:
     if "registries" in fields:
         seen: dict[tuple[str, tuple[str, ...]], tuple[str, int, str]] = {}  # domains across the files
         for rel, node in reader.strings(fields["registries"], "registries") or []:
-            # As written, made absolute: a symlink swapped under it (a Kubernetes ConfigMap
-            # update) is followed on the next read; resolved only to find one file listed twice.
-            reg_path = Path(os.path.abspath(path.parent / rel))
+            # As written, made absolute (`..` kept: through a symlinked folder it is not the
+            # lexical parent): a symlink swapped under it (a Kubernetes ConfigMap update) is
+            # followed on the next read; resolved only to find one file listed twice.
+            reg_path = (path.parent / rel).absolute()
             if reg_path.resolve() in (p.resolve() for p in registry_paths):
                 reader.problem(node, f"registry file '{rel}' is listed twice; list it once")
                 continue
             registry_paths.append(reg_path)
             reg_data, reg_problem = _read_text(reg_path)
             if reg_problem is not None or reg_data is None:
-                reader.problem(node, f"registry file '{rel}' not found ({reg_path})")
+                why = reg_problem.message if reg_problem is not None else "cannot read"
+                if why == "file not found":
+                    reader.problem(node, f"registry file '{rel}' not found ({reg_path})")
+                else:
+                    reader.problem(node, f"registry file '{rel}': {why} ({reg_path})")
                 continue
             digest.update(b"\0" + reg_data)
             reg_reader = Reader(reg_path)
@@ -312,7 +339,7 @@ def load_policy(path: Path) -> Policy:
         by_line = sorted(reader.problems, key=lambda p: p.line or 0)
         raise PolicyError(by_line + sorted(registry_problems, key=lambda p: (str(p.path), p.line or 0)))
     return Policy(
-        path=Path(os.path.abspath(path)),
+        path=path.absolute(),
         agent=agent,
         honor_agents=tuple(honor),
         mode=mode,
@@ -335,15 +362,15 @@ def named_files(path: Path) -> tuple[Path, ...]:
     """The policy file at `path` and the registry files it names now, as `load_policy` would
     read them; never raises (a file it cannot read names only itself). What a reload watches:
     a registry file a new policy adds is watched before that policy is valid."""
-    path = Path(os.path.abspath(path))
+    path = Path(path).absolute()
     try:
-        fields = yaml.safe_load(path.read_bytes())
+        fields = yaml.safe_load(read_file(path))
     except (OSError, yaml.YAMLError, RecursionError, ValueError):
         return (path,)
     named = fields.get("registries") if isinstance(fields, dict) else None
     if not isinstance(named, list):
         return (path,)
-    return (path, *(Path(os.path.abspath(path.parent / r)) for r in named if isinstance(r, str)))
+    return (path, *((path.parent / r).absolute() for r in named if isinstance(r, str)))
 
 
 def registry_shrinkage(old: Policy, new: Policy) -> list[str]:

@@ -32,7 +32,7 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 from ruamel.yaml.tokens import CommentToken
 
 from proxy.errors import PolicyError, Problem
-from proxy.policy import DEFAULT_HONOR_AGENTS, OTHER_TOKEN, Policy, load_policy
+from proxy.policy import DEFAULT_HONOR_AGENTS, OTHER_TOKEN, Policy, load_policy, read_file
 from proxy.registry import ENTRY_KEYS, Entry, read_entries
 from proxy.yamldoc import Reader
 
@@ -104,7 +104,7 @@ def _check_registry_text(path: Path, text: str, policy: Policy | None = None) ->
         if other.resolve() == path.resolve():
             continue
         other_reader = Reader(other)
-        other_root = other_reader.compose(other.read_text(encoding="utf-8"))
+        other_root = other_reader.compose(read_file(other).decode("utf-8-sig"))
         if other_root is not None:
             read_entries(other_reader, other_root, seen)
     reader = Reader(path)
@@ -122,7 +122,7 @@ def _load_registry(path: Path) -> Any:
     is reported at its lines, not edited."""
     if not path.exists():
         return CommentedMap()
-    text = path.read_text(encoding="utf-8")
+    text = read_file(path).decode("utf-8-sig")
     if text.strip():
         reader = Reader(path)
         root = reader.compose(text)
@@ -412,7 +412,12 @@ def add_honor_agents(policy_path: Path, tokens: list[str]) -> tuple[list[str], l
     Returns (added, skipped): tokens that are not valid product tokens (spaces, '/') are skipped,
     as are those already present (case-insensitively).
     """
-    data = _yaml().load(policy_path.read_text(encoding="utf-8"))
+    with locked(policy_path):
+        return _add_honor_agents(policy_path, tokens)
+
+
+def _add_honor_agents(policy_path: Path, tokens: list[str]) -> tuple[list[str], list[str]]:
+    data = _yaml().load(read_file(policy_path).decode("utf-8-sig"))
     if "honor_agents" not in data or data["honor_agents"] is None:
         data["honor_agents"] = CommentedSeq(list(DEFAULT_HONOR_AGENTS))
     current = {str(t).lower() for t in data["honor_agents"]}
@@ -426,7 +431,7 @@ def add_honor_agents(policy_path: Path, tokens: list[str]) -> tuple[list[str], l
             added.append(token)
     if added:
         text = _dump(data)
-        temp = policy_path.with_name(f".{policy_path.stem}.check{policy_path.suffix}")
+        temp = policy_path.with_name(f".{policy_path.stem}.check.{os.getpid()}{policy_path.suffix}")
         temp.write_text(text, encoding="utf-8")
         try:
             load_policy(temp)  # the whole policy, registries included, must still be valid

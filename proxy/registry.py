@@ -12,6 +12,7 @@ domains in a dict: O(number of labels), independent of the registry's size.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +217,16 @@ def read_entries(
         for value, node in (reader.strings(fields["paths"], "paths") or []) if "paths" in fields else []:
             if not value.startswith("/"):
                 reader.problem(node, f"path '{value}' must start with '/'")
+            elif (
+                value.startswith("//")
+                or "?" in value
+                or any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in value)
+            ):
+                reader.problem(
+                    node,
+                    f"path {value!r} would match less than it seems: registry paths are path prefixes, "
+                    "without a query ('?'), a second leading '/', spaces or invisible characters",
+                )
             elif "*" in value or value.endswith("$"):
                 # robots.txt's wildcards mean nothing here: the entry would match only this text.
                 prefix = value.split("*", 1)[0].rstrip("$")

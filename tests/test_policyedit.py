@@ -458,3 +458,54 @@ def test_import_reads_a_csv_saved_with_a_bom(shipped: Path, tmp_path: Path) -> N
     )  # fmt: skip
     assert run("policy", "import", "--csv", str(csv_file), "--policy", str(shipped)) == ExitStatus.OK
     assert "Example Press" in {e.holder for e in load_policy(shipped).registry.entries}
+
+
+@pytest.mark.parametrize("path", ["/view?id=5", "/works ", "//example.com/works", "/w\u200borks"])
+def test_registry_paths_that_would_match_less_than_they_seem_are_refused(tmp_path: Path, path: str) -> None:
+    policy = write_policy(tmp_path, registry=[entry("Ghibli", "ghibli.jp", paths=[path])])
+    with pytest.raises(PolicyError, match="would match less than it seems"):
+        load_policy(policy)
+
+
+def test_a_registry_that_is_not_a_regular_file_is_refused_not_read(tmp_path: Path) -> None:
+    import os
+
+    policy = write_policy(tmp_path)
+    registry = tmp_path / "policy-registry.yaml"
+    registry.unlink()
+    os.mkfifo(registry)  # a FIFO: reading it would wait for a writer for ever
+    with pytest.raises(PolicyError, match="not a regular file"):
+        load_policy(policy)
+    registry.unlink()
+    registry.symlink_to("/dev/zero")  # endless: reading it would fill the memory
+    with pytest.raises(PolicyError, match="not a regular file"):
+        load_policy(policy)
+
+
+def test_a_registry_through_a_symlinked_folder_and_dotdot_is_the_one_open_reads(tmp_path: Path) -> None:
+    real = tmp_path / "real" / "policies"
+    real.mkdir(parents=True)
+    (tmp_path / "real" / "shared").mkdir()
+    (tmp_path / "real" / "shared" / "reg.yaml").write_text(
+        "entries:\n  - {holder: Real, domains: [real.example], reason: r, source: 'https://e.org/l', since: 2025-10-27}\n"
+    )
+    (tmp_path / "shared").mkdir()  # the lexical ../shared, which open() does not reach
+    (tmp_path / "shared" / "reg.yaml").write_text("entries: []\n")
+    (tmp_path / "link").symlink_to(real)
+    policy = write_policy(tmp_path / "link", registries=["../shared/reg.yaml"])
+    assert [e.holder for e in load_policy(policy).registry.entries] == ["Real"]
+
+
+def test_concurrent_robots_json_imports_lose_nothing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    policy = write_policy(tmp_path)
+    procs = []
+    for i in range(6):
+        robots = tmp_path / f"robots{i}.json"
+        robots.write_text(json.dumps({f"Bot{i}": {"operator": "x"}}))
+        argv = ["policy", "import", "--robots-json", str(robots), "--policy", str(policy)]
+        procs.append(subprocess.Popen([sys.executable, "-m", "proxy", *argv]))
+    assert [p.wait(60) for p in procs] == [0] * 6
+    assert {f"Bot{i}" for i in range(6)} <= set(load_policy(policy).honor_agents)

@@ -150,3 +150,20 @@ def test_a_configmap_style_symlink_swap_is_applied(
         f.unlink()
     first.rmdir()
     assert _registry_blocks(proxy, "http://holder2.test/"), proxy.log()[-2000:]
+
+
+def test_an_edit_that_keeps_size_and_mtime_is_still_seen(tmp_path: Path) -> None:
+    import os
+
+    from proxy.enforcer import _signature
+
+    registry = tmp_path / "r.yaml"
+    registry.write_text("entries: [127.0.0.9]\n")
+    before = _signature([registry])
+    st = registry.stat()
+    time.sleep(0.01)
+    registry.write_text("entries: [127.0.0.1]\n")  # same size
+    os.utime(registry, ns=(st.st_atime_ns, st.st_mtime_ns))  # `cp -p`, `touch -r`: the same mtime
+    assert registry.stat().st_size == st.st_size and registry.stat().st_mtime_ns == st.st_mtime_ns
+    assert _signature([registry]) != before
+    assert _signature([registry, tmp_path / "a.yaml"]) == _signature([tmp_path / "a.yaml", registry])

@@ -198,6 +198,7 @@ def test_report_shows_a_broken_chain(log: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     from tests.e2e.test_audit_live import cli
 
-    cli("audit", "report", "--log", str(log), "--out", str(out), check=True)
+    done = cli("audit", "report", "--log", str(log), "--out", str(out))
+    assert done.returncode == 1 and "chain BROKEN at" in done.stderr  # written, and said: exit 1
     dom = chromium("--dump-dom", out.as_uri())
     assert 'id="chain" data-ok="false"' in dom and "BROKEN" in dom

@@ -100,17 +100,6 @@ class Registry:
                 return None
             h = h[dot + 1 :]
 
-    def names(self, host: str) -> bool:
-        """True if any entry covers `host` (or a domain above it), whatever its paths."""
-        h = canonical_host(host)
-        while True:
-            if h in self._by_domain:
-                return True
-            dot = h.find(".")
-            if dot < 0:
-                return False
-            h = h[dot + 1 :]
-
     def whole_site(self, host: str) -> bool:
         """True if an entry with no paths covers `host` (or a domain above it): the whole site is
         the holder's, so nothing of it is fetched, not even its robots.txt."""
